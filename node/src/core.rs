@@ -1,0 +1,307 @@
+//! The node's core: routes each write, read barrier and keepalive to the leader.
+//!
+//! On the leader a write goes to the proposer, a keepalive to the confirmer and the lease
+//! actor. On a follower the same request is forwarded over the peer link (`forward`), and
+//! a linearizable read asks the leader for a read index and waits until the local state
+//! machine has applied it (a follower read), so reads are served locally.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use leasehold_raft::command::{CommandResult, Kind, LeaseId, Proposal, SmError, Token};
+use leasehold_raft::network::PeerClientPool;
+use leasehold_raft::sm_store::SharedState;
+use leasehold_raft::typ::{NodeId, Raft};
+use openraft::ServerState;
+use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
+use tracing::debug;
+
+use crate::confirmer::ConfirmerHandle;
+use crate::error::CoreError;
+use crate::lease_actor::LeaseHandle;
+use crate::proposer::ProposerHandle;
+
+/// Longest pause between retries while no leader is known (or it could not be reached).
+const MAX_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Requests a follower forwards to the leader over the peer link.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum ForwardRequest {
+    Propose(Proposal),
+    ReadIndex,
+    KeepaliveLease(LeaseId),
+    KeepaliveHold {
+        kind: Kind,
+        key: String,
+        owner: String,
+        token: Token,
+    },
+    RemainingMs(Vec<LeaseId>),
+    /// Used at bootstrap: is the asked node part of an initialized cluster?
+    Initialized,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum ForwardResponse {
+    Result(CommandResult),
+    ReadIndex(u64),
+    Kept { lease_id: LeaseId, ttl_ms: u64 },
+    RemainingMs(Vec<Option<u64>>),
+    Initialized(bool),
+}
+
+pub const FORWARD_PATH: &str = "/forward";
+
+pub struct Core {
+    pub node_id: NodeId,
+    pub raft: Raft,
+    pub shared: Arc<SharedState>,
+    pub proposer: ProposerHandle,
+    pub confirmer: ConfirmerHandle,
+    pub leases: LeaseHandle,
+    pub peers: PeerClientPool,
+    /// The deadline of one proposal or read barrier.
+    pub request_timeout: Duration,
+    /// How long a request waits for a leader to appear before answering 503.
+    pub leader_wait: Duration,
+    pub request_ids: RequestIds,
+}
+
+/// Node-unique request ids for proposals that came without one, so internal retries
+/// (after a leader change) are deduplicated by the state machine.
+pub struct RequestIds {
+    prefix: String,
+    next: std::sync::atomic::AtomicU64,
+}
+
+impl RequestIds {
+    pub fn new(node_id: NodeId) -> Self {
+        // The boot time tells this run's ids from a previous run's.
+        let boot = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        RequestIds {
+            prefix: format!("n{node_id}-{boot:x}-"),
+            next: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    pub fn next(&self) -> String {
+        let n = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        format!("{}{n}", self.prefix)
+    }
+}
+
+impl Core {
+    /// The leader as this node sees it: `Ok(None)` means "this node".
+    fn leader_route(&self) -> Result<Option<(NodeId, String)>, Option<NodeId>> {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        if m.state == ServerState::Leader {
+            return Ok(None);
+        }
+        let Some(leader) = m.current_leader else {
+            return Err(None);
+        };
+        if leader == self.node_id {
+            // Our own leadership is not established yet (or just ended).
+            return Err(Some(leader));
+        }
+        match m.membership_config.membership().get_node(&leader) {
+            Some(node) => Ok(Some((leader, node.peer_addr.clone()))),
+            None => Err(Some(leader)),
+        }
+    }
+
+    /// Run `req` on the leader: locally if this node leads, else over the peer link.
+    pub async fn on_leader(&self, req: ForwardRequest) -> Result<ForwardResponse, CoreError> {
+        self.on_leader_within(req, self.request_timeout).await
+    }
+
+    pub async fn on_leader_within(
+        &self,
+        req: ForwardRequest,
+        timeout: Duration,
+    ) -> Result<ForwardResponse, CoreError> {
+        let deadline = Instant::now() + timeout;
+        // Ride out a failover, but do not queue requests behind a lost quorum (rule 7).
+        let retry_until = Instant::now() + self.leader_wait.min(timeout);
+        let mut hops: u32 = 0;
+        let mut last_error = CoreError::Unavailable("no leader is known".into());
+        let mut metrics = self.raft.metrics();
+        loop {
+            if Instant::now() >= deadline {
+                return Err(last_error);
+            }
+            let attempt = match self.leader_route() {
+                Ok(None) => self.serve_locally(req.clone()).await,
+                Ok(Some((leader, peer_addr))) => {
+                    let remaining = deadline.saturating_duration_since(Instant::now());
+                    let call = self
+                        .peers
+                        .call::<ForwardRequest, Result<ForwardResponse, CoreError>>(
+                            &peer_addr,
+                            FORWARD_PATH,
+                            &req,
+                            remaining,
+                        )
+                        .await;
+                    match call {
+                        Ok(result) => result,
+                        Err(e) => {
+                            debug!(leader, error = %e, "forwarding to the leader failed");
+                            Err(CoreError::Unavailable(format!(
+                                "leader {leader} at {peer_addr} unreachable: {e}"
+                            )))
+                        }
+                    }
+                }
+                Err(_) => Err(CoreError::Unavailable("no leader is known".into())),
+            };
+            // Retrying is safe: proposals carry a request_id (see `write`), so a retry of
+            // one that did commit returns the original result.
+            let retry = matches!(
+                attempt,
+                Err(CoreError::NotLeader { .. }) | Err(CoreError::Unavailable(_))
+            );
+            match attempt {
+                Err(e) if retry && Instant::now() < retry_until => {
+                    hops += 1;
+                    last_error = e;
+                    // Wait for the view of the leader to change, or a short backoff.
+                    let pause = retry_until
+                        .saturating_duration_since(Instant::now())
+                        .min(MAX_BACKOFF.min(Duration::from_millis(10) * hops));
+                    let _ = tokio::time::timeout(pause, metrics.changed()).await;
+                }
+                Err(e) if retry => return Err(e),
+                other => return other,
+            }
+        }
+    }
+
+    /// Serve a forwarded (or local) request on this node, which believes it leads.
+    pub async fn serve_locally(&self, req: ForwardRequest) -> Result<ForwardResponse, CoreError> {
+        match req {
+            ForwardRequest::Propose(proposal) => {
+                self.proposer.propose(proposal).await.map(ForwardResponse::Result)
+            }
+            ForwardRequest::ReadIndex => {
+                let confirmed = self.confirmer.confirm().await?;
+                Ok(ForwardResponse::ReadIndex(confirmed.read_index))
+            }
+            ForwardRequest::KeepaliveLease(lease_id) => {
+                let confirmed = self.confirmer.confirm().await?;
+                let ttl_ms = self.leases.refresh(lease_id, confirmed.term).await?;
+                Ok(ForwardResponse::Kept { lease_id, ttl_ms })
+            }
+            ForwardRequest::KeepaliveHold {
+                kind,
+                key,
+                owner,
+                token,
+            } => {
+                let confirmed = self.confirmer.confirm().await?;
+                let lease_id = self
+                    .shared
+                    .read(|s| s.find_hold(kind, &key, &owner, token).map(|h| h.lease_id))
+                    .ok_or(CoreError::Refused(SmError::NotOwner))?;
+                let ttl_ms = self.leases.refresh(lease_id, confirmed.term).await?;
+                Ok(ForwardResponse::Kept { lease_id, ttl_ms })
+            }
+            ForwardRequest::RemainingMs(lease_ids) => Ok(ForwardResponse::RemainingMs(
+                self.leases.remaining_ms(lease_ids).await,
+            )),
+            ForwardRequest::Initialized => Ok(ForwardResponse::Initialized(
+                self.raft.is_initialized().await.unwrap_or(false),
+            )),
+        }
+    }
+
+    /// Propose one command on the leader and return its result.
+    pub async fn write(&self, mut proposal: Proposal) -> Result<CommandResult, CoreError> {
+        if proposal.request_id.is_none() {
+            proposal.request_id = Some(self.request_ids.next());
+        }
+        match self.on_leader(ForwardRequest::Propose(proposal)).await? {
+            ForwardResponse::Result(result) => Ok(result),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Wait until this node's state machine reflects everything the leader had committed
+    /// when this call began (a linearizable read barrier).
+    pub async fn read_barrier(&self) -> Result<(), CoreError> {
+        let started = Instant::now();
+        let index = match self.on_leader(ForwardRequest::ReadIndex).await? {
+            ForwardResponse::ReadIndex(index) => index,
+            other => return Err(unexpected(other)),
+        };
+        let remaining = self.request_timeout.saturating_sub(started.elapsed());
+        self.wait_applied(index, remaining).await
+    }
+
+    /// Wait until the local state machine has applied `index`.
+    pub async fn wait_applied(&self, index: u64, timeout: Duration) -> Result<(), CoreError> {
+        let mut applied = self.shared.subscribe_applied();
+        let wait = applied.wait_for(|applied| *applied >= index);
+        match tokio::time::timeout(timeout, wait).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(_)) => Err(CoreError::ShuttingDown),
+            Err(_) => Err(CoreError::Timeout),
+        }
+    }
+
+    pub async fn keepalive_lease(&self, lease_id: LeaseId) -> Result<u64, CoreError> {
+        match self.on_leader(ForwardRequest::KeepaliveLease(lease_id)).await? {
+            ForwardResponse::Kept { ttl_ms, .. } => Ok(ttl_ms),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Keep the lease of a current hold alive; `not_owner` if it is not current.
+    pub async fn keepalive_hold(
+        &self,
+        kind: Kind,
+        key: &str,
+        owner: &str,
+        token: Token,
+    ) -> Result<(LeaseId, u64), CoreError> {
+        let req = ForwardRequest::KeepaliveHold {
+            kind,
+            key: key.to_string(),
+            owner: owner.to_string(),
+            token,
+        };
+        match self.on_leader(req).await? {
+            ForwardResponse::Kept { lease_id, ttl_ms } => Ok((lease_id, ttl_ms)),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Time left on each lease as the leader tracks it (`None` where unknown).
+    pub async fn remaining_ms(&self, lease_ids: Vec<LeaseId>) -> Vec<Option<u64>> {
+        if lease_ids.is_empty() {
+            return Vec::new();
+        }
+        let n = lease_ids.len();
+        let short = self.request_timeout.min(Duration::from_secs(1));
+        match self
+            .on_leader_within(ForwardRequest::RemainingMs(lease_ids), short)
+            .await
+        {
+            Ok(ForwardResponse::RemainingMs(v)) if v.len() == n => v,
+            _ => vec![None; n],
+        }
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.raft.metrics().borrow().state == ServerState::Leader
+    }
+}
+
+fn unexpected(response: ForwardResponse) -> CoreError {
+    CoreError::Unavailable(format!("unexpected reply from the leader: {response:?}"))
+}

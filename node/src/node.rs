@@ -1,0 +1,360 @@
+//! `Node`: the composition root. Wires config, storage, Raft, the actors and both listeners.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use leasehold_config::Config;
+use leasehold_raft::log_store::{MemLogStore, SledLogStore};
+use leasehold_raft::network::{PeerClientPool, PeerNetworkFactory};
+use leasehold_raft::sm_store::{SharedState, StateMachineStore};
+use leasehold_raft::typ::{NodeId, PeerNode, Raft};
+use openraft::SnapshotPolicy;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+use crate::confirmer::ConfirmerHandle;
+use crate::core::{Core, ForwardRequest, ForwardResponse, RequestIds, FORWARD_PATH};
+use crate::forward;
+use crate::lease_actor::LeaseHandle;
+use crate::proposer::{ProposerHandle, ProposerSettings};
+use crate::service::NodeService;
+
+/// How long shutdown waits for open requests (long-polls) before dropping them.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("invalid configuration: {0}")]
+    Config(#[from] leasehold_config::ConfigError),
+    #[error("cannot bind {what} {addr}: {source}")]
+    Bind {
+        what: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot open the data directory {path}: {message}")]
+    Storage { path: String, message: String },
+    #[error("cannot read the cluster secret file {path}: {source}")]
+    Secret {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("raft failed to start: {0}")]
+    Raft(String),
+}
+
+/// Already-bound listeners, for callers (tests, `local-cluster`) that pick ports first.
+pub struct Listeners {
+    pub client: TcpListener,
+    pub peer: TcpListener,
+}
+
+/// A running leasehold node.
+pub struct Node {
+    core: Arc<Core>,
+    service: NodeService,
+    client_addr: SocketAddr,
+    peer_addr: SocketAddr,
+    cancel: CancellationToken,
+    tracker: TaskTracker,
+    servers: Vec<JoinHandle<()>>,
+}
+
+impl Node {
+    /// Start a node, binding the addresses in `config`.
+    pub async fn start(config: Config) -> Result<Node, StartError> {
+        let client = TcpListener::bind(config.client_addr)
+            .await
+            .map_err(|source| StartError::Bind {
+                what: "client_addr",
+                addr: config.client_addr,
+                source,
+            })?;
+        let peer = TcpListener::bind(config.peer_addr)
+            .await
+            .map_err(|source| StartError::Bind {
+                what: "peer_addr",
+                addr: config.peer_addr,
+                source,
+            })?;
+        Self::start_on(config, Listeners { client, peer }).await
+    }
+
+    /// Start a node on listeners the caller bound (their addresses win over the config's).
+    pub async fn start_on(config: Config, listeners: Listeners) -> Result<Node, StartError> {
+        config.validate()?;
+        let client_addr = local_addr(&listeners.client, "client_addr", config.client_addr)?;
+        let peer_addr = local_addr(&listeners.peer, "peer_addr", config.peer_addr)?;
+        let secret = read_secret(&config)?;
+
+        let raft_config = openraft::Config {
+            cluster_name: "leasehold".into(),
+            heartbeat_interval: config.raft.heartbeat_interval_ms,
+            election_timeout_min: config.raft.election_timeout_min_ms,
+            election_timeout_max: config.raft.election_timeout_max_ms,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(config.raft.snapshot_every_logs),
+            max_in_snapshot_log_to_keep: 1000,
+            ..Default::default()
+        };
+        let raft_config = Arc::new(
+            raft_config
+                .validate()
+                .map_err(|e| StartError::Raft(e.to_string()))?,
+        );
+        let network = PeerNetworkFactory::new(secret.clone());
+        let (raft, shared) = match &config.data_dir {
+            Some(dir) => {
+                let storage_err = |message: String| StartError::Storage {
+                    path: dir.display().to_string(),
+                    message,
+                };
+                std::fs::create_dir_all(dir).map_err(|e| storage_err(e.to_string()))?;
+                let db = sled::open(dir.join("raft")).map_err(|e| storage_err(e.to_string()))?;
+                let log_store = SledLogStore::open(&db).map_err(|e| storage_err(e.to_string()))?;
+                let (sm_store, shared) = StateMachineStore::new(Some(db))
+                    .map_err(|e| storage_err(e.to_string()))?;
+                let raft = Raft::new(config.node_id, raft_config, network, log_store, sm_store)
+                    .await
+                    .map_err(|e| StartError::Raft(e.to_string()))?;
+                (raft, shared)
+            }
+            None => {
+                let log_store = MemLogStore::default();
+                let (sm_store, shared) = StateMachineStore::new(None)
+                    .map_err(|e| StartError::Raft(e.to_string()))?;
+                let raft = Raft::new(config.node_id, raft_config, network, log_store, sm_store)
+                    .await
+                    .map_err(|e| StartError::Raft(e.to_string()))?;
+                (raft, shared)
+            }
+        };
+
+        let cancel = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        let core = Arc::new(build_core(&config, raft.clone(), shared, secret.clone(), &tracker, &cancel));
+
+        let mut servers = Vec::new();
+        let peer_router = leasehold_raft::network::peer_router(raft.clone(), secret.clone())
+            .merge(forward::router(core.clone(), secret.clone()));
+        servers.push(serve(listeners.peer, peer_router, cancel.clone()));
+
+        let service = NodeService::new(core.clone(), &config);
+        let client_router = leasehold_api::router::router(service.clone(), service.limits().clone());
+        servers.push(serve(listeners.client, client_router, cancel.clone()));
+
+        let node = Node {
+            core,
+            service,
+            client_addr,
+            peer_addr,
+            cancel,
+            tracker,
+            servers,
+        };
+        node.bootstrap(&config, client_addr, peer_addr).await?;
+        info!(
+            node_id = config.node_id,
+            %client_addr,
+            %peer_addr,
+            data_dir = ?config.data_dir,
+            "leasehold node started"
+        );
+        Ok(node)
+    }
+
+    /// Initialize the cluster on empty storage only, and never a node that was wiped
+    /// while the cluster it belonged to lives on.
+    async fn bootstrap(
+        &self,
+        config: &Config,
+        client_addr: SocketAddr,
+        peer_addr: SocketAddr,
+    ) -> Result<(), StartError> {
+        let raft = &self.core.raft;
+        if raft.is_initialized().await.unwrap_or(true) {
+            return Ok(());
+        }
+        let members: std::collections::BTreeMap<NodeId, PeerNode> = if config.cluster.members.is_empty() {
+            // A lone node (the default): a cluster of one.
+            [(
+                config.node_id,
+                PeerNode {
+                    peer_addr: peer_addr.to_string(),
+                    client_addr: client_addr.to_string(),
+                },
+            )]
+            .into()
+        } else {
+            // Every member must propose the identical membership, so only peer addresses.
+            for member in &config.cluster.members {
+                if member.id == config.node_id {
+                    continue;
+                }
+                let asked = self
+                    .core
+                    .peers
+                    .call::<ForwardRequest, Result<ForwardResponse, crate::error::CoreError>>(
+                        &member.peer_addr.to_string(),
+                        FORWARD_PATH,
+                        &ForwardRequest::Initialized,
+                        Duration::from_millis(500),
+                    )
+                    .await;
+                if let Ok(Ok(ForwardResponse::Initialized(true))) = asked {
+                    warn!(
+                        peer = member.id,
+                        "storage is empty but the cluster already exists: not bootstrapping; \
+                         this node waits to be caught up by the leader"
+                    );
+                    return Ok(());
+                }
+            }
+            config
+                .cluster
+                .members
+                .iter()
+                .map(|m| {
+                    (
+                        m.id,
+                        PeerNode {
+                            peer_addr: m.peer_addr.to_string(),
+                            client_addr: String::new(),
+                        },
+                    )
+                })
+                .collect()
+        };
+        match raft.initialize(members).await {
+            Ok(()) => Ok(()),
+            // Another member's initialization reached us first: fine.
+            Err(openraft::error::RaftError::APIError(
+                openraft::error::InitializeError::NotAllowed(_),
+            )) => Ok(()),
+            Err(e) => Err(StartError::Raft(e.to_string())),
+        }
+    }
+
+    /// The service this node offers (the same trait the HTTP client implements).
+    pub fn service(&self) -> NodeService {
+        self.service.clone()
+    }
+
+    pub fn client_addr(&self) -> SocketAddr {
+        self.client_addr
+    }
+
+    pub fn peer_addr(&self) -> SocketAddr {
+        self.peer_addr
+    }
+
+    pub fn node_id(&self) -> NodeId {
+        self.core.node_id
+    }
+
+    pub fn raft(&self) -> &Raft {
+        &self.core.raft
+    }
+
+    pub fn shared_state(&self) -> &Arc<SharedState> {
+        &self.core.shared
+    }
+
+    /// Wait until some node leads and this node has applied the leader's first entry.
+    pub async fn wait_for_leader(&self, timeout: Duration) -> Result<NodeId, crate::error::CoreError> {
+        let mut metrics = self.core.raft.metrics();
+        let wait = metrics.wait_for(|m| m.current_leader.is_some());
+        let leader = match tokio::time::timeout(timeout, wait).await {
+            Ok(Ok(m)) => m.current_leader,
+            Ok(Err(_)) => return Err(crate::error::CoreError::ShuttingDown),
+            Err(_) => return Err(crate::error::CoreError::Timeout),
+        };
+        leader.ok_or(crate::error::CoreError::Timeout)
+    }
+
+    /// Stop serving, stop Raft and every task; returns when all of them have ended.
+    pub async fn shutdown(self) {
+        self.cancel.cancel();
+        if let Err(e) = self.core.raft.shutdown().await {
+            warn!(error = %e, "raft did not shut down cleanly");
+        }
+        self.tracker.close();
+        let servers = futures::future::join_all(self.servers);
+        if tokio::time::timeout(SHUTDOWN_GRACE, async {
+            servers.await;
+            self.tracker.wait().await;
+        })
+        .await
+        .is_err()
+        {
+            warn!("shutdown grace passed with requests still open; dropping them");
+        }
+    }
+}
+
+fn build_core(
+    config: &Config,
+    raft: Raft,
+    shared: Arc<SharedState>,
+    secret: Option<Arc<String>>,
+    tracker: &TaskTracker,
+    cancel: &CancellationToken,
+) -> Core {
+    let election_timeout_max = Duration::from_millis(config.raft.election_timeout_max_ms);
+    let request_timeout = Duration::from_millis(config.limits.request_timeout_ms);
+    let proposer = ProposerHandle::spawn(
+        raft.clone(),
+        ProposerSettings {
+            max_batch: config.raft.max_batch,
+            proposal_timeout: Duration::from_millis(config.raft.proposal_timeout_ms),
+            quorum_stale_after: election_timeout_max,
+        },
+        tracker,
+        cancel.clone(),
+    );
+    let confirmer = ConfirmerHandle::spawn(raft.clone(), election_timeout_max * 2, tracker, cancel.clone());
+    let leases = LeaseHandle::spawn(raft.clone(), shared.clone(), proposer.clone(), tracker, cancel.clone());
+    Core {
+        node_id: config.node_id,
+        raft,
+        shared,
+        proposer,
+        confirmer,
+        leases,
+        peers: PeerClientPool::new(secret),
+        request_timeout,
+        leader_wait: election_timeout_max * 3,
+        request_ids: RequestIds::new(config.node_id),
+    }
+}
+
+fn local_addr(listener: &TcpListener, what: &'static str, addr: SocketAddr) -> Result<SocketAddr, StartError> {
+    listener
+        .local_addr()
+        .map_err(|source| StartError::Bind { what, addr, source })
+}
+
+fn read_secret(config: &Config) -> Result<Option<Arc<String>>, StartError> {
+    let Some(path) = &config.cluster.secret_file else {
+        return Ok(None);
+    };
+    let secret = std::fs::read_to_string(path).map_err(|source| StartError::Secret {
+        path: path.display().to_string(),
+        source,
+    })?;
+    Ok(Some(Arc::new(secret.trim().to_string())))
+}
+
+fn serve(listener: TcpListener, router: axum::Router, cancel: CancellationToken) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let result = axum::serve(listener, router)
+            .with_graceful_shutdown(cancel.cancelled_owned())
+            .await;
+        if let Err(e) = result {
+            warn!(error = %e, "listener stopped with an error");
+        }
+    })
+}

@@ -1,0 +1,263 @@
+//! The replicated command set: what a Raft log entry carries and what applying it returns.
+//!
+//! These types are persisted (in the log and in snapshots) and sent between peers, so they
+//! are versioned: [`Batch`] is an enum whose variants name the format version. A later
+//! release adds `V2` and keeps reading `V1`.
+
+use serde::{Deserialize, Serialize};
+
+pub type LeaseId = u64;
+pub type Token = u64;
+
+/// What kind of holdable thing a key names. Each kind has its own key space.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Kind {
+    Lock,
+    Name,
+    Semaphore,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Lock => "lock",
+            Kind::Name => "name",
+            Kind::Semaphore => "semaphore",
+        }
+    }
+}
+
+/// A resource's identity: its kind and key.
+pub type ResourceId = (Kind, String);
+
+/// One log entry's payload: the commands gathered by the proposer into one Raft entry.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Batch {
+    V1 {
+        /// The leader's wall clock (ms since the Unix epoch) when it proposed the entry.
+        /// The only time the state machine ever sees (SPEC §2 rule 6).
+        proposed_at_ms: u64,
+        proposals: Vec<Proposal>,
+    },
+}
+
+impl Batch {
+    pub fn new(proposed_at_ms: u64, proposals: Vec<Proposal>) -> Self {
+        Batch::V1 {
+            proposed_at_ms,
+            proposals,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        match self {
+            Batch::V1 { proposals, .. } => proposals.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// The per-command results of one applied [`Batch`], in proposal order.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct BatchResult {
+    /// The log index the batch was applied at.
+    pub index: u64,
+    pub results: Vec<CommandResult>,
+}
+
+/// One client command with its optional idempotency key.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Proposal {
+    /// A retry carrying the same `request_id` within the dedupe window gets the
+    /// original result instead of acting twice.
+    pub request_id: Option<String>,
+    pub command: Command,
+}
+
+/// How an acquire names the lease its hold lives under.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LeaseSpec {
+    /// An existing lease (a session with possibly many holds).
+    Existing(LeaseId),
+    /// Create an implicit lease for this one hold; it is revoked when the hold ends.
+    New { ttl_ms: u64 },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Acquire {
+    pub kind: Kind,
+    pub key: String,
+    pub owner: String,
+    pub lease: LeaseSpec,
+    /// Queue behind the current holders instead of failing.
+    pub wait: bool,
+    pub value: Option<String>,
+    pub lock_delay_ms: u64,
+    /// Holders allowed at once: 1 for locks and names, N for semaphores.
+    pub limit: u32,
+    /// Quotas of the proposing node, carried in the entry so every replica applies the same.
+    pub max_waiters: u32,
+    pub max_leases: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    CreateLease {
+        ttl_ms: u64,
+        owner: String,
+        max_leases: u64,
+    },
+    /// Change a lease's TTL (a keepalive without a new TTL never reaches the log).
+    SetLeaseTtl {
+        lease_id: LeaseId,
+        ttl_ms: u64,
+    },
+    /// Client or admin revocation.
+    RevokeLease {
+        lease_id: LeaseId,
+    },
+    /// Proposed only by the leader's lease actor when a deadline passed.
+    ExpireLease {
+        lease_id: LeaseId,
+    },
+    Acquire(Acquire),
+    /// Remove the waiter queued under `lease_id` (its wait ran out or its client left).
+    /// If it was granted in the meantime, the result is the grant.
+    CancelWait {
+        kind: Kind,
+        key: String,
+        lease_id: LeaseId,
+    },
+    Release {
+        kind: Kind,
+        key: String,
+        owner: String,
+        token: Token,
+    },
+    /// Check ownership and optionally set a new TTL on the hold's lease.
+    Extend {
+        kind: Kind,
+        key: String,
+        owner: String,
+        token: Token,
+        ttl_ms: Option<u64>,
+    },
+    /// Proclaim: replace the value of a hold.
+    SetValue {
+        kind: Kind,
+        key: String,
+        owner: String,
+        token: Token,
+        value: Option<String>,
+    },
+    /// Grant waiters of a key whose lock-delay has elapsed (proposed by the leader).
+    Promote {
+        kind: Kind,
+        key: String,
+    },
+}
+
+/// A granted hold as the state machine reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HoldView {
+    pub kind: Kind,
+    pub key: String,
+    pub owner: String,
+    pub token: Token,
+    pub lease_id: LeaseId,
+    pub ttl_ms: u64,
+    pub locked_at_ms: u64,
+    pub acquisitions: u64,
+    pub value: Option<String>,
+    pub limit: u32,
+}
+
+/// Why an acquire did not get a slot right away.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum BusyReason {
+    /// Every slot is taken.
+    Held,
+    /// The key is free but under lock-delay until the given time.
+    Delayed { until_ms: u64 },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EndReason {
+    Released,
+    Expired,
+    Revoked,
+}
+
+impl EndReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EndReason::Released => "released",
+            EndReason::Expired => "expired",
+            EndReason::Revoked => "revoked",
+        }
+    }
+}
+
+/// Errors the state machine decides; each maps to one documented API error.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SmError {
+    LeaseNotFound {
+        lease_id: LeaseId,
+    },
+    NotOwner,
+    /// Nothing of this kind is held or queued under the key (names: `name_not_found`).
+    NotFound,
+    LimitMismatch {
+        limit: u32,
+    },
+    TooManyWaiters {
+        max: u32,
+    },
+    TooManyLeases {
+        max: u64,
+    },
+    /// The lease already waits for this key.
+    AlreadyWaiting,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CommandResult {
+    LeaseCreated {
+        lease_id: LeaseId,
+        ttl_ms: u64,
+        owner: String,
+    },
+    LeaseUpdated {
+        lease_id: LeaseId,
+        ttl_ms: u64,
+    },
+    /// The lease ended; these resources were released (and passed on to waiters).
+    LeaseEnded {
+        released: Vec<ResourceId>,
+    },
+    Granted(HoldView),
+    /// Queued FIFO; the waiter is identified by its lease.
+    Queued {
+        lease_id: LeaseId,
+        position: u32,
+        /// True if the acquire created the lease (it is revoked when the wait is cancelled).
+        implicit_lease: bool,
+    },
+    Busy {
+        holders: Vec<HoldView>,
+        reason: BusyReason,
+    },
+    WaitCancelled,
+    Released,
+    Extended {
+        token: Token,
+        lease_id: LeaseId,
+        ttl_ms: u64,
+    },
+    ValueSet(HoldView),
+    Promoted,
+    Error(SmError),
+}

@@ -1,0 +1,15 @@
+//! The replicated core of leasehold.
+//!
+//! - [`typ`]: openraft's generic parameters, pinned once.
+//! - [`command`]: the replicated command set (what a log entry carries and returns).
+//! - [`state`]: the deterministic lease state machine and its snapshot encoding.
+//! - [`sm_store`]: the openraft state-machine storage wrapping [`state::LeaseState`].
+//! - [`log_store`]: the durable sled log store and the in-memory one.
+//! - [`network`]: the peer (Raft) transport: client side and the peer listener's router.
+
+pub mod command;
+pub mod log_store;
+pub mod network;
+pub mod sm_store;
+pub mod state;
+pub mod typ;
