@@ -1,0 +1,218 @@
+//! The durable log store on sled.
+//!
+//! Durability rules (SPEC §2 rule 8): an append is flushed (fsync) before openraft is told
+//! it is done, so nothing is acknowledged before it is on disk; a vote is flushed before
+//! `save_vote` returns; a purge records `last_purged` durably before deleting entries, so
+//! a crash mid-purge never leaves a gap that looks like a shorter log.
+//!
+//! Layout: tree `logs` maps the big-endian index to `[FORMAT_VERSION] ++ bincode(entry)`;
+//! tree `meta` holds `vote`, `committed` and `last_purged` in the same versioned encoding.
+
+use std::fmt::Debug;
+use std::ops::{Bound, RangeBounds};
+
+use openraft::storage::{LogFlushed, RaftLogStorage};
+use openraft::{LogId, OptionalSend, RaftLogReader};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use super::{read_logs_err, read_vote_err, write_logs_err, write_vote_err};
+use crate::typ::{Entry, LogState, NodeId, StorageError, TypeConfig, Vote};
+
+/// Version of the on-disk encoding of every value this store writes.
+const FORMAT_VERSION: u8 = 1;
+
+const KEY_VOTE: &[u8] = b"vote";
+const KEY_COMMITTED: &[u8] = b"committed";
+const KEY_LAST_PURGED: &[u8] = b"last_purged";
+
+#[derive(Debug, thiserror::Error)]
+pub enum CodecError {
+    #[error("stored value has format version {0}, this build reads {FORMAT_VERSION}")]
+    Version(u8),
+    #[error("stored value is empty")]
+    Empty,
+    #[error("stored value is corrupt: {0}")]
+    Decode(#[from] bincode::error::DecodeError),
+    #[error("cannot encode value: {0}")]
+    Encode(#[from] bincode::error::EncodeError),
+}
+
+pub(crate) fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, CodecError> {
+    let mut out = vec![FORMAT_VERSION];
+    out.extend(bincode::serde::encode_to_vec(value, bincode::config::standard())?);
+    Ok(out)
+}
+
+pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
+    let (&version, body) = bytes.split_first().ok_or(CodecError::Empty)?;
+    if version != FORMAT_VERSION {
+        return Err(CodecError::Version(version));
+    }
+    let (value, _) = bincode::serde::decode_from_slice(body, bincode::config::standard())?;
+    Ok(value)
+}
+
+/// A Raft log in a sled database. Clones share the database (the log reader is a clone).
+#[derive(Debug, Clone)]
+pub struct SledLogStore {
+    db: sled::Db,
+    logs: sled::Tree,
+    meta: sled::Tree,
+}
+
+impl SledLogStore {
+    pub fn open(db: &sled::Db) -> Result<Self, StorageError> {
+        let logs = db.open_tree("logs").map_err(read_logs_err)?;
+        let meta = db.open_tree("meta").map_err(read_logs_err)?;
+        Ok(SledLogStore {
+            db: db.clone(),
+            logs,
+            meta,
+        })
+    }
+
+    /// fsync everything written so far, off the async runtime.
+    async fn flush(&self) -> Result<(), sled::Error> {
+        let db = self.db.clone();
+        match tokio::task::spawn_blocking(move || db.flush()).await {
+            Ok(result) => result.map(|_| ()),
+            Err(join) => Err(sled::Error::Io(std::io::Error::other(join.to_string()))),
+        }
+    }
+
+    fn get_meta<T: DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, StorageError> {
+        match self.meta.get(key).map_err(read_logs_err)? {
+            None => Ok(None),
+            Some(bytes) => decode(&bytes).map(Some).map_err(read_logs_err),
+        }
+    }
+
+    fn put_meta<T: Serialize>(&self, key: &[u8], value: &T) -> Result<(), StorageError> {
+        let bytes = encode(value).map_err(write_logs_err)?;
+        self.meta.insert(key, bytes).map_err(write_logs_err)?;
+        Ok(())
+    }
+
+    fn last_entry(&self) -> Result<Option<Entry>, StorageError> {
+        match self.logs.last().map_err(read_logs_err)? {
+            None => Ok(None),
+            Some((_, bytes)) => decode(&bytes).map(Some).map_err(read_logs_err),
+        }
+    }
+}
+
+fn index_key(index: u64) -> [u8; 8] {
+    index.to_be_bytes()
+}
+
+impl RaftLogReader<TypeConfig> for SledLogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, StorageError> {
+        let start = match range.start_bound() {
+            Bound::Included(i) => Bound::Included(index_key(*i)),
+            Bound::Excluded(i) => Bound::Excluded(index_key(*i)),
+            Bound::Unbounded => Bound::Unbounded,
+        };
+        let end = match range.end_bound() {
+            Bound::Included(i) => Bound::Included(index_key(*i)),
+            Bound::Excluded(i) => Bound::Excluded(index_key(*i)),
+            Bound::Unbounded => Bound::Unbounded,
+        };
+        let mut entries = Vec::new();
+        for item in self.logs.range::<[u8; 8], _>((start, end)) {
+            let (_, bytes) = item.map_err(read_logs_err)?;
+            entries.push(decode(&bytes).map_err(read_logs_err)?);
+        }
+        Ok(entries)
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for SledLogStore {
+    type LogReader = Self;
+
+    async fn get_log_state(&mut self) -> Result<LogState, StorageError> {
+        let last_purged: Option<LogId<NodeId>> = self.get_meta(KEY_LAST_PURGED)?;
+        let last = self.last_entry()?.map(|e| e.log_id);
+        Ok(LogState {
+            last_purged_log_id: last_purged,
+            last_log_id: last.or(last_purged),
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
+        let bytes = encode(vote).map_err(write_vote_err)?;
+        self.meta.insert(KEY_VOTE, bytes).map_err(write_vote_err)?;
+        self.flush().await.map_err(write_vote_err)
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
+        match self.meta.get(KEY_VOTE).map_err(read_vote_err)? {
+            None => Ok(None),
+            Some(bytes) => decode(&bytes).map(Some).map_err(read_vote_err),
+        }
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> Result<(), StorageError> {
+        // Not flushed on its own: losing it only makes a restart re-apply from the snapshot.
+        self.put_meta(KEY_COMMITTED, &committed)
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId<NodeId>>, StorageError> {
+        Ok(self.get_meta::<Option<LogId<NodeId>>>(KEY_COMMITTED)?.flatten())
+    }
+
+    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut batch = sled::Batch::default();
+        for entry in entries {
+            let bytes = encode(&entry).map_err(write_logs_err)?;
+            batch.insert(&index_key(entry.log_id.index), bytes);
+        }
+        self.logs.apply_batch(batch).map_err(write_logs_err)?;
+        // Durable before acknowledged.
+        match self.flush().await {
+            Ok(()) => {
+                callback.log_io_completed(Ok(()));
+                Ok(())
+            }
+            Err(e) => {
+                let message = e.to_string();
+                callback.log_io_completed(Err(std::io::Error::other(message)));
+                Err(write_logs_err(e))
+            }
+        }
+    }
+
+    async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError> {
+        let mut batch = sled::Batch::default();
+        for item in self.logs.range(index_key(log_id.index)..) {
+            let (key, _) = item.map_err(write_logs_err)?;
+            batch.remove(key);
+        }
+        self.logs.apply_batch(batch).map_err(write_logs_err)?;
+        self.flush().await.map_err(write_logs_err)
+    }
+
+    async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError> {
+        // Record the purge point durably first; then delete.
+        self.put_meta(KEY_LAST_PURGED, &log_id)?;
+        self.flush().await.map_err(write_logs_err)?;
+        let mut batch = sled::Batch::default();
+        for item in self.logs.range(..=index_key(log_id.index)) {
+            let (key, _) = item.map_err(write_logs_err)?;
+            batch.remove(key);
+        }
+        self.logs.apply_batch(batch).map_err(write_logs_err)?;
+        Ok(())
+    }
+}

@@ -1,0 +1,331 @@
+//! openraft's state-machine storage around [`LeaseState`].
+//!
+//! The applied state lives in [`SharedState`], which the node reads directly (under a
+//! short read lock, never across an `.await`) and subscribes to: every apply bumps a watch
+//! of the last applied index, which wakes long-polls and blocking acquires, and leaves
+//! [`StateEvent`]s for the lease actor.
+//!
+//! Snapshots are a versioned envelope (`SnapshotEnvelope`) around [`LeaseState::encode`].
+//! With a sled database, every built or installed snapshot is also written there (and
+//! flushed), and restored on open, so a restarted node does not depend on purged logs.
+//! A persisted snapshot that cannot be decoded is an error, never "no snapshot".
+
+use std::io::Cursor;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use openraft::storage::RaftStateMachine;
+use openraft::{AnyError, EntryPayload, ErrorSubject, ErrorVerb, RaftSnapshotBuilder, StorageIOError};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use crate::command::BatchResult;
+use crate::state::{LeaseState, StateEvent};
+use crate::typ::{Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
+
+/// Version of the snapshot envelope.
+const SNAPSHOT_FORMAT_VERSION: u8 = 1;
+const SNAPSHOT_TREE: &str = "snapshot";
+const SNAPSHOT_KEY: &[u8] = b"current";
+
+/// The applied state: the lease state plus what openraft needs to know about it.
+#[derive(Debug, Default)]
+struct Applied {
+    lease: LeaseState,
+    last_applied: Option<LogId>,
+    membership: StoredMembership,
+}
+
+/// The state machine as the rest of the node sees it.
+pub struct SharedState {
+    applied: RwLock<Applied>,
+    applied_tx: watch::Sender<u64>,
+    events: Mutex<Vec<StateEvent>>,
+    generation: AtomicU64,
+}
+
+impl SharedState {
+    fn new() -> Self {
+        let (applied_tx, _) = watch::channel(0);
+        SharedState {
+            applied: RwLock::new(Applied::default()),
+            applied_tx,
+            events: Mutex::new(Vec::new()),
+            generation: AtomicU64::new(0),
+        }
+    }
+
+    /// Read the applied lease state. Keep `f` short: applies wait for it.
+    pub fn read<R>(&self, f: impl FnOnce(&LeaseState) -> R) -> R {
+        // Poisoning means a panic while applying; the state is then not trustworthy.
+        let applied = self.applied.read().expect("state machine lock poisoned");
+        f(&applied.lease)
+    }
+
+    /// A watch of the last applied log index; it changes after every apply.
+    pub fn subscribe_applied(&self) -> watch::Receiver<u64> {
+        self.applied_tx.subscribe()
+    }
+
+    pub fn applied_index(&self) -> u64 {
+        *self.applied_tx.borrow()
+    }
+
+    /// Take the events left by applies since the last call.
+    pub fn drain_events(&self) -> Vec<StateEvent> {
+        std::mem::take(&mut *self.events.lock().expect("event lock poisoned"))
+    }
+
+    /// Incremented whenever a snapshot replaces the state wholesale.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct SnapshotEnvelope {
+    last_applied: Option<LogId>,
+    membership: StoredMembership,
+    state: Vec<u8>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct StoredSnapshot {
+    meta: SnapshotMeta,
+    data: Vec<u8>,
+}
+
+fn encode_envelope(envelope: &SnapshotEnvelope) -> Result<Vec<u8>, StorageError> {
+    let mut out = vec![SNAPSHOT_FORMAT_VERSION];
+    let body = bincode::serde::encode_to_vec(envelope, bincode::config::standard())
+        .map_err(|e| sm_err(ErrorVerb::Write, e))?;
+    out.extend(body);
+    Ok(out)
+}
+
+fn decode_envelope(bytes: &[u8]) -> Result<SnapshotEnvelope, StorageError> {
+    let (&version, body) = bytes
+        .split_first()
+        .ok_or_else(|| snapshot_err(ErrorVerb::Read, "snapshot is empty"))?;
+    if version != SNAPSHOT_FORMAT_VERSION {
+        return Err(snapshot_err(
+            ErrorVerb::Read,
+            &format!("snapshot format version {version} is not supported"),
+        ));
+    }
+    let (envelope, _) = bincode::serde::decode_from_slice(body, bincode::config::standard())
+        .map_err(|e| sm_err(ErrorVerb::Read, e))?;
+    Ok(envelope)
+}
+
+fn sm_err(verb: ErrorVerb, e: impl std::error::Error + 'static) -> StorageError {
+    StorageIOError::new(ErrorSubject::StateMachine, verb, AnyError::new(&e)).into()
+}
+
+fn snapshot_err(verb: ErrorVerb, message: &str) -> StorageError {
+    StorageIOError::new(ErrorSubject::Snapshot(None), verb, AnyError::error(message)).into()
+}
+
+/// openraft's handle on the state machine.
+pub struct StateMachineStore {
+    shared: Arc<SharedState>,
+    current: Arc<Mutex<Option<StoredSnapshot>>>,
+    persist: Option<sled::Tree>,
+    snapshot_seq: Arc<AtomicU64>,
+}
+
+impl StateMachineStore {
+    /// Open the state machine; with a sled database, restore its last persisted snapshot.
+    pub fn new(db: Option<sled::Db>) -> Result<(Self, Arc<SharedState>), StorageError> {
+        let shared = Arc::new(SharedState::new());
+        let persist = match db {
+            Some(db) => Some(
+                db.open_tree(SNAPSHOT_TREE)
+                    .map_err(|e| sm_err(ErrorVerb::Read, e))?,
+            ),
+            None => None,
+        };
+        let mut current = None;
+        if let Some(tree) = &persist {
+            if let Some(bytes) = tree.get(SNAPSHOT_KEY).map_err(|e| sm_err(ErrorVerb::Read, e))? {
+                let (stored, _): (StoredSnapshot, usize) =
+                    bincode::serde::decode_from_slice(&bytes, bincode::config::standard())
+                        .map_err(|e| sm_err(ErrorVerb::Read, e))?;
+                install(&shared, &stored.data)?;
+                current = Some(stored);
+            }
+        }
+        let store = StateMachineStore {
+            shared: shared.clone(),
+            current: Arc::new(Mutex::new(current)),
+            persist,
+            snapshot_seq: Arc::new(AtomicU64::new(0)),
+        };
+        Ok((store, shared))
+    }
+}
+
+/// Replace the shared state with a snapshot's.
+fn install(shared: &SharedState, data: &[u8]) -> Result<(), StorageError> {
+    let envelope = decode_envelope(data)?;
+    let lease = LeaseState::decode(&envelope.state).map_err(|e| sm_err(ErrorVerb::Read, e))?;
+    let index = envelope.last_applied.map_or(0, |l| l.index);
+    {
+        let mut applied = shared.applied.write().expect("state machine lock poisoned");
+        *applied = Applied {
+            lease,
+            last_applied: envelope.last_applied,
+            membership: envelope.membership,
+        };
+    }
+    shared.generation.fetch_add(1, Ordering::AcqRel);
+    shared.applied_tx.send_replace(index);
+    Ok(())
+}
+
+fn persist_snapshot(tree: &sled::Tree, stored: &StoredSnapshot) -> Result<(), StorageError> {
+    let bytes = bincode::serde::encode_to_vec(stored, bincode::config::standard())
+        .map_err(|e| sm_err(ErrorVerb::Write, e))?;
+    tree.insert(SNAPSHOT_KEY, bytes)
+        .map_err(|e| sm_err(ErrorVerb::Write, e))?;
+    tree.flush().map_err(|e| sm_err(ErrorVerb::Write, e))?;
+    Ok(())
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachineStore {
+    type SnapshotBuilder = SnapshotBuilder;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
+        let applied = self.shared.applied.read().expect("state machine lock poisoned");
+        Ok((applied.last_applied, applied.membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<BatchResult>, StorageError>
+    where
+        I: IntoIterator<Item = Entry> + openraft::OptionalSend,
+        I::IntoIter: openraft::OptionalSend,
+    {
+        let mut results = Vec::new();
+        let mut events = Vec::new();
+        let mut last_index = None;
+        {
+            let mut applied = self.shared.applied.write().expect("state machine lock poisoned");
+            for entry in entries {
+                let index = entry.log_id.index;
+                applied.last_applied = Some(entry.log_id);
+                let result = match entry.payload {
+                    EntryPayload::Blank => BatchResult {
+                        index,
+                        results: Vec::new(),
+                    },
+                    EntryPayload::Normal(batch) => applied.lease.apply_batch(index, &batch, &mut events),
+                    EntryPayload::Membership(membership) => {
+                        applied.membership = StoredMembership::new(Some(entry.log_id), membership);
+                        BatchResult {
+                            index,
+                            results: Vec::new(),
+                        }
+                    }
+                };
+                results.push(result);
+                last_index = Some(index);
+            }
+        }
+        if !events.is_empty() {
+            self.shared
+                .events
+                .lock()
+                .expect("event lock poisoned")
+                .extend(events);
+        }
+        if let Some(index) = last_index {
+            self.shared.applied_tx.send_replace(index);
+        }
+        Ok(results)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        SnapshotBuilder {
+            shared: self.shared.clone(),
+            current: self.current.clone(),
+            persist: self.persist.clone(),
+            snapshot_seq: self.snapshot_seq.clone(),
+        }
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), StorageError> {
+        let data = snapshot.into_inner();
+        install(&self.shared, &data)?;
+        // Events of the replaced state are meaningless now; the actors rescan.
+        self.shared.drain_events();
+        let stored = StoredSnapshot {
+            meta: meta.clone(),
+            data,
+        };
+        if let Some(tree) = &self.persist {
+            persist_snapshot(tree, &stored)?;
+        }
+        *self.current.lock().expect("snapshot lock poisoned") = Some(stored);
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
+        let current = self.current.lock().expect("snapshot lock poisoned").clone();
+        Ok(current.map(|s| Snapshot {
+            meta: s.meta,
+            snapshot: Box::new(Cursor::new(s.data)),
+        }))
+    }
+}
+
+/// Builds a snapshot of the state as of the moment it is called.
+pub struct SnapshotBuilder {
+    shared: Arc<SharedState>,
+    current: Arc<Mutex<Option<StoredSnapshot>>>,
+    persist: Option<sled::Tree>,
+    snapshot_seq: Arc<AtomicU64>,
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
+    async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
+        let envelope = {
+            let applied = self.shared.applied.read().expect("state machine lock poisoned");
+            SnapshotEnvelope {
+                last_applied: applied.last_applied,
+                membership: applied.membership.clone(),
+                state: applied.lease.encode(),
+            }
+        };
+        let data = encode_envelope(&envelope)?;
+        let seq = self.snapshot_seq.fetch_add(1, Ordering::AcqRel) + 1;
+        let snapshot_id = match envelope.last_applied {
+            Some(l) => format!("{}-{}-{seq}", l.leader_id.term, l.index),
+            None => format!("0-0-{seq}"),
+        };
+        let meta = SnapshotMeta {
+            last_log_id: envelope.last_applied,
+            last_membership: envelope.membership,
+            snapshot_id,
+        };
+        let stored = StoredSnapshot { meta, data };
+        if let Some(tree) = self.persist.clone() {
+            let to_persist = stored.clone();
+            tokio::task::spawn_blocking(move || persist_snapshot(&tree, &to_persist))
+                .await
+                .map_err(|e| snapshot_err(ErrorVerb::Write, &e.to_string()))??;
+        }
+        *self.current.lock().expect("snapshot lock poisoned") = Some(stored.clone());
+        Ok(Snapshot {
+            meta: stored.meta,
+            snapshot: Box::new(Cursor::new(stored.data)),
+        })
+    }
+}

@@ -1,0 +1,123 @@
+//! openraft's storage conformance suite against both log stores, and the sled store's
+//! durability across reopen.
+
+use leasehold_raft::command::{Batch, Command, Proposal};
+use leasehold_raft::log_store::{MemLogStore, SledLogStore};
+use leasehold_raft::sm_store::StateMachineStore;
+use leasehold_raft::typ::{Entry, StorageError, TypeConfig};
+use openraft::storage::{RaftLogStorage, RaftStateMachine};
+use openraft::testing::{StoreBuilder, Suite};
+use openraft::{CommittedLeaderId, EntryPayload, LogId, RaftLogReader, RaftSnapshotBuilder, Vote};
+
+struct MemBuilder;
+
+impl StoreBuilder<TypeConfig, MemLogStore, StateMachineStore, ()> for MemBuilder {
+    async fn build(&self) -> Result<((), MemLogStore, StateMachineStore), StorageError> {
+        let (sm, _) = StateMachineStore::new(None)?;
+        Ok(((), MemLogStore::default(), sm))
+    }
+}
+
+struct SledBuilder;
+
+impl StoreBuilder<TypeConfig, SledLogStore, StateMachineStore, tempfile::TempDir> for SledBuilder {
+    async fn build(&self) -> Result<(tempfile::TempDir, SledLogStore, StateMachineStore), StorageError> {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let db = sled::open(dir.path()).expect("sled opens");
+        let log = SledLogStore::open(&db)?;
+        let (sm, _) = StateMachineStore::new(Some(db))?;
+        Ok((dir, log, sm))
+    }
+}
+
+#[test]
+fn mem_store_passes_openraft_suite() -> Result<(), StorageError> {
+    Suite::test_all(MemBuilder)
+}
+
+#[test]
+fn sled_store_passes_openraft_suite() -> Result<(), StorageError> {
+    Suite::test_all(SledBuilder)
+}
+
+fn log_id(term: u64, index: u64) -> LogId<u64> {
+    LogId::new(CommittedLeaderId::new(term, 1), index)
+}
+
+fn entry(term: u64, index: u64) -> Entry {
+    Entry {
+        log_id: log_id(term, index),
+        payload: EntryPayload::Normal(Batch::new(
+            1_000 + index,
+            vec![Proposal {
+                request_id: None,
+                command: Command::CreateLease {
+                    ttl_ms: 5_000,
+                    owner: format!("o{index}"),
+                    max_leases: 100,
+                },
+            }],
+        )),
+    }
+}
+
+async fn append(store: &mut SledLogStore, entries: Vec<Entry>) {
+    use openraft::storage::RaftLogStorageExt;
+    store.blocking_append(entries).await.unwrap();
+}
+
+#[tokio::test]
+async fn sled_log_vote_and_purge_survive_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let db = sled::open(dir.path()).unwrap();
+        let mut store = SledLogStore::open(&db).unwrap();
+        append(&mut store, (1..=10).map(|i| entry(1, i)).collect()).await;
+        store.save_vote(&Vote::new_committed(3, 2)).await.unwrap();
+        store.purge(log_id(1, 4)).await.unwrap();
+        store.truncate(log_id(1, 9)).await.unwrap();
+    }
+    let db = sled::open(dir.path()).unwrap();
+    let mut store = SledLogStore::open(&db).unwrap();
+    assert_eq!(store.read_vote().await.unwrap(), Some(Vote::new_committed(3, 2)));
+    let state = store.get_log_state().await.unwrap();
+    assert_eq!(state.last_purged_log_id, Some(log_id(1, 4)));
+    assert_eq!(state.last_log_id, Some(log_id(1, 8)));
+    let entries = store.try_get_log_entries(0..100).await.unwrap();
+    let indexes: Vec<u64> = entries.iter().map(|e| e.log_id.index).collect();
+    assert_eq!(indexes, vec![5, 6, 7, 8]);
+    assert_eq!(entries[0], entry(1, 5));
+}
+
+#[tokio::test]
+async fn sled_snapshot_is_restored_on_open_and_corruption_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let expected = {
+        let db = sled::open(dir.path()).unwrap();
+        let (mut sm, shared) = StateMachineStore::new(Some(db)).unwrap();
+        sm.apply((1..=3).map(|i| entry(1, i))).await.unwrap();
+        let mut builder = sm.get_snapshot_builder().await;
+        builder.build_snapshot().await.unwrap();
+        shared.read(|s| s.encode())
+    };
+    {
+        let db = sled::open(dir.path()).unwrap();
+        let (mut sm, shared) = StateMachineStore::new(Some(db)).unwrap();
+        assert_eq!(shared.read(|s| s.encode()), expected);
+        assert_eq!(shared.read(|s| s.lease_count()), 3);
+        let (applied, _) = sm.applied_state().await.unwrap();
+        assert_eq!(applied, Some(log_id(1, 3)));
+        assert!(sm.get_current_snapshot().await.unwrap().is_some());
+    }
+    {
+        let db = sled::open(dir.path()).unwrap();
+        let tree = db.open_tree("snapshot").unwrap();
+        let mut bytes = tree.get("current").unwrap().unwrap().to_vec();
+        let len = bytes.len();
+        bytes.truncate(len / 2);
+        tree.insert("current", bytes).unwrap();
+        db.flush().unwrap();
+    }
+    let db = sled::open(dir.path()).unwrap();
+    assert!(StateMachineStore::new(Some(db)).is_err(), "a corrupt snapshot is an error");
+}
