@@ -38,6 +38,7 @@ pub enum ForwardRequest {
         token: Token,
     },
     RemainingMs(Vec<LeaseId>),
+    ChangeMembership(MembershipChange),
     /// Used at bootstrap: is the asked node part of an initialized cluster?
     Initialized,
 }
@@ -49,6 +50,20 @@ pub enum ForwardResponse {
     Kept { lease_id: LeaseId, ttl_ms: u64 },
     RemainingMs(Vec<Option<u64>>),
     Initialized(bool),
+    Done,
+}
+
+/// An admin change of the voting members.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum MembershipChange {
+    /// Add a learner, wait for it to catch up, then make it a voter.
+    Add {
+        id: NodeId,
+        peer_addr: String,
+        client_addr: String,
+    },
+    /// Remove a member (voter or learner).
+    Remove { id: NodeId },
 }
 
 pub const FORWARD_PATH: &str = "/forward";
@@ -214,6 +229,10 @@ impl Core {
             ForwardRequest::RemainingMs(lease_ids) => Ok(ForwardResponse::RemainingMs(
                 self.leases.remaining_ms(lease_ids).await,
             )),
+            ForwardRequest::ChangeMembership(change) => {
+                self.apply_membership_change(change).await?;
+                Ok(ForwardResponse::Done)
+            }
             ForwardRequest::Initialized => Ok(ForwardResponse::Initialized(
                 self.raft.is_initialized().await.unwrap_or(false),
             )),
@@ -246,8 +265,8 @@ impl Core {
     /// Wait until the local state machine has applied `index`.
     pub async fn wait_applied(&self, index: u64, timeout: Duration) -> Result<(), CoreError> {
         let mut applied = self.shared.subscribe_applied();
-        let wait = applied.wait_for(|applied| *applied >= index);
-        match tokio::time::timeout(timeout, wait).await {
+        let result = tokio::time::timeout(timeout, applied.wait_for(|applied| *applied >= index)).await;
+        match result {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(_)) => Err(CoreError::ShuttingDown),
             Err(_) => Err(CoreError::Timeout),
@@ -295,6 +314,74 @@ impl Core {
             Ok(ForwardResponse::RemainingMs(v)) if v.len() == n => v,
             _ => vec![None; n],
         }
+    }
+
+    /// Change the voting members through the leader.
+    pub async fn change_membership(&self, change: MembershipChange) -> Result<(), CoreError> {
+        // Catching a learner up can take a while; allow more than one request deadline.
+        let timeout = self.request_timeout * 5;
+        match self
+            .on_leader_within(ForwardRequest::ChangeMembership(change), timeout)
+            .await?
+        {
+            ForwardResponse::Done => Ok(()),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn apply_membership_change(&self, change: MembershipChange) -> Result<(), CoreError> {
+        use openraft::ChangeMembers;
+        let map_err = |e: openraft::error::RaftError<NodeId, openraft::error::ClientWriteError<NodeId, leasehold_raft::typ::PeerNode>>| {
+            match e.forward_to_leader() {
+                Some(f) => CoreError::NotLeader { leader: f.leader_id },
+                None => CoreError::Unavailable(e.to_string()),
+            }
+        };
+        match change {
+            MembershipChange::Add {
+                id,
+                peer_addr,
+                client_addr,
+            } => {
+                let node = leasehold_raft::typ::PeerNode {
+                    peer_addr,
+                    client_addr,
+                };
+                self.raft.add_learner(id, node, true).await.map_err(map_err)?;
+                let voters = std::collections::BTreeSet::from([id]);
+                self.raft
+                    .change_membership(ChangeMembers::AddVoterIds(voters), false)
+                    .await
+                    .map_err(map_err)?;
+            }
+            MembershipChange::Remove { id } => {
+                let ids = std::collections::BTreeSet::from([id]);
+                let is_voter = self
+                    .raft
+                    .metrics()
+                    .borrow()
+                    .membership_config
+                    .membership()
+                    .voter_ids()
+                    .any(|v| v == id);
+                let change = if is_voter {
+                    ChangeMembers::RemoveVoters(ids)
+                } else {
+                    ChangeMembers::RemoveNodes(ids)
+                };
+                self.raft.change_membership(change, false).await.map_err(map_err)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The commit index as this node knows it.
+    pub async fn commit_index(&self) -> Option<u64> {
+        self.raft
+            .with_raft_state(|st| st.committed.map(|l| l.index))
+            .await
+            .ok()
+            .flatten()
     }
 
     pub fn is_leader(&self) -> bool {

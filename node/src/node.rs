@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use leasehold_config::Config;
 use leasehold_raft::log_store::{MemLogStore, SledLogStore};
-use leasehold_raft::network::{PeerClientPool, PeerNetworkFactory};
+use leasehold_raft::network::{Faults, PeerClientPool, PeerNetworkFactory};
 use leasehold_raft::sm_store::{SharedState, StateMachineStore};
 use leasehold_raft::typ::{NodeId, PeerNode, Raft};
 use openraft::SnapshotPolicy;
@@ -105,7 +105,9 @@ impl Node {
                 .validate()
                 .map_err(|e| StartError::Raft(e.to_string()))?,
         );
-        let network = PeerNetworkFactory::new(secret.clone());
+        let faults = Arc::new(Faults::default());
+        let peers = PeerClientPool::new(secret.clone(), faults.clone());
+        let network = PeerNetworkFactory::new(peers.clone());
         let (raft, shared) = match &config.data_dir {
             Some(dir) => {
                 let storage_err = |message: String| StartError::Storage {
@@ -135,7 +137,7 @@ impl Node {
 
         let cancel = CancellationToken::new();
         let tracker = TaskTracker::new();
-        let core = Arc::new(build_core(&config, raft.clone(), shared, secret.clone(), &tracker, &cancel));
+        let core = Arc::new(build_core(&config, raft.clone(), shared, peers, &tracker, &cancel));
 
         let mut servers = Vec::new();
         let peer_router = leasehold_raft::network::peer_router(raft.clone(), secret.clone())
@@ -143,7 +145,8 @@ impl Node {
         servers.push(serve(listeners.peer, peer_router, cancel.clone()));
 
         let service = NodeService::new(core.clone(), &config);
-        let client_router = leasehold_api::router::router(service.clone(), service.limits().clone());
+        let client_router =
+            leasehold_api::router::router(Arc::new(service.clone()), service.limits().clone());
         servers.push(serve(listeners.client, client_router, cancel.clone()));
 
         let node = Node {
@@ -259,6 +262,11 @@ impl Node {
         &self.core.raft
     }
 
+    /// The fault-injection switch of this node's peer links (tests cut links with it).
+    pub fn faults(&self) -> &Arc<Faults> {
+        self.core.peers.faults()
+    }
+
     pub fn shared_state(&self) -> &Arc<SharedState> {
         &self.core.shared
     }
@@ -299,7 +307,7 @@ fn build_core(
     config: &Config,
     raft: Raft,
     shared: Arc<SharedState>,
-    secret: Option<Arc<String>>,
+    peers: PeerClientPool,
     tracker: &TaskTracker,
     cancel: &CancellationToken,
 ) -> Core {
@@ -324,7 +332,7 @@ fn build_core(
         proposer,
         confirmer,
         leases,
-        peers: PeerClientPool::new(secret),
+        peers,
         request_timeout,
         leader_wait: election_timeout_max * 3,
         request_ids: RequestIds::new(config.node_id),

@@ -496,3 +496,596 @@ fn release_reason(reason: EndReason) -> ReleaseReason {
 fn resource_index(r: Option<&Resource>) -> u64 {
     r.map_or(0, |r| r.mod_index)
 }
+
+fn kind_key_label(kind: Kind, key: &str) -> String {
+    match kind {
+        Kind::Lock => key.to_string(),
+        Kind::Name => format!("name:{key}"),
+        Kind::Semaphore => format!("semaphore:{key}"),
+    }
+}
+
+fn history_kind(kind: HistoryKind) -> HistoryEventKind {
+    match kind {
+        HistoryKind::Acquired => HistoryEventKind::Acquired,
+        HistoryKind::Released => HistoryEventKind::Released,
+        HistoryKind::Expired => HistoryEventKind::Expired,
+        HistoryKind::Revoked => HistoryEventKind::Revoked,
+    }
+}
+
+fn resource_kind(kind: Kind) -> ResourceKind {
+    match kind {
+        Kind::Lock => ResourceKind::Lock,
+        Kind::Name => ResourceKind::Name,
+        Kind::Semaphore => ResourceKind::Semaphore,
+    }
+}
+
+impl NodeService {
+    async fn list_held(&self, kind: Kind, params: &ListParams) -> Result<(Vec<HoldView>, Option<String>), ApiError> {
+        let limit = validate::list(params, &self.limits)?;
+        self.barrier(false).await?;
+        let prefix = params.prefix.clone().unwrap_or_default();
+        let (views, more) = self.read(|s| {
+            let mut views = Vec::new();
+            let mut more = false;
+            for (key, r) in s.held_after(kind, &prefix, params.after.as_deref()) {
+                for hold in &r.holders {
+                    views.push(s.hold_view(kind, key, hold));
+                }
+                if views.len() >= limit {
+                    more = true;
+                    break;
+                }
+            }
+            (views, more)
+        });
+        let next_after = if more { views.last().map(|v| v.key.clone()) } else { None };
+        Ok((views, next_after))
+    }
+
+    async fn read_resource(&self, kind: Kind, key: &str, params: &ReadParams) -> Result<(), ApiError> {
+        let stale = params.stale.unwrap_or(false);
+        self.barrier(stale).await?;
+        if let (Some(index), Some(wait_ms)) = (params.index, params.wait_ms) {
+            self.wait_for_change(kind, key, index, wait_ms).await;
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl LeaseService for NodeService {
+    async fn create_lease(&self, req: CreateLeaseRequest) -> Result<LeaseGrant, ApiError> {
+        validate::create_lease(&req, &self.limits)?;
+        let owner = req.owner.clone().unwrap_or_default();
+        let command = Command::CreateLease {
+            ttl_ms: req.ttl_ms,
+            owner,
+            max_leases: self.limits.max_leases,
+        };
+        match self.write(req.request_id, command).await? {
+            CommandResult::LeaseCreated {
+                lease_id,
+                ttl_ms,
+                owner,
+            } => Ok(LeaseGrant {
+                lease_id,
+                ttl_ms,
+                owner,
+            }),
+            CommandResult::Error(e) => Err(sm_error(Kind::Lock, "", e)),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn keepalive(&self, lease_id: u64) -> Result<KeepaliveResponse, ApiError> {
+        let ttl_ms = self.core.keepalive_lease(lease_id).await.map_err(core_error)?;
+        Ok(KeepaliveResponse { lease_id, ttl_ms })
+    }
+
+    async fn revoke_lease(&self, lease_id: u64) -> Result<RevokeResponse, ApiError> {
+        match self.write(None, Command::RevokeLease { lease_id }).await? {
+            CommandResult::LeaseEnded { released } => Ok(RevokeResponse {
+                revoked: true,
+                released: released.iter().map(|(k, key)| kind_key_label(*k, key)).collect(),
+            }),
+            CommandResult::Error(e) => Err(sm_error(Kind::Lock, "", e)),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn get_lease(&self, lease_id: u64) -> Result<LeaseInfo, ApiError> {
+        self.barrier(false).await?;
+        let info = self.read(|s| {
+            s.lease(lease_id).map(|l| {
+                let of = |kind: Kind| -> Vec<String> {
+                    l.holds.iter().filter(|(k, _)| *k == kind).map(|(_, key)| key.clone()).collect()
+                };
+                LeaseInfo {
+                    lease_id,
+                    ttl_ms: l.ttl_ms,
+                    owner: l.owner.clone(),
+                    remaining_ms: l.ttl_ms,
+                    locks: of(Kind::Lock),
+                    names: of(Kind::Name),
+                    semaphores: of(Kind::Semaphore),
+                }
+            })
+        });
+        let Some(mut info) = info else {
+            return Err(sm_error(Kind::Lock, "", SmError::LeaseNotFound { lease_id }));
+        };
+        if let Some(Some(remaining)) = self.expires_in(vec![lease_id], false).await.first() {
+            info.remaining_ms = *remaining;
+        }
+        Ok(info)
+    }
+
+    async fn list_leases(&self, params: LeaseListParams) -> Result<LeaseList, ApiError> {
+        let limit = validate::list_limit(params.limit, &self.limits)?;
+        self.barrier(false).await?;
+        let after = params.after.unwrap_or(0);
+        let (mut leases, more) = self.read(|s| {
+            let mut it = s.leases_after(after);
+            let page: Vec<LeaseInfo> = it
+                .by_ref()
+                .take(limit)
+                .map(|l| {
+                    let of = |kind: Kind| -> Vec<String> {
+                        l.holds.iter().filter(|(k, _)| *k == kind).map(|(_, key)| key.clone()).collect()
+                    };
+                    LeaseInfo {
+                        lease_id: l.id,
+                        ttl_ms: l.ttl_ms,
+                        owner: l.owner.clone(),
+                        remaining_ms: l.ttl_ms,
+                        locks: of(Kind::Lock),
+                        names: of(Kind::Name),
+                        semaphores: of(Kind::Semaphore),
+                    }
+                })
+                .collect();
+            (page, it.next().is_some())
+        });
+        let remaining = self.expires_in(leases.iter().map(|l| l.lease_id).collect(), false).await;
+        for (lease, rem) in leases.iter_mut().zip(remaining) {
+            if let Some(rem) = rem {
+                lease.remaining_ms = rem;
+            }
+        }
+        let next_after = if more { leases.last().map(|l| l.lease_id) } else { None };
+        Ok(LeaseList { leases, next_after })
+    }
+
+    async fn acquire_lock(&self, key: &str, req: AcquireRequest) -> Result<LockHolder, ApiError> {
+        validate::acquire(key, &req, &self.limits)?;
+        let hold = self
+            .acquire(AcquireArgs {
+                kind: Kind::Lock,
+                key: key.to_string(),
+                owner: req.owner,
+                lease: lease_spec(req.ttl_ms, req.lease_id),
+                wait_ms: req.wait_ms.unwrap_or(0),
+                value: req.value,
+                lock_delay_ms: req.lock_delay_ms.unwrap_or(0),
+                limit: 1,
+                request_id: req.request_id,
+            })
+            .await?;
+        let ttl = hold.ttl_ms;
+        Ok(lock_holder(hold, Some(ttl)))
+    }
+
+    async fn extend_lock(&self, key: &str, req: ExtendRequest) -> Result<ExtendResponse, ApiError> {
+        validate::extend(key, &req, &self.limits)?;
+        self.extend(Kind::Lock, key, &req).await
+    }
+
+    async fn release_lock(&self, key: &str, params: ReleaseParams) -> Result<ReleaseResponse, ApiError> {
+        validate::release(key, &params, &self.limits)?;
+        self.release(Kind::Lock, key, &params.owner, params.token).await
+    }
+
+    async fn get_lock(&self, key: &str, params: ReadParams) -> Result<LockState, ApiError> {
+        validate::read(key, &params, &self.limits)?;
+        self.read_resource(Kind::Lock, key, &params).await?;
+        let (holder, waiters, index) = self.read(|s| {
+            let r = s.resource(Kind::Lock, key);
+            let holder = r.and_then(|r| r.holders.first()).map(|h| s.hold_view(Kind::Lock, key, h));
+            (holder, r.map_or(0, |r| r.waiters.len() as u32), resource_index(r))
+        });
+        let holder = match holder {
+            Some(h) => self.holder_views(vec![h], params.stale.unwrap_or(false)).await.pop(),
+            None => None,
+        };
+        Ok(LockState {
+            key: key.to_string(),
+            held: holder.is_some(),
+            holder: holder.map(HolderFields::from),
+            waiters,
+            index,
+        })
+    }
+
+    async fn wait_release(&self, key: &str, params: WaitReleaseParams) -> Result<WaitReleaseResponse, ApiError> {
+        validate::wait_release(key, &params, &self.limits)?;
+        // Never answer from a state older than the request.
+        self.barrier(false).await?;
+        let deadline = Instant::now() + Duration::from_millis(params.wait_ms.unwrap_or(0));
+        let mut applied = self.core.shared.subscribe_applied();
+        loop {
+            let outcome = self.read(|s| {
+                let r = s.resource(Kind::Lock, key);
+                let holders = r.map(|r| r.holders.as_slice()).unwrap_or(&[]);
+                let still_held = match params.token {
+                    Some(token) => holders.iter().any(|h| h.token == token),
+                    None => !holders.is_empty(),
+                };
+                if still_held {
+                    let current = holders.first().map(|h| s.hold_view(Kind::Lock, key, h));
+                    return Err(current);
+                }
+                // Find how the relevant hold ended.
+                let end = r.and_then(|r| match params.token {
+                    Some(token) => r
+                        .history
+                        .iter()
+                        .rev()
+                        .find(|e| e.token == token && e.event != HistoryKind::Acquired)
+                        .map(|e| {
+                            let reason = match e.event {
+                                HistoryKind::Expired => EndReason::Expired,
+                                HistoryKind::Revoked => EndReason::Revoked,
+                                _ => EndReason::Released,
+                            };
+                            (reason, e.owner.clone(), e.token, e.at_ms)
+                        }),
+                    None => r
+                        .last_end
+                        .as_ref()
+                        .map(|e| (e.reason, e.owner.clone(), e.token, e.at_ms)),
+                });
+                Ok(end)
+            });
+            match outcome {
+                Ok(end) => {
+                    return Ok(WaitReleaseResponse {
+                        released: true,
+                        reason: end.as_ref().map(|e| release_reason(e.0)),
+                        owner: end.as_ref().map(|e| e.1.clone()),
+                        token: end.as_ref().map(|e| e.2),
+                        at_ms: end.as_ref().map(|e| e.3),
+                        holder: None,
+                    })
+                }
+                Err(current) => {
+                    if Instant::now() >= deadline {
+                        let holder = match current {
+                            Some(h) => self.holder_views(vec![h], false).await.pop(),
+                            None => None,
+                        };
+                        return Ok(WaitReleaseResponse {
+                            released: false,
+                            reason: None,
+                            owner: None,
+                            token: None,
+                            at_ms: None,
+                            holder,
+                        });
+                    }
+                }
+            }
+            tokio::select! {
+                changed = applied.changed() => {
+                    if changed.is_err() {
+                        return Err(core_error(CoreError::ShuttingDown));
+                    }
+                }
+                _ = tokio::time::sleep_until(deadline) => {}
+            }
+        }
+    }
+
+    async fn lock_history(&self, key: &str) -> Result<HistoryResponse, ApiError> {
+        validate::key("key", key, &self.limits)?;
+        self.barrier(false).await?;
+        let events = self.read(|s| {
+            s.resource(Kind::Lock, key)
+                .map(|r| {
+                    r.history
+                        .iter()
+                        .rev()
+                        .map(|e| HistoryEvent {
+                            event: history_kind(e.event),
+                            owner: e.owner.clone(),
+                            token: e.token,
+                            at_ms: e.at_ms,
+                            held_ms: e.held_ms,
+                            waited_ms: e.waited_ms,
+                        })
+                        .collect()
+                })
+                .unwrap_or_default()
+        });
+        let _ = history_event;
+        Ok(HistoryResponse {
+            key: key.to_string(),
+            events,
+        })
+    }
+
+    async fn list_locks(&self, params: ListParams) -> Result<LockList, ApiError> {
+        let (views, next_after) = self.list_held(Kind::Lock, &params).await?;
+        let locks = self.holder_views(views, false).await;
+        Ok(LockList { locks, next_after })
+    }
+
+    async fn expired(&self, params: ExpiredParams) -> Result<ExpiredList, ApiError> {
+        let limit = validate::list_limit(params.limit, &self.limits)?;
+        self.barrier(false).await?;
+        let expired = self.read(|s| {
+            s.expired_recent(limit)
+                .map(|e| ExpiredEntry {
+                    kind: resource_kind(e.kind),
+                    key: e.key.clone(),
+                    owner: e.owner.clone(),
+                    token: e.token,
+                    expired_at_ms: e.expired_at_ms,
+                })
+                .collect()
+        });
+        Ok(ExpiredList { expired })
+    }
+
+    async fn acquire_semaphore(&self, key: &str, req: SemaphoreAcquireRequest) -> Result<SemaphoreSlot, ApiError> {
+        validate::semaphore_acquire(key, &req, &self.limits)?;
+        let hold = self
+            .acquire(AcquireArgs {
+                kind: Kind::Semaphore,
+                key: key.to_string(),
+                owner: req.owner,
+                lease: lease_spec(req.ttl_ms, req.lease_id),
+                wait_ms: req.wait_ms.unwrap_or(0),
+                value: req.value,
+                lock_delay_ms: 0,
+                limit: req.limit,
+                request_id: req.request_id,
+            })
+            .await?;
+        let holders = self.read(|s| current_holders(s, Kind::Semaphore, key));
+        let holders = self.holder_views(holders, false).await;
+        Ok(SemaphoreSlot {
+            key: key.to_string(),
+            owner: hold.owner,
+            token: hold.token,
+            lease_id: hold.lease_id,
+            ttl_ms: hold.ttl_ms,
+            limit: hold.limit,
+            holders,
+        })
+    }
+
+    async fn extend_semaphore(&self, key: &str, req: ExtendRequest) -> Result<ExtendResponse, ApiError> {
+        validate::extend(key, &req, &self.limits)?;
+        self.extend(Kind::Semaphore, key, &req).await
+    }
+
+    async fn release_semaphore(&self, key: &str, params: ReleaseParams) -> Result<ReleaseResponse, ApiError> {
+        validate::release(key, &params, &self.limits)?;
+        self.release(Kind::Semaphore, key, &params.owner, params.token).await
+    }
+
+    async fn get_semaphore(&self, key: &str, params: ReadParams) -> Result<SemaphoreState, ApiError> {
+        validate::read(key, &params, &self.limits)?;
+        self.read_resource(Kind::Semaphore, key, &params).await?;
+        let (holders, waiters, limit, index) = self.read(|s| {
+            let r = s.resource(Kind::Semaphore, key);
+            (
+                current_holders(s, Kind::Semaphore, key),
+                r.map_or(0, |r| r.waiters.len() as u32),
+                r.map_or(0, |r| r.limit),
+                resource_index(r),
+            )
+        });
+        let holders = self.holder_views(holders, params.stale.unwrap_or(false)).await;
+        Ok(SemaphoreState {
+            key: key.to_string(),
+            limit,
+            holders,
+            waiters,
+            index,
+        })
+    }
+
+    async fn register_name(&self, name: &str, req: RegisterRequest) -> Result<NameRecord, ApiError> {
+        validate::register(name, &req, &self.limits)?;
+        let hold = self
+            .acquire(AcquireArgs {
+                kind: Kind::Name,
+                key: name.to_string(),
+                owner: req.owner,
+                lease: lease_spec(req.ttl_ms, req.lease_id),
+                wait_ms: req.wait_ms.unwrap_or(0),
+                value: req.value,
+                lock_delay_ms: 0,
+                limit: 1,
+                request_id: req.request_id,
+            })
+            .await?;
+        let ttl = hold.ttl_ms;
+        Ok(name_record(hold, Some(ttl)))
+    }
+
+    async fn get_name(&self, name: &str, params: ReadParams) -> Result<NameState, ApiError> {
+        validate::read(name, &params, &self.limits)?;
+        self.read_resource(Kind::Name, name, &params).await?;
+        let (holder, index) = self.read(|s| {
+            let r = s.resource(Kind::Name, name);
+            let holder = r.and_then(|r| r.holders.first()).map(|h| s.hold_view(Kind::Name, name, h));
+            (holder, resource_index(r))
+        });
+        let blocking = params.wait_ms.is_some();
+        match holder {
+            Some(h) => {
+                let remaining = self.expires_in(vec![h.lease_id], params.stale.unwrap_or(false)).await;
+                let record = name_record(h, remaining.first().copied().flatten());
+                Ok(NameState {
+                    name: name.to_string(),
+                    registered: true,
+                    record: Some(record.into()),
+                    index,
+                })
+            }
+            None if blocking => Ok(NameState {
+                name: name.to_string(),
+                registered: false,
+                record: None,
+                index,
+            }),
+            None => Err(ApiError::new(
+                ErrorCode::NameNotFound,
+                format!("name {name:?} is not registered"),
+            )),
+        }
+    }
+
+    async fn proclaim(&self, name: &str, req: ProclaimRequest) -> Result<NameRecord, ApiError> {
+        validate::proclaim(name, &req, &self.limits)?;
+        let command = Command::SetValue {
+            kind: Kind::Name,
+            key: name.to_string(),
+            owner: req.owner,
+            token: req.token,
+            value: req.value,
+        };
+        match self.write(None, command).await? {
+            CommandResult::ValueSet(hold) => {
+                let ttl = hold.ttl_ms;
+                Ok(name_record(hold, Some(ttl)))
+            }
+            CommandResult::Error(e) => Err(sm_error(Kind::Name, name, e)),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn extend_name(&self, name: &str, req: NameExtendRequest) -> Result<ExtendResponse, ApiError> {
+        validate::key("name", name, &self.limits)?;
+        validate::owner(&req.owner)?;
+        let extend = ExtendRequest {
+            owner: req.owner,
+            token: req.token,
+            ttl_ms: None,
+            request_id: None,
+        };
+        self.extend(Kind::Name, name, &extend).await
+    }
+
+    async fn unregister_name(&self, name: &str, params: ReleaseParams) -> Result<ReleaseResponse, ApiError> {
+        validate::release(name, &params, &self.limits)?;
+        self.release(Kind::Name, name, &params.owner, params.token).await
+    }
+
+    async fn list_names(&self, params: ListParams) -> Result<NameList, ApiError> {
+        let (views, next_after) = self.list_held(Kind::Name, &params).await?;
+        let remaining = self.expires_in(views.iter().map(|v| v.lease_id).collect(), false).await;
+        let names = views
+            .into_iter()
+            .zip(remaining)
+            .map(|(v, rem)| name_record(v, rem))
+            .collect();
+        Ok(NameList { names, next_after })
+    }
+
+    async fn cluster_status(&self) -> Result<ClusterStatus, ApiError> {
+        let m = self.core.raft.metrics().borrow().clone();
+        let leading = m.state == ServerState::Leader;
+        let membership = m.membership_config.membership();
+        let voters: std::collections::BTreeSet<u64> = membership.voter_ids().collect();
+        let members = membership
+            .nodes()
+            .map(|(id, node)| {
+                let matched = m
+                    .replication
+                    .as_ref()
+                    .and_then(|r| r.get(id))
+                    .map(|l| l.map_or(0, |l| l.index));
+                MemberStatus {
+                    id: *id,
+                    addr: node.peer_addr.clone(),
+                    client_addr: node.client_addr.clone(),
+                    voter: voters.contains(id),
+                    reachable: if leading {
+                        Some(*id == self.core.node_id || matched.is_some_and(|i| i + 64 >= m.last_log_index.unwrap_or(0)))
+                    } else {
+                        None
+                    },
+                    matched_index: if *id == self.core.node_id { m.last_log_index } else { matched },
+                }
+            })
+            .collect();
+        let applied_index = m.last_applied.map_or(0, |l| l.index);
+        Ok(ClusterStatus {
+            node_id: self.core.node_id,
+            leader_id: m.current_leader,
+            term: m.current_term,
+            commit_index: self.core.commit_index().await.unwrap_or(applied_index),
+            applied_index,
+            members,
+        })
+    }
+
+    async fn add_member(&self, req: AddMemberRequest) -> Result<ClusterStatus, ApiError> {
+        validate::add_member(&req)?;
+        self.core
+            .change_membership(crate::core::MembershipChange::Add {
+                id: req.id,
+                peer_addr: req.peer_addr,
+                client_addr: req.client_addr,
+            })
+            .await
+            .map_err(core_error)?;
+        self.cluster_status().await
+    }
+
+    async fn remove_member(&self, id: u64) -> Result<ClusterStatus, ApiError> {
+        self.core
+            .change_membership(crate::core::MembershipChange::Remove { id })
+            .await
+            .map_err(core_error)?;
+        self.cluster_status().await
+    }
+
+    async fn ready(&self) -> Result<(), ApiError> {
+        self.barrier(false).await
+    }
+
+    async fn metrics_text(&self) -> String {
+        let m = self.core.raft.metrics().borrow().clone();
+        let (leases, held, waiters, last_token) = self.read(|s| {
+            let mut held = 0usize;
+            let mut waiters = 0usize;
+            for kind in [Kind::Lock, Kind::Name, Kind::Semaphore] {
+                for (_, r) in s.held_after(kind, "", None) {
+                    held += r.holders.len();
+                    waiters += r.waiters.len();
+                }
+            }
+            (s.lease_count(), held, waiters, s.last_token())
+        });
+        let mut out = String::new();
+        let mut gauge = |name: &str, help: &str, value: u64| {
+            out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}\n"));
+        };
+        gauge("leasehold_leases", "live leases", leases as u64);
+        gauge("leasehold_holds", "held locks, names and semaphore slots", held as u64);
+        gauge("leasehold_waiters", "queued waiters on held keys", waiters as u64);
+        gauge("leasehold_last_token", "the last fencing token issued", last_token);
+        gauge("leasehold_raft_term", "current raft term", m.current_term);
+        gauge("leasehold_raft_is_leader", "1 if this node leads", u64::from(m.state == ServerState::Leader));
+        gauge("leasehold_raft_applied_index", "last applied log index", m.last_applied.map_or(0, |l| l.index));
+        gauge("leasehold_raft_last_log_index", "last log index", m.last_log_index.unwrap_or(0));
+        out
+    }
+}

@@ -1,0 +1,520 @@
+//! The axum router that serves any [`LeaseService`] over HTTP/JSON (SPEC §3).
+//!
+//! - Keys may contain `/`. The action suffixes `/extend`, `/wait` and `/history` are split
+//!   off the path, so a key may not end in one of them (validation refuses such keys).
+//! - Bodies are parsed as JSON whatever the content type (so `curl -d` works), refused with
+//!   413 before they are read whole when over `limits.max_body_bytes`, and malformed JSON
+//!   or unknown fields get 400 naming the field. Query strings are strict the same way.
+//! - Every request runs under a deadline: `limits.request_timeout_ms`, plus `wait_ms` for
+//!   long-polls; past it the reply is 504.
+//! - Unknown routes and methods get JSON errors, like everything else.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, FromRequestParts, Path, Request, State};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use axum::{Json, Router};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::error::{ApiError, ErrorCode};
+use crate::service::LeaseService;
+use crate::validate::{self, Limits};
+use crate::wire::*;
+
+pub const INDEX_HEADER: &str = "x-leasehold-index";
+
+#[derive(Clone)]
+struct AppState {
+    service: Arc<dyn LeaseService>,
+    limits: Arc<Limits>,
+}
+
+/// The HTTP API for `service`, enforcing `limits`.
+pub fn router(service: Arc<dyn LeaseService>, limits: Limits) -> Router {
+    let body_limit = limits.max_body_bytes;
+    let state = AppState {
+        service,
+        limits: Arc::new(limits),
+    };
+    Router::new()
+        .route("/", get(status_page))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/v1/leases", post(create_lease).get(list_leases))
+        .route("/v1/leases/{id}", get(get_lease).delete(revoke_lease))
+        .route("/v1/leases/{id}/keepalive", post(keepalive))
+        .route("/v1/locks", get(list_locks))
+        .route("/v1/locks/{*key}", get(lock_get).post(lock_post).delete(lock_delete))
+        .route("/v1/expired", get(expired))
+        .route(
+            "/v1/semaphores/{*key}",
+            get(semaphore_get).post(semaphore_post).delete(semaphore_delete),
+        )
+        .route("/v1/names", get(list_names))
+        .route(
+            "/v1/names/{*name}",
+            get(name_get)
+                .put(name_put)
+                .patch(name_patch)
+                .post(name_post)
+                .delete(name_delete),
+        )
+        .route("/v1/cluster", get(cluster))
+        .route("/v1/cluster/members", post(add_member))
+        .route("/v1/cluster/members/{id}", delete(remove_member))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::extract::DefaultBodyLimit::max(body_limit))
+        .with_state(state)
+}
+
+// ----- extractors -----
+
+/// A JSON body: any content type, size-limited, errors as [`ApiError`].
+struct JsonBody<T>(T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
+            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::too_large("body", "request body is over limits.max_body_bytes")
+            } else {
+                ApiError::invalid("body", format!("cannot read the request body: {rejection}"))
+            }
+        })?;
+        parse_json(&bytes).map(JsonBody)
+    }
+}
+
+fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::invalid("body", "a JSON object is required"));
+    }
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let value = T::deserialize(&mut de).map_err(|e| json_error(&e))?;
+    de.end().map_err(|e| json_error(&e))?;
+    Ok(value)
+}
+
+fn json_error(e: &serde_json::Error) -> ApiError {
+    let message = e.to_string();
+    // serde names the field in messages like "unknown field `x`" / "missing field `owner`".
+    let field = message
+        .split('`')
+        .nth(1)
+        .filter(|_| message.contains("field"))
+        .unwrap_or("body");
+    ApiError::invalid(field, format!("invalid JSON: {message}"))
+}
+
+/// A strict query string.
+struct QueryParams<T>(T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for QueryParams<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        let query = parts.uri.query().unwrap_or("");
+        serde_urlencoded::from_str(query).map(QueryParams).map_err(|e| {
+            let message = e.to_string();
+            let field = message.split('`').nth(1).unwrap_or("query");
+            ApiError::invalid(field, format!("invalid query string: {message}"))
+        })
+    }
+}
+
+/// Parse a numeric path segment (`/v1/leases/{id}`).
+fn path_id(field: &str, raw: &str) -> Result<u64, ApiError> {
+    raw.parse()
+        .map_err(|_| ApiError::invalid(field, format!("must be a positive integer, got {raw:?}")))
+}
+
+// ----- replies -----
+
+fn ok<T: Serialize>(status: StatusCode, body: &T) -> Response {
+    (status, Json(body)).into_response()
+}
+
+fn with_index<T: Serialize>(body: &T, index: u64) -> Response {
+    let mut response = ok(StatusCode::OK, body);
+    if let Ok(v) = HeaderValue::from_str(&index.to_string()) {
+        response.headers_mut().insert(INDEX_HEADER, v);
+    }
+    response
+}
+
+fn reply<T: Serialize>(result: Result<T, ApiError>) -> Response {
+    match result {
+        Ok(body) => ok(StatusCode::OK, &body),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// Run `fut` under the request deadline plus `wait_ms` of long-poll allowance.
+async fn deadline<T>(
+    limits: &Limits,
+    wait_ms: Option<u64>,
+    fut: impl Future<Output = Result<T, ApiError>>,
+) -> Result<T, ApiError> {
+    let budget = Duration::from_millis(limits.request_timeout_ms + wait_ms.unwrap_or(0));
+    match tokio::time::timeout(budget, fut).await {
+        Ok(result) => result,
+        Err(_) => Err(ApiError::new(
+            ErrorCode::Timeout,
+            format!("the request did not finish within its deadline ({} ms)", budget.as_millis()),
+        )),
+    }
+}
+
+/// Split a trailing action (`extend`, `wait`, `history`) off a wildcard key path.
+fn split_action(path: &str) -> (&str, Option<&str>) {
+    for action in ["extend", "wait", "history"] {
+        if let Some(key) = path.strip_suffix(action).and_then(|k| k.strip_suffix('/')) {
+            if !key.is_empty() {
+                return (key, Some(action));
+            }
+        }
+    }
+    (path, None)
+}
+
+fn unknown_action(path: &str) -> ApiError {
+    ApiError::new(ErrorCode::NotFound, format!("no such route for {path:?}"))
+}
+
+// ----- handlers: operations -----
+
+async fn status_page() -> Html<&'static str> {
+    Html(include_str!("status_page.html"))
+}
+
+async fn healthz() -> Response {
+    ok(StatusCode::OK, &serde_json::json!({"status": "ok"}))
+}
+
+async fn readyz(State(s): State<AppState>) -> Response {
+    match deadline(&s.limits, None, s.service.ready()).await {
+        Ok(()) => ok(StatusCode::OK, &serde_json::json!({"ready": true})),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn metrics(State(s): State<AppState>) -> Response {
+    let text = s.service.metrics_text().await;
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        text,
+    )
+        .into_response()
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(ErrorCode::NotFound, "no such route; see SPEC §3 for the API")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(ErrorCode::MethodNotAllowed, "this route does not take that method")
+}
+
+// ----- leases -----
+
+async fn create_lease(State(s): State<AppState>, JsonBody(req): JsonBody<CreateLeaseRequest>) -> Response {
+    if let Err(e) = validate::create_lease(&req, &s.limits) {
+        return e.into_response();
+    }
+    match deadline(&s.limits, None, s.service.create_lease(req)).await {
+        Ok(grant) => ok(StatusCode::CREATED, &grant),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn list_leases(State(s): State<AppState>, QueryParams(p): QueryParams<LeaseListParams>) -> Response {
+    if let Err(e) = validate::list_limit(p.limit, &s.limits) {
+        return e.into_response();
+    }
+    reply(deadline(&s.limits, None, s.service.list_leases(p)).await)
+}
+
+async fn get_lease(State(s): State<AppState>, Path(id): Path<String>) -> Response {
+    match path_id("lease_id", &id) {
+        Ok(id) => reply(deadline(&s.limits, None, s.service.get_lease(id)).await),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn revoke_lease(State(s): State<AppState>, Path(id): Path<String>) -> Response {
+    match path_id("lease_id", &id) {
+        Ok(id) => reply(deadline(&s.limits, None, s.service.revoke_lease(id)).await),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn keepalive(State(s): State<AppState>, Path(id): Path<String>) -> Response {
+    match path_id("lease_id", &id) {
+        Ok(id) => reply(deadline(&s.limits, None, s.service.keepalive(id)).await),
+        Err(e) => e.into_response(),
+    }
+}
+
+// ----- locks -----
+
+async fn lock_post(State(s): State<AppState>, Path(path): Path<String>, body: Bytes) -> Response {
+    let (key, action) = split_action(&path);
+    let result = match action {
+        None => {
+            let req: AcquireRequest = match parse_json(&body) {
+                Ok(r) => r,
+                Err(e) => return e.into_response(),
+            };
+            if let Err(e) = validate::acquire(key, &req, &s.limits) {
+                return e.into_response();
+            }
+            let wait = req.wait_ms;
+            return reply(deadline(&s.limits, wait, s.service.acquire_lock(key, req)).await);
+        }
+        Some("extend") => {
+            let req: ExtendRequest = match parse_json(&body) {
+                Ok(r) => r,
+                Err(e) => return e.into_response(),
+            };
+            if let Err(e) = validate::extend(key, &req, &s.limits) {
+                return e.into_response();
+            }
+            deadline(&s.limits, None, s.service.extend_lock(key, req)).await
+        }
+        Some(_) => Err(unknown_action(&path)),
+    };
+    reply(result)
+}
+
+async fn lock_get(
+    State(s): State<AppState>,
+    Path(path): Path<String>,
+    uri: axum::http::Uri,
+) -> Response {
+    let (key, action) = split_action(&path);
+    let query = uri.query().unwrap_or("");
+    match action {
+        None => {
+            let p: ReadParams = match parse_query(query) {
+                Ok(p) => p,
+                Err(e) => return e.into_response(),
+            };
+            if let Err(e) = validate::read(key, &p, &s.limits) {
+                return e.into_response();
+            }
+            let wait = p.wait_ms;
+            match deadline(&s.limits, wait, s.service.get_lock(key, p)).await {
+                Ok(state) => with_index(&state, state.index),
+                Err(e) => e.into_response(),
+            }
+        }
+        Some("wait") => {
+            let p: WaitReleaseParams = match parse_query(query) {
+                Ok(p) => p,
+                Err(e) => return e.into_response(),
+            };
+            if let Err(e) = validate::wait_release(key, &p, &s.limits) {
+                return e.into_response();
+            }
+            let wait = p.wait_ms;
+            reply(deadline(&s.limits, wait, s.service.wait_release(key, p)).await)
+        }
+        Some("history") => {
+            if let Err(e) = validate::key("key", key, &s.limits) {
+                return e.into_response();
+            }
+            reply(deadline(&s.limits, None, s.service.lock_history(key)).await)
+        }
+        Some(_) => unknown_action(&path).into_response(),
+    }
+}
+
+fn parse_query<T: DeserializeOwned>(query: &str) -> Result<T, ApiError> {
+    serde_urlencoded::from_str(query).map_err(|e| {
+        let message = e.to_string();
+        let field = message.split('`').nth(1).unwrap_or("query");
+        ApiError::invalid(field, format!("invalid query string: {message}"))
+    })
+}
+
+async fn lock_delete(
+    State(s): State<AppState>,
+    Path(key): Path<String>,
+    QueryParams(p): QueryParams<ReleaseParams>,
+) -> Response {
+    if let Err(e) = validate::release(&key, &p, &s.limits) {
+        return e.into_response();
+    }
+    reply(deadline(&s.limits, None, s.service.release_lock(&key, p)).await)
+}
+
+async fn list_locks(State(s): State<AppState>, QueryParams(p): QueryParams<ListParams>) -> Response {
+    if let Err(e) = validate::list(&p, &s.limits) {
+        return e.into_response();
+    }
+    reply(deadline(&s.limits, None, s.service.list_locks(p)).await)
+}
+
+async fn expired(State(s): State<AppState>, QueryParams(p): QueryParams<ExpiredParams>) -> Response {
+    if let Err(e) = validate::list_limit(p.limit, &s.limits) {
+        return e.into_response();
+    }
+    reply(deadline(&s.limits, None, s.service.expired(p)).await)
+}
+
+// ----- semaphores -----
+
+async fn semaphore_post(State(s): State<AppState>, Path(path): Path<String>, body: Bytes) -> Response {
+    let (key, action) = split_action(&path);
+    match action {
+        None => {
+            let req: SemaphoreAcquireRequest = match parse_json(&body) {
+                Ok(r) => r,
+                Err(e) => return e.into_response(),
+            };
+            if let Err(e) = validate::semaphore_acquire(key, &req, &s.limits) {
+                return e.into_response();
+            }
+            let wait = req.wait_ms;
+            reply(deadline(&s.limits, wait, s.service.acquire_semaphore(key, req)).await)
+        }
+        Some("extend") => {
+            let req: ExtendRequest = match parse_json(&body) {
+                Ok(r) => r,
+                Err(e) => return e.into_response(),
+            };
+            if let Err(e) = validate::extend(key, &req, &s.limits) {
+                return e.into_response();
+            }
+            reply(deadline(&s.limits, None, s.service.extend_semaphore(key, req)).await)
+        }
+        Some(_) => unknown_action(&path).into_response(),
+    }
+}
+
+async fn semaphore_get(
+    State(s): State<AppState>,
+    Path(key): Path<String>,
+    QueryParams(p): QueryParams<ReadParams>,
+) -> Response {
+    if let Err(e) = validate::read(&key, &p, &s.limits) {
+        return e.into_response();
+    }
+    let wait = p.wait_ms;
+    match deadline(&s.limits, wait, s.service.get_semaphore(&key, p)).await {
+        Ok(state) => with_index(&state, state.index),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn semaphore_delete(
+    State(s): State<AppState>,
+    Path(key): Path<String>,
+    QueryParams(p): QueryParams<ReleaseParams>,
+) -> Response {
+    if let Err(e) = validate::release(&key, &p, &s.limits) {
+        return e.into_response();
+    }
+    reply(deadline(&s.limits, None, s.service.release_semaphore(&key, p)).await)
+}
+
+// ----- names -----
+
+async fn name_put(State(s): State<AppState>, Path(name): Path<String>, JsonBody(req): JsonBody<RegisterRequest>) -> Response {
+    if let Err(e) = validate::register(&name, &req, &s.limits) {
+        return e.into_response();
+    }
+    let wait = req.wait_ms;
+    reply(deadline(&s.limits, wait, s.service.register_name(&name, req)).await)
+}
+
+async fn name_get(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+    QueryParams(p): QueryParams<ReadParams>,
+) -> Response {
+    if let Err(e) = validate::read(&name, &p, &s.limits) {
+        return e.into_response();
+    }
+    let wait = p.wait_ms;
+    match deadline(&s.limits, wait, s.service.get_name(&name, p)).await {
+        Ok(state) => with_index(&state, state.index),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn name_patch(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+    JsonBody(req): JsonBody<ProclaimRequest>,
+) -> Response {
+    if let Err(e) = validate::proclaim(&name, &req, &s.limits) {
+        return e.into_response();
+    }
+    reply(deadline(&s.limits, None, s.service.proclaim(&name, req)).await)
+}
+
+async fn name_post(State(s): State<AppState>, Path(path): Path<String>, body: Bytes) -> Response {
+    let (name, action) = split_action(&path);
+    if action != Some("extend") {
+        return unknown_action(&path).into_response();
+    }
+    let req: NameExtendRequest = match parse_json(&body) {
+        Ok(r) => r,
+        Err(e) => return e.into_response(),
+    };
+    if let Err(e) = validate::key("name", name, &s.limits).and_then(|_| validate::owner(&req.owner)) {
+        return e.into_response();
+    }
+    reply(deadline(&s.limits, None, s.service.extend_name(name, req)).await)
+}
+
+async fn name_delete(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+    QueryParams(p): QueryParams<ReleaseParams>,
+) -> Response {
+    if let Err(e) = validate::release(&name, &p, &s.limits) {
+        return e.into_response();
+    }
+    reply(deadline(&s.limits, None, s.service.unregister_name(&name, p)).await)
+}
+
+async fn list_names(State(s): State<AppState>, QueryParams(p): QueryParams<ListParams>) -> Response {
+    if let Err(e) = validate::list(&p, &s.limits) {
+        return e.into_response();
+    }
+    reply(deadline(&s.limits, None, s.service.list_names(p)).await)
+}
+
+// ----- cluster -----
+
+async fn cluster(State(s): State<AppState>) -> Response {
+    reply(deadline(&s.limits, None, s.service.cluster_status()).await)
+}
+
+async fn add_member(State(s): State<AppState>, JsonBody(req): JsonBody<AddMemberRequest>) -> Response {
+    if let Err(e) = validate::add_member(&req) {
+        return e.into_response();
+    }
+    // Catching a learner up may take longer than one request deadline.
+    reply(deadline(&s.limits, Some(s.limits.request_timeout_ms * 5), s.service.add_member(req)).await)
+}
+
+async fn remove_member(State(s): State<AppState>, Path(id): Path<String>) -> Response {
+    match path_id("id", &id) {
+        Ok(id) => reply(deadline(&s.limits, None, s.service.remove_member(id)).await),
+        Err(e) => e.into_response(),
+    }
+}

@@ -1,0 +1,466 @@
+//! Wire types of the HTTP/JSON API (SPEC §3). Durations are integer milliseconds with
+//! the unit in the name. Requests reject unknown fields.
+
+use serde::{Deserialize, Serialize};
+
+// ----- requests -----
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateLeaseRequest {
+    pub ttl_ms: u64,
+    #[serde(default)]
+    pub owner: Option<String>,
+    #[serde(default)]
+    pub request_id: Option<String>,
+}
+
+/// Acquire a lock: under a new implicit lease (`ttl_ms`) or an existing one (`lease_id`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AcquireRequest {
+    pub owner: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease_id: Option<u64>,
+    /// 0 or absent: try once. Otherwise queue FIFO for up to this long.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wait_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lock_delay_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SemaphoreAcquireRequest {
+    pub owner: String,
+    pub limit: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease_id: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wait_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExtendRequest {
+    pub owner: String,
+    pub token: u64,
+    /// A new TTL for the hold's lease (a replicated change); absent: a keepalive.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+}
+
+/// Query string of a release / unregister.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReleaseParams {
+    pub owner: String,
+    pub token: u64,
+}
+
+/// Query string of a read: a blocking query with `index` + `wait_ms`, a dirty read with
+/// `stale=true`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReadParams {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub index: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wait_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stale: Option<bool>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WaitReleaseParams {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wait_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<u64>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListParams {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LeaseListParams {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<u64>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExpiredParams {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<usize>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegisterRequest {
+    pub owner: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease_id: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wait_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProclaimRequest {
+    pub owner: String,
+    pub token: u64,
+    #[serde(default)]
+    pub value: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NameExtendRequest {
+    pub owner: String,
+    pub token: u64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AddMemberRequest {
+    pub id: u64,
+    pub peer_addr: String,
+    #[serde(default)]
+    pub client_addr: String,
+}
+
+// ----- responses -----
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseGrant {
+    pub lease_id: u64,
+    pub ttl_ms: u64,
+    pub owner: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeepaliveResponse {
+    pub lease_id: u64,
+    pub ttl_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RevokeResponse {
+    pub revoked: bool,
+    /// Keys of the locks, names (`name:` prefix) and semaphores (`semaphore:` prefix)
+    /// that were released.
+    pub released: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseInfo {
+    pub lease_id: u64,
+    pub ttl_ms: u64,
+    pub owner: String,
+    /// Time left as the leader tracks it (the full TTL where unknown).
+    pub remaining_ms: u64,
+    pub locks: Vec<String>,
+    pub names: Vec<String>,
+    pub semaphores: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseList {
+    pub leases: Vec<LeaseInfo>,
+    /// Pass as `after` for the next page; absent on the last page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_after: Option<u64>,
+}
+
+/// A hold of a lock (or a semaphore slot).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LockHolder {
+    pub key: String,
+    pub owner: String,
+    /// The fencing token: strictly increases for each new holder of a key.
+    pub token: u64,
+    pub lease_id: u64,
+    pub ttl_ms: u64,
+    /// Leader wall-clock time of the grant (ms since the Unix epoch).
+    pub locked_at_ms: u64,
+    pub expires_in_ms: u64,
+    /// How many times this key has been acquired since it was first seen.
+    pub acquisitions: u64,
+    #[serde(default)]
+    pub value: Option<String>,
+}
+
+/// Who holds a key, in a 409 reply.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HolderSummary {
+    pub owner: String,
+    pub token: u64,
+    pub expires_in_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExtendResponse {
+    pub token: u64,
+    pub ttl_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReleaseResponse {
+    pub released: bool,
+}
+
+/// `GET /v1/locks/{key}`: the holder's fields at top level when held.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LockState {
+    pub key: String,
+    pub held: bool,
+    #[serde(flatten, default, skip_serializing_if = "Option::is_none")]
+    pub holder: Option<HolderFields>,
+    pub waiters: u32,
+    /// The key's modify index (for blocking queries).
+    pub index: u64,
+}
+
+/// The holder fields of a [`LockState`] (its key is the state's key).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HolderFields {
+    pub owner: String,
+    pub token: u64,
+    pub lease_id: u64,
+    pub ttl_ms: u64,
+    pub locked_at_ms: u64,
+    pub expires_in_ms: u64,
+    pub acquisitions: u64,
+    #[serde(default)]
+    pub value: Option<String>,
+}
+
+impl From<LockHolder> for HolderFields {
+    fn from(h: LockHolder) -> Self {
+        HolderFields {
+            owner: h.owner,
+            token: h.token,
+            lease_id: h.lease_id,
+            ttl_ms: h.ttl_ms,
+            locked_at_ms: h.locked_at_ms,
+            expires_in_ms: h.expires_in_ms,
+            acquisitions: h.acquisitions,
+            value: h.value,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReleaseReason {
+    Released,
+    Expired,
+    Revoked,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WaitReleaseResponse {
+    pub released: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<ReleaseReason>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub at_ms: Option<u64>,
+    /// When not released: who holds it now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub holder: Option<LockHolder>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HistoryEventKind {
+    Acquired,
+    Released,
+    Expired,
+    Revoked,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryEvent {
+    pub event: HistoryEventKind,
+    pub owner: String,
+    pub token: u64,
+    pub at_ms: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waited_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryResponse {
+    pub key: String,
+    /// Newest first.
+    pub events: Vec<HistoryEvent>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LockList {
+    pub locks: Vec<LockHolder>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_after: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ResourceKind {
+    Lock,
+    Name,
+    Semaphore,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExpiredEntry {
+    pub kind: ResourceKind,
+    pub key: String,
+    pub owner: String,
+    pub token: u64,
+    pub expired_at_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExpiredList {
+    /// Newest first.
+    pub expired: Vec<ExpiredEntry>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SemaphoreSlot {
+    pub key: String,
+    pub owner: String,
+    pub token: u64,
+    pub lease_id: u64,
+    pub ttl_ms: u64,
+    pub limit: u32,
+    pub holders: Vec<LockHolder>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SemaphoreState {
+    pub key: String,
+    pub limit: u32,
+    pub holders: Vec<LockHolder>,
+    pub waiters: u32,
+    pub index: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NameRecord {
+    pub name: String,
+    pub owner: String,
+    #[serde(default)]
+    pub value: Option<String>,
+    pub token: u64,
+    pub lease_id: u64,
+    pub registered_at_ms: u64,
+    pub expires_in_ms: u64,
+}
+
+/// `GET /v1/names/{name}`. A plain read of a free name is 404 `name_not_found`; a
+/// blocking query reports a vacancy as `registered: false`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NameState {
+    pub name: String,
+    pub registered: bool,
+    #[serde(flatten, default, skip_serializing_if = "Option::is_none")]
+    pub record: Option<NameFields>,
+    pub index: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NameFields {
+    pub owner: String,
+    #[serde(default)]
+    pub value: Option<String>,
+    pub token: u64,
+    pub lease_id: u64,
+    pub registered_at_ms: u64,
+    pub expires_in_ms: u64,
+}
+
+impl From<NameRecord> for NameFields {
+    fn from(r: NameRecord) -> Self {
+        NameFields {
+            owner: r.owner,
+            value: r.value,
+            token: r.token,
+            lease_id: r.lease_id,
+            registered_at_ms: r.registered_at_ms,
+            expires_in_ms: r.expires_in_ms,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NameList {
+    pub names: Vec<NameRecord>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_after: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberStatus {
+    pub id: u64,
+    /// The member's peer (Raft) address.
+    pub addr: String,
+    /// The member's HTTP address, where known.
+    #[serde(default)]
+    pub client_addr: String,
+    pub voter: bool,
+    /// As the leader sees it; `None` when this node is not the leader.
+    #[serde(default)]
+    pub reachable: Option<bool>,
+    #[serde(default)]
+    pub matched_index: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterStatus {
+    pub node_id: u64,
+    pub leader_id: Option<u64>,
+    pub term: u64,
+    pub commit_index: u64,
+    pub applied_index: u64,
+    pub members: Vec<MemberStatus>,
+}
