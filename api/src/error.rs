@@ -146,7 +146,10 @@ impl ApiError {
     /// The JSON body of this error.
     pub fn to_json(&self) -> String {
         // Serializing plain strings and numbers cannot fail.
-        serde_json::to_string(&Envelope { error: self.clone() }).expect("error serializes")
+        serde_json::to_string(&Envelope {
+            error: self.clone(),
+        })
+        .expect("error serializes")
     }
 
     /// Parse an error body received from a server; falls back to a generic error.
@@ -172,11 +175,15 @@ impl ApiError {
 impl axum::response::IntoResponse for ApiError {
     fn into_response(self) -> axum::response::Response {
         use axum::http::{header, HeaderValue, StatusCode};
-        let status = StatusCode::from_u16(self.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let status =
+            StatusCode::from_u16(self.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let retry_after = self.retry_after_ms;
         let mut response = (
             status,
-            [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            )],
             self.to_json(),
         )
             .into_response();

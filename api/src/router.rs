@@ -52,11 +52,16 @@ pub fn router(service: Arc<dyn LeaseService>, limits: Limits) -> Router {
         .route("/v1/leases/{id}", get(get_lease).delete(revoke_lease))
         .route("/v1/leases/{id}/keepalive", post(keepalive))
         .route("/v1/locks", get(list_locks))
-        .route("/v1/locks/{*key}", get(lock_get).post(lock_post).delete(lock_delete))
+        .route(
+            "/v1/locks/{*key}",
+            get(lock_get).post(lock_post).delete(lock_delete),
+        )
         .route("/v1/expired", get(expired))
         .route(
             "/v1/semaphores/{*key}",
-            get(semaphore_get).post(semaphore_post).delete(semaphore_delete),
+            get(semaphore_get)
+                .post(semaphore_post)
+                .delete(semaphore_delete),
         )
         .route("/v1/names", get(list_names))
         .route(
@@ -85,14 +90,28 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
-            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::too_large("body", "request body is over limits.max_body_bytes")
-            } else {
-                ApiError::invalid("body", format!("cannot read the request body: {rejection}"))
-            }
-        })?;
+        let BodyBytes(bytes) = BodyBytes::from_request(req, state).await?;
         parse_json(&bytes).map(JsonBody)
+    }
+}
+
+/// The raw body, size-limited (refused with 413 before it is read whole).
+struct BodyBytes(Bytes);
+
+impl<S: Send + Sync> FromRequest<S> for BodyBytes {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        Bytes::from_request(req, state)
+            .await
+            .map(BodyBytes)
+            .map_err(|rejection| {
+                if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                    ApiError::too_large("body", "request body is over limits.max_body_bytes")
+                } else {
+                    ApiError::invalid("body", format!("cannot read the request body: {rejection}"))
+                }
+            })
     }
 }
 
@@ -101,20 +120,25 @@ fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
         return Err(ApiError::invalid("body", "a JSON object is required"));
     }
     let mut de = serde_json::Deserializer::from_slice(bytes);
-    let value = T::deserialize(&mut de).map_err(|e| json_error(&e))?;
-    de.end().map_err(|e| json_error(&e))?;
+    let value: T = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        json_error(Some(path).filter(|p| p != "."), e.inner())
+    })?;
+    de.end().map_err(|e| json_error(None, &e))?;
     Ok(value)
 }
 
-fn json_error(e: &serde_json::Error) -> ApiError {
+/// Name the field: the path where a value was wrong, or the field serde names in messages
+/// like "unknown field `x`" / "missing field `owner`".
+fn json_error(path: Option<String>, e: &serde_json::Error) -> ApiError {
     let message = e.to_string();
-    // serde names the field in messages like "unknown field `x`" / "missing field `owner`".
-    let field = message
+    let named = message
         .split('`')
         .nth(1)
         .filter(|_| message.contains("field"))
-        .unwrap_or("body");
-    ApiError::invalid(field, format!("invalid JSON: {message}"))
+        .map(str::to_string);
+    let field = named.or(path).unwrap_or_else(|| "body".to_string());
+    ApiError::invalid(&field, format!("invalid JSON: {message}"))
 }
 
 /// A strict query string.
@@ -124,12 +148,7 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for QueryParams<T>
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
-        let query = parts.uri.query().unwrap_or("");
-        serde_urlencoded::from_str(query).map(QueryParams).map_err(|e| {
-            let message = e.to_string();
-            let field = message.split('`').nth(1).unwrap_or("query");
-            ApiError::invalid(field, format!("invalid query string: {message}"))
-        })
+        parse_query(parts.uri.query().unwrap_or("")).map(QueryParams)
     }
 }
 
@@ -171,7 +190,10 @@ async fn deadline<T>(
         Ok(result) => result,
         Err(_) => Err(ApiError::new(
             ErrorCode::Timeout,
-            format!("the request did not finish within its deadline ({} ms)", budget.as_millis()),
+            format!(
+                "the request did not finish within its deadline ({} ms)",
+                budget.as_millis()
+            ),
         )),
     }
 }
@@ -211,24 +233,29 @@ async fn readyz(State(s): State<AppState>) -> Response {
 
 async fn metrics(State(s): State<AppState>) -> Response {
     let text = s.service.metrics_text().await;
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        text,
-    )
-        .into_response()
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 
 async fn not_found() -> ApiError {
-    ApiError::new(ErrorCode::NotFound, "no such route; see SPEC §3 for the API")
+    ApiError::new(
+        ErrorCode::NotFound,
+        "no such route; see SPEC §3 for the API",
+    )
 }
 
 async fn method_not_allowed() -> ApiError {
-    ApiError::new(ErrorCode::MethodNotAllowed, "this route does not take that method")
+    ApiError::new(
+        ErrorCode::MethodNotAllowed,
+        "this route does not take that method",
+    )
 }
 
 // ----- leases -----
 
-async fn create_lease(State(s): State<AppState>, JsonBody(req): JsonBody<CreateLeaseRequest>) -> Response {
+async fn create_lease(
+    State(s): State<AppState>,
+    JsonBody(req): JsonBody<CreateLeaseRequest>,
+) -> Response {
     if let Err(e) = validate::create_lease(&req, &s.limits) {
         return e.into_response();
     }
@@ -238,7 +265,10 @@ async fn create_lease(State(s): State<AppState>, JsonBody(req): JsonBody<CreateL
     }
 }
 
-async fn list_leases(State(s): State<AppState>, QueryParams(p): QueryParams<LeaseListParams>) -> Response {
+async fn list_leases(
+    State(s): State<AppState>,
+    QueryParams(p): QueryParams<LeaseListParams>,
+) -> Response {
     if let Err(e) = validate::list_limit(p.limit, &s.limits) {
         return e.into_response();
     }
@@ -268,7 +298,11 @@ async fn keepalive(State(s): State<AppState>, Path(id): Path<String>) -> Respons
 
 // ----- locks -----
 
-async fn lock_post(State(s): State<AppState>, Path(path): Path<String>, body: Bytes) -> Response {
+async fn lock_post(
+    State(s): State<AppState>,
+    Path(path): Path<String>,
+    BodyBytes(body): BodyBytes,
+) -> Response {
     let (key, action) = split_action(&path);
     let result = match action {
         None => {
@@ -340,11 +374,21 @@ async fn lock_get(
     }
 }
 
+/// Parse a strict query string; errors name the parameter.
 fn parse_query<T: DeserializeOwned>(query: &str) -> Result<T, ApiError> {
-    serde_urlencoded::from_str(query).map_err(|e| {
-        let message = e.to_string();
-        let field = message.split('`').nth(1).unwrap_or("query");
-        ApiError::invalid(field, format!("invalid query string: {message}"))
+    let de = serde_urlencoded::Deserializer::new(form_urlencoded::parse(query.as_bytes()));
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let message = e.inner().to_string();
+        let named = message
+            .split('`')
+            .nth(1)
+            .filter(|_| message.contains("field"))
+            .map(str::to_string);
+        let field = named
+            .or(Some(path).filter(|p| p != "."))
+            .unwrap_or_else(|| "query".to_string());
+        ApiError::invalid(&field, format!("invalid query string: {message}"))
     })
 }
 
@@ -359,14 +403,20 @@ async fn lock_delete(
     reply(deadline(&s.limits, None, s.service.release_lock(&key, p)).await)
 }
 
-async fn list_locks(State(s): State<AppState>, QueryParams(p): QueryParams<ListParams>) -> Response {
+async fn list_locks(
+    State(s): State<AppState>,
+    QueryParams(p): QueryParams<ListParams>,
+) -> Response {
     if let Err(e) = validate::list(&p, &s.limits) {
         return e.into_response();
     }
     reply(deadline(&s.limits, None, s.service.list_locks(p)).await)
 }
 
-async fn expired(State(s): State<AppState>, QueryParams(p): QueryParams<ExpiredParams>) -> Response {
+async fn expired(
+    State(s): State<AppState>,
+    QueryParams(p): QueryParams<ExpiredParams>,
+) -> Response {
     if let Err(e) = validate::list_limit(p.limit, &s.limits) {
         return e.into_response();
     }
@@ -375,7 +425,11 @@ async fn expired(State(s): State<AppState>, QueryParams(p): QueryParams<ExpiredP
 
 // ----- semaphores -----
 
-async fn semaphore_post(State(s): State<AppState>, Path(path): Path<String>, body: Bytes) -> Response {
+async fn semaphore_post(
+    State(s): State<AppState>,
+    Path(path): Path<String>,
+    BodyBytes(body): BodyBytes,
+) -> Response {
     let (key, action) = split_action(&path);
     match action {
         None => {
@@ -431,7 +485,11 @@ async fn semaphore_delete(
 
 // ----- names -----
 
-async fn name_put(State(s): State<AppState>, Path(name): Path<String>, JsonBody(req): JsonBody<RegisterRequest>) -> Response {
+async fn name_put(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+    JsonBody(req): JsonBody<RegisterRequest>,
+) -> Response {
     if let Err(e) = validate::register(&name, &req, &s.limits) {
         return e.into_response();
     }
@@ -465,7 +523,11 @@ async fn name_patch(
     reply(deadline(&s.limits, None, s.service.proclaim(&name, req)).await)
 }
 
-async fn name_post(State(s): State<AppState>, Path(path): Path<String>, body: Bytes) -> Response {
+async fn name_post(
+    State(s): State<AppState>,
+    Path(path): Path<String>,
+    BodyBytes(body): BodyBytes,
+) -> Response {
     let (name, action) = split_action(&path);
     if action != Some("extend") {
         return unknown_action(&path).into_response();
@@ -474,7 +536,8 @@ async fn name_post(State(s): State<AppState>, Path(path): Path<String>, body: By
         Ok(r) => r,
         Err(e) => return e.into_response(),
     };
-    if let Err(e) = validate::key("name", name, &s.limits).and_then(|_| validate::owner(&req.owner)) {
+    if let Err(e) = validate::key("name", name, &s.limits).and_then(|_| validate::owner(&req.owner))
+    {
         return e.into_response();
     }
     reply(deadline(&s.limits, None, s.service.extend_name(name, req)).await)
@@ -491,7 +554,10 @@ async fn name_delete(
     reply(deadline(&s.limits, None, s.service.unregister_name(&name, p)).await)
 }
 
-async fn list_names(State(s): State<AppState>, QueryParams(p): QueryParams<ListParams>) -> Response {
+async fn list_names(
+    State(s): State<AppState>,
+    QueryParams(p): QueryParams<ListParams>,
+) -> Response {
     if let Err(e) = validate::list(&p, &s.limits) {
         return e.into_response();
     }
@@ -504,12 +570,22 @@ async fn cluster(State(s): State<AppState>) -> Response {
     reply(deadline(&s.limits, None, s.service.cluster_status()).await)
 }
 
-async fn add_member(State(s): State<AppState>, JsonBody(req): JsonBody<AddMemberRequest>) -> Response {
+async fn add_member(
+    State(s): State<AppState>,
+    JsonBody(req): JsonBody<AddMemberRequest>,
+) -> Response {
     if let Err(e) = validate::add_member(&req) {
         return e.into_response();
     }
     // Catching a learner up may take longer than one request deadline.
-    reply(deadline(&s.limits, Some(s.limits.request_timeout_ms * 5), s.service.add_member(req)).await)
+    reply(
+        deadline(
+            &s.limits,
+            Some(s.limits.request_timeout_ms * 5),
+            s.service.add_member(req),
+        )
+        .await,
+    )
 }
 
 async fn remove_member(State(s): State<AppState>, Path(id): Path<String>) -> Response {

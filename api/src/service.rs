@@ -29,13 +29,21 @@ pub trait LeaseService: Send + Sync + 'static {
     async fn extend_lock(&self, key: &str, req: ExtendRequest) -> Result<ExtendResponse>;
     async fn release_lock(&self, key: &str, params: ReleaseParams) -> Result<ReleaseResponse>;
     async fn get_lock(&self, key: &str, params: ReadParams) -> Result<LockState>;
-    async fn wait_release(&self, key: &str, params: WaitReleaseParams) -> Result<WaitReleaseResponse>;
+    async fn wait_release(
+        &self,
+        key: &str,
+        params: WaitReleaseParams,
+    ) -> Result<WaitReleaseResponse>;
     async fn lock_history(&self, key: &str) -> Result<HistoryResponse>;
     async fn list_locks(&self, params: ListParams) -> Result<LockList>;
     async fn expired(&self, params: ExpiredParams) -> Result<ExpiredList>;
 
     // Semaphores
-    async fn acquire_semaphore(&self, key: &str, req: SemaphoreAcquireRequest) -> Result<SemaphoreSlot>;
+    async fn acquire_semaphore(
+        &self,
+        key: &str,
+        req: SemaphoreAcquireRequest,
+    ) -> Result<SemaphoreSlot>;
     async fn extend_semaphore(&self, key: &str, req: ExtendRequest) -> Result<ExtendResponse>;
     async fn release_semaphore(&self, key: &str, params: ReleaseParams) -> Result<ReleaseResponse>;
     async fn get_semaphore(&self, key: &str, params: ReadParams) -> Result<SemaphoreState>;

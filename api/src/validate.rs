@@ -47,7 +47,10 @@ fn printable(field: &str, s: &str) -> Result<(), ApiError> {
     if let Some(c) = s.chars().find(|c| c.is_control()) {
         return Err(ApiError::invalid(
             field,
-            format!("must not contain control characters (found U+{:04X})", c as u32),
+            format!(
+                "must not contain control characters (found U+{:04X})",
+                c as u32
+            ),
         ));
     }
     Ok(())
@@ -61,7 +64,11 @@ pub fn key(field: &str, key: &str, limits: &Limits) -> Result<(), ApiError> {
     if key.len() > limits.max_key_bytes {
         return Err(ApiError::too_large(
             field,
-            format!("must be at most {} bytes, got {}", limits.max_key_bytes, key.len()),
+            format!(
+                "must be at most {} bytes, got {}",
+                limits.max_key_bytes,
+                key.len()
+            ),
         ));
     }
     printable(field, key)?;
@@ -83,7 +90,10 @@ pub fn owner(owner: &str) -> Result<(), ApiError> {
     if owner.len() > MAX_OWNER_BYTES {
         return Err(ApiError::invalid(
             "owner",
-            format!("must be at most {MAX_OWNER_BYTES} bytes, got {}", owner.len()),
+            format!(
+                "must be at most {MAX_OWNER_BYTES} bytes, got {}",
+                owner.len()
+            ),
         ));
     }
     printable("owner", owner)
@@ -106,7 +116,10 @@ pub fn wait_ms(wait_ms: Option<u64>, limits: &Limits) -> Result<(), ApiError> {
     match wait_ms {
         Some(w) if w > limits.max_wait_ms => Err(ApiError::invalid(
             "wait_ms",
-            format!("must be at most {} (limits.max_wait_ms), got {w}", limits.max_wait_ms),
+            format!(
+                "must be at most {} (limits.max_wait_ms), got {w}",
+                limits.max_wait_ms
+            ),
         )),
         _ => Ok(()),
     }
@@ -116,7 +129,11 @@ pub fn value(value: Option<&str>, limits: &Limits) -> Result<(), ApiError> {
     match value {
         Some(v) if v.len() > limits.max_value_bytes => Err(ApiError::too_large(
             "value",
-            format!("must be at most {} bytes, got {}", limits.max_value_bytes, v.len()),
+            format!(
+                "must be at most {} bytes, got {}",
+                limits.max_value_bytes,
+                v.len()
+            ),
         )),
         _ => Ok(()),
     }
@@ -126,7 +143,10 @@ pub fn lock_delay_ms(delay: Option<u64>, limits: &Limits) -> Result<(), ApiError
     match delay {
         Some(d) if d > limits.max_ttl_ms => Err(ApiError::invalid(
             "lock_delay_ms",
-            format!("must be at most {} (limits.max_ttl_ms), got {d}", limits.max_ttl_ms),
+            format!(
+                "must be at most {} (limits.max_ttl_ms), got {d}",
+                limits.max_ttl_ms
+            ),
         )),
         _ => Ok(()),
     }
@@ -136,7 +156,10 @@ pub fn semaphore_limit(limit: u32, limits: &Limits) -> Result<(), ApiError> {
     if limit == 0 || limit > limits.max_waiters_per_key {
         return Err(ApiError::invalid(
             "limit",
-            format!("must be between 1 and {}, got {limit}", limits.max_waiters_per_key),
+            format!(
+                "must be between 1 and {}, got {limit}",
+                limits.max_waiters_per_key
+            ),
         ));
     }
     Ok(())
@@ -147,7 +170,10 @@ pub fn request_id(id: Option<&str>) -> Result<(), ApiError> {
     if id.is_empty() || id.len() > MAX_REQUEST_ID_BYTES {
         return Err(ApiError::invalid(
             "request_id",
-            format!("must be 1 to {MAX_REQUEST_ID_BYTES} bytes, got {}", id.len()),
+            format!(
+                "must be 1 to {MAX_REQUEST_ID_BYTES} bytes, got {}",
+                id.len()
+            ),
         ));
     }
     printable("request_id", id)
@@ -166,7 +192,11 @@ pub fn list_limit(limit: Option<usize>, limits: &Limits) -> Result<usize, ApiErr
 }
 
 /// Exactly one of `ttl_ms` (a new implicit lease) and `lease_id` (an existing one).
-pub fn lease_choice(ttl: Option<u64>, lease_id: Option<u64>, limits: &Limits) -> Result<(), ApiError> {
+pub fn lease_choice(
+    ttl: Option<u64>,
+    lease_id: Option<u64>,
+    limits: &Limits,
+) -> Result<(), ApiError> {
     match (ttl, lease_id) {
         (Some(_), Some(_)) => Err(ApiError::invalid(
             "ttl_ms",
@@ -199,7 +229,11 @@ pub fn acquire(k: &str, req: &AcquireRequest, limits: &Limits) -> Result<(), Api
     request_id(req.request_id.as_deref())
 }
 
-pub fn semaphore_acquire(k: &str, req: &SemaphoreAcquireRequest, limits: &Limits) -> Result<(), ApiError> {
+pub fn semaphore_acquire(
+    k: &str,
+    req: &SemaphoreAcquireRequest,
+    limits: &Limits,
+) -> Result<(), ApiError> {
     key("key", k, limits)?;
     owner(&req.owner)?;
     semaphore_limit(req.limit, limits)?;
@@ -308,7 +342,10 @@ mod tests {
     fn keys() {
         let l = limits();
         assert!(key("key", "jobs:sitemap/1", &l).is_ok());
-        assert_eq!(key("key", "", &l).unwrap_err().code, ErrorCode::InvalidArgument);
+        assert_eq!(
+            key("key", "", &l).unwrap_err().code,
+            ErrorCode::InvalidArgument
+        );
         let long = "k".repeat(513);
         let e = key("key", &long, &l).unwrap_err();
         assert_eq!(e.code, ErrorCode::PayloadTooLarge);
@@ -322,7 +359,10 @@ mod tests {
         let l = limits();
         assert!(ttl_ms("ttl_ms", 500, &l).is_ok());
         let e = ttl_ms("ttl_ms", 10, &l).unwrap_err();
-        assert_eq!(e.message, "ttl_ms: must be between 500 and 86400000, got 10");
+        assert_eq!(
+            e.message,
+            "ttl_ms: must be between 500 and 86400000, got 10"
+        );
         assert!(wait_ms(Some(300_000), &l).is_ok());
         assert!(wait_ms(Some(300_001), &l).is_err());
     }
@@ -338,18 +378,27 @@ mod tests {
         req.ttl_ms = Some(1000);
         assert!(acquire("k", &req, &l).is_ok());
         req.lease_id = Some(3);
-        assert!(acquire("k", &req, &l).unwrap_err().message.contains("not both"));
+        assert!(acquire("k", &req, &l)
+            .unwrap_err()
+            .message
+            .contains("not both"));
         req.ttl_ms = None;
         assert!(acquire("k", &req, &l).is_ok());
         req.owner = String::new();
-        assert!(acquire("k", &req, &l).unwrap_err().message.starts_with("owner:"));
+        assert!(acquire("k", &req, &l)
+            .unwrap_err()
+            .message
+            .starts_with("owner:"));
     }
 
     #[test]
     fn values_and_lists() {
         let l = limits();
         let big = "v".repeat(65_537);
-        assert_eq!(value(Some(&big), &l).unwrap_err().code, ErrorCode::PayloadTooLarge);
+        assert_eq!(
+            value(Some(&big), &l).unwrap_err().code,
+            ErrorCode::PayloadTooLarge
+        );
         assert_eq!(list_limit(None, &l).unwrap(), 100);
         assert!(list_limit(Some(0), &l).is_err());
         assert!(list_limit(Some(1001), &l).is_err());

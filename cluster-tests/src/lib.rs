@@ -73,21 +73,28 @@ impl TestCluster {
             .collect::<anyhow::Result<_>>()?;
         let mut configs = Vec::new();
         for (i, (client, peer)) in listeners.iter().enumerate() {
-            let mut config = Config::default();
-            config.node_id = i as u64 + 1;
-            config.client_addr = client.local_addr()?;
-            config.peer_addr = peer.local_addr()?;
+            let mut config = Config {
+                node_id: i as u64 + 1,
+                client_addr: client.local_addr()?,
+                peer_addr: peer.local_addr()?,
+                data_dir: options
+                    .data_dir
+                    .as_ref()
+                    .map(|d| d.join(format!("node-{}", i + 1))),
+                ..Config::default()
+            };
             config.cluster.members = members.clone();
-            config.data_dir = options
-                .data_dir
-                .as_ref()
-                .map(|d| d.join(format!("node-{}", i + 1)));
             (options.tweak)(&mut config);
             configs.push(config);
         }
-        let starts = configs.iter().cloned().zip(listeners).map(|(config, (client, peer))| async move {
-            Node::start_on(config, Listeners { client, peer }).await
-        });
+        let starts =
+            configs
+                .iter()
+                .cloned()
+                .zip(listeners)
+                .map(|(config, (client, peer))| async move {
+                    Node::start_on(config, Listeners { client, peer }).await
+                });
         let nodes = futures::future::join_all(starts).await;
         let mut slots = Vec::new();
         for (config, node) in configs.into_iter().zip(nodes) {
@@ -153,9 +160,11 @@ impl TestCluster {
         wait_until(timeout, || async {
             let leader = self.leader()?;
             let leader_id = leader as u64 + 1;
-            let agreed = self.slots.iter().filter_map(|s| s.node.as_ref()).all(|n| {
-                n.raft().metrics().borrow().current_leader == Some(leader_id)
-            });
+            let agreed = self
+                .slots
+                .iter()
+                .filter_map(|s| s.node.as_ref())
+                .all(|n| n.raft().metrics().borrow().current_leader == Some(leader_id));
             agreed.then_some(leader)
         })
         .await
@@ -163,7 +172,11 @@ impl TestCluster {
     }
 
     /// Wait until a leader other than `old` is elected by the running nodes.
-    pub async fn wait_for_new_leader(&self, old: usize, timeout: Duration) -> anyhow::Result<usize> {
+    pub async fn wait_for_new_leader(
+        &self,
+        old: usize,
+        timeout: Duration,
+    ) -> anyhow::Result<usize> {
         wait_until(timeout, || async {
             let leader = self.leader()?;
             (leader != old).then_some(leader)
@@ -216,7 +229,10 @@ impl TestCluster {
 
     /// Cut the peer link between `a` and `b` in both directions.
     pub fn cut(&self, a: usize, b: usize) {
-        let (pa, pb) = (self.slots[a].config.peer_addr, self.slots[b].config.peer_addr);
+        let (pa, pb) = (
+            self.slots[a].config.peer_addr,
+            self.slots[b].config.peer_addr,
+        );
         if let Some(n) = &self.slots[a].node {
             n.faults().block(pb);
         }
@@ -298,7 +314,12 @@ impl Http {
         }
     }
 
-    pub async fn request(&self, method: &str, url: &str, body: Option<Value>) -> anyhow::Result<Reply> {
+    pub async fn request(
+        &self,
+        method: &str,
+        url: &str,
+        body: Option<Value>,
+    ) -> anyhow::Result<Reply> {
         let method = reqwest::Method::from_bytes(method.as_bytes())?;
         let mut req = self.client.request(method, url);
         if let Some(body) = body {
@@ -308,7 +329,12 @@ impl Http {
     }
 
     /// Send a raw body with a JSON content type (for malformed-input tests).
-    pub async fn raw(&self, method: &str, url: &str, body: impl Into<reqwest::Body>) -> anyhow::Result<Reply> {
+    pub async fn raw(
+        &self,
+        method: &str,
+        url: &str,
+        body: impl Into<reqwest::Body>,
+    ) -> anyhow::Result<Reply> {
         let method = reqwest::Method::from_bytes(method.as_bytes())?;
         let req = self
             .client
@@ -335,8 +361,12 @@ impl Http {
         let body = if bytes.is_empty() {
             Value::Null
         } else {
-            serde_json::from_slice(&bytes)
-                .with_context(|| format!("non-JSON reply ({status}): {}", String::from_utf8_lossy(&bytes)))?
+            serde_json::from_slice(&bytes).with_context(|| {
+                format!(
+                    "non-JSON reply ({status}): {}",
+                    String::from_utf8_lossy(&bytes)
+                )
+            })?
         };
         Ok(Reply {
             status,

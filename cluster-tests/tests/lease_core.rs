@@ -9,8 +9,15 @@ use tokio::time::Instant;
 
 const SECS_10: Duration = Duration::from_secs(10);
 
-async fn acquire(http: &Http, base: &str, key: &str, body: Value) -> leasehold_cluster_tests::Reply {
-    http.post(&format!("{base}/v1/locks/{key}"), body).await.expect("request")
+async fn acquire(
+    http: &Http,
+    base: &str,
+    key: &str,
+    body: Value,
+) -> leasehold_cluster_tests::Reply {
+    http.post(&format!("{base}/v1/locks/{key}"), body)
+        .await
+        .expect("request")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -20,7 +27,13 @@ async fn acquire_extend_release_and_get_through_every_node() {
     for i in 0..3 {
         let base = cluster.url(i);
         let key = format!("jobs-{i}");
-        let r = acquire(&http, &base, &key, json!({"owner": "w1", "ttl_ms": 5000, "value": "v"})).await;
+        let r = acquire(
+            &http,
+            &base,
+            &key,
+            json!({"owner": "w1", "ttl_ms": 5000, "value": "v"}),
+        )
+        .await;
         assert_eq!(r.status, 200, "{:?}", r.body);
         let token = r.body["token"].as_u64().unwrap();
         assert_eq!(r.body["owner"], "w1");
@@ -29,7 +42,10 @@ async fn acquire_extend_release_and_get_through_every_node() {
 
         // Every node sees the holder with a linearizable read.
         for j in 0..3 {
-            let g = http.get(&format!("{}/v1/locks/{key}", cluster.url(j))).await.unwrap();
+            let g = http
+                .get(&format!("{}/v1/locks/{key}", cluster.url(j)))
+                .await
+                .unwrap();
             assert_eq!(g.status, 200);
             assert_eq!(g.body["held"], true, "node {j}: {:?}", g.body);
             assert_eq!(g.body["token"].as_u64(), Some(token));
@@ -37,7 +53,13 @@ async fn acquire_extend_release_and_get_through_every_node() {
         }
 
         // A second owner is refused with the holder named.
-        let busy = acquire(&http, &cluster.url((i + 1) % 3), &key, json!({"owner": "w2", "ttl_ms": 5000})).await;
+        let busy = acquire(
+            &http,
+            &cluster.url((i + 1) % 3),
+            &key,
+            json!({"owner": "w2", "ttl_ms": 5000}),
+        )
+        .await;
         assert_eq!(busy.status, 409);
         assert_eq!(busy.code(), "lock_held");
         assert_eq!(busy.body["error"]["holder"]["owner"], "w1");
@@ -63,7 +85,10 @@ async fn acquire_extend_release_and_get_through_every_node() {
         assert_eq!(ext_ttl.body["ttl_ms"], 8000);
 
         let rel = http
-            .delete(&format!("{}/v1/locks/{key}?owner=w1&token={token}", cluster.url((i + 1) % 3)))
+            .delete(&format!(
+                "{}/v1/locks/{key}?owner=w1&token={token}",
+                cluster.url((i + 1) % 3)
+            ))
             .await
             .unwrap();
         assert_eq!(rel.status, 200, "{:?}", rel.body);
@@ -84,7 +109,13 @@ async fn acquire_extend_release_and_get_through_every_node() {
 async fn blocking_acquire_is_handed_the_lock_fifo_on_release_in_the_same_commit() {
     let cluster = TestCluster::start3().await.unwrap();
     let http = Http::new();
-    let a = acquire(&http, &cluster.url(0), "fifo", json!({"owner": "a", "ttl_ms": 10000})).await;
+    let a = acquire(
+        &http,
+        &cluster.url(0),
+        "fifo",
+        json!({"owner": "a", "ttl_ms": 10000}),
+    )
+    .await;
     assert_eq!(a.status, 200);
     let a_token = a.body["token"].as_u64().unwrap();
 
@@ -92,26 +123,47 @@ async fn blocking_acquire_is_handed_the_lock_fifo_on_release_in_the_same_commit(
     let (hb, hc) = (http.clone(), http.clone());
     let (ub, uc) = (cluster.url(1), cluster.url(2));
     let b = tokio::spawn(async move {
-        acquire(&hb, &ub, "fifo", json!({"owner": "b", "ttl_ms": 1000, "wait_ms": 20000})).await
+        acquire(
+            &hb,
+            &ub,
+            "fifo",
+            json!({"owner": "b", "ttl_ms": 1000, "wait_ms": 20000}),
+        )
+        .await
     });
     wait_until(SECS_10, || async {
-        let g = http.get(&format!("{}/v1/locks/fifo", cluster.url(0))).await.ok()?;
+        let g = http
+            .get(&format!("{}/v1/locks/fifo", cluster.url(0)))
+            .await
+            .ok()?;
         (g.body["waiters"] == 1).then_some(())
     })
     .await
     .unwrap();
     let c = tokio::spawn(async move {
-        acquire(&hc, &uc, "fifo", json!({"owner": "c", "ttl_ms": 10000, "wait_ms": 20000})).await
+        acquire(
+            &hc,
+            &uc,
+            "fifo",
+            json!({"owner": "c", "ttl_ms": 10000, "wait_ms": 20000}),
+        )
+        .await
     });
     wait_until(SECS_10, || async {
-        let g = http.get(&format!("{}/v1/locks/fifo", cluster.url(0))).await.ok()?;
+        let g = http
+            .get(&format!("{}/v1/locks/fifo", cluster.url(0)))
+            .await
+            .ok()?;
         (g.body["waiters"] == 2).then_some(())
     })
     .await
     .unwrap();
 
     let rel = http
-        .delete(&format!("{}/v1/locks/fifo?owner=a&token={a_token}", cluster.url(0)))
+        .delete(&format!(
+            "{}/v1/locks/fifo?owner=a&token={a_token}",
+            cluster.url(0)
+        ))
         .await
         .unwrap();
     assert_eq!(rel.status, 200);
@@ -120,10 +172,18 @@ async fn blocking_acquire_is_handed_the_lock_fifo_on_release_in_the_same_commit(
     assert_eq!(b.body["owner"], "b");
     let b_token = b.body["token"].as_u64().unwrap();
     assert!(b_token > a_token);
-    assert!(!c.is_finished(), "c still waits behind b");
+    if c.is_finished() {
+        panic!(
+            "c should still wait behind b, but returned {:?}",
+            c.await.unwrap()
+        );
+    }
 
     // The release and b's grant are one replicated step: same timestamp, adjacent events.
-    let h = http.get(&format!("{}/v1/locks/fifo/history", cluster.url(2))).await.unwrap();
+    let h = http
+        .get(&format!("{}/v1/locks/fifo/history", cluster.url(2)))
+        .await
+        .unwrap();
     let events = h.body["events"].as_array().unwrap();
     assert_eq!(events[0]["event"], "acquired");
     assert_eq!(events[0]["owner"], "b");
@@ -137,12 +197,18 @@ async fn blocking_acquire_is_handed_the_lock_fifo_on_release_in_the_same_commit(
     assert_eq!(c.status, 200, "{:?}", c.body);
     assert_eq!(c.body["owner"], "c");
     assert!(c.body["token"].as_u64().unwrap() > b_token);
-    let h = http.get(&format!("{}/v1/locks/fifo/history", cluster.url(0))).await.unwrap();
+    let h = http
+        .get(&format!("{}/v1/locks/fifo/history", cluster.url(0)))
+        .await
+        .unwrap();
     let events = h.body["events"].as_array().unwrap();
     assert_eq!(events[0]["owner"], "c");
     assert_eq!(events[1]["event"], "expired");
     assert_eq!(events[1]["owner"], "b");
-    let expired = http.get(&format!("{}/v1/expired", cluster.url(1))).await.unwrap();
+    let expired = http
+        .get(&format!("{}/v1/expired", cluster.url(1)))
+        .await
+        .unwrap();
     assert!(expired.body["expired"]
         .as_array()
         .unwrap()
@@ -155,17 +221,40 @@ async fn blocking_acquire_is_handed_the_lock_fifo_on_release_in_the_same_commit(
 async fn blocking_acquire_times_out_with_lock_held_and_leaves_the_queue() {
     let cluster = TestCluster::start3().await.unwrap();
     let http = Http::new();
-    let a = acquire(&http, &cluster.url(0), "busy", json!({"owner": "a", "ttl_ms": 10000})).await;
+    let a = acquire(
+        &http,
+        &cluster.url(0),
+        "busy",
+        json!({"owner": "a", "ttl_ms": 10000}),
+    )
+    .await;
     assert_eq!(a.status, 200);
-    let b = acquire(&http, &cluster.url(1), "busy", json!({"owner": "b", "ttl_ms": 10000, "wait_ms": 300})).await;
+    let b = acquire(
+        &http,
+        &cluster.url(1),
+        "busy",
+        json!({"owner": "b", "ttl_ms": 10000, "wait_ms": 300}),
+    )
+    .await;
     assert_eq!(b.status, 409, "{:?}", b.body);
     assert_eq!(b.code(), "lock_held");
-    let g = http.get(&format!("{}/v1/locks/busy", cluster.url(2))).await.unwrap();
+    let g = http
+        .get(&format!("{}/v1/locks/busy", cluster.url(2)))
+        .await
+        .unwrap();
     assert_eq!(g.body["waiters"], 0, "the queue entry was removed");
     assert_eq!(g.body["owner"], "a");
     // b's implicit lease went with its wait: only a's lease is left.
-    let leases = http.get(&format!("{}/v1/leases", cluster.url(0))).await.unwrap();
-    assert_eq!(leases.body["leases"].as_array().unwrap().len(), 1, "{:?}", leases.body);
+    let leases = http
+        .get(&format!("{}/v1/leases", cluster.url(0)))
+        .await
+        .unwrap();
+    assert_eq!(
+        leases.body["leases"].as_array().unwrap().len(),
+        1,
+        "{:?}",
+        leases.body
+    );
     cluster.shutdown().await;
 }
 
@@ -177,17 +266,32 @@ async fn wait_for_release_returns_on_release_and_never_reports_an_older_state() 
     // ask a follower whether it is free.
     for round in 0..20 {
         let key = format!("fresh-{round}");
-        let a = acquire(&http, &cluster.url(round % 3), &key, json!({"owner": "a", "ttl_ms": 10000})).await;
+        let a = acquire(
+            &http,
+            &cluster.url(round % 3),
+            &key,
+            json!({"owner": "a", "ttl_ms": 10000}),
+        )
+        .await;
         assert_eq!(a.status, 200);
         let w = http
-            .get(&format!("{}/v1/locks/{key}/wait?wait_ms=0", cluster.url((round + 1) % 3)))
+            .get(&format!(
+                "{}/v1/locks/{key}/wait?wait_ms=0",
+                cluster.url((round + 1) % 3)
+            ))
             .await
             .unwrap();
         assert_eq!(w.status, 200);
         assert_eq!(w.body["released"], false, "round {round}: {:?}", w.body);
     }
 
-    let a = acquire(&http, &cluster.url(0), "w", json!({"owner": "a", "ttl_ms": 10000})).await;
+    let a = acquire(
+        &http,
+        &cluster.url(0),
+        "w",
+        json!({"owner": "a", "ttl_ms": 10000}),
+    )
+    .await;
     let token = a.body["token"].as_u64().unwrap();
     let h2 = http.clone();
     let url = format!("{}/v1/locks/w/wait?wait_ms=30000", cluster.url(2));
@@ -197,7 +301,10 @@ async fn wait_for_release_returns_on_release_and_never_reports_an_older_state() 
     let probe = format!("{}/v1/locks/w/wait?wait_ms=0&token={token}", cluster.url(1));
     assert_eq!(h3.get(&probe).await.unwrap().body["released"], false);
     let rel = http
-        .delete(&format!("{}/v1/locks/w?owner=a&token={token}", cluster.url(1)))
+        .delete(&format!(
+            "{}/v1/locks/w?owner=a&token={token}",
+            cluster.url(1)
+        ))
         .await
         .unwrap();
     assert_eq!(rel.status, 200);
@@ -212,9 +319,18 @@ async fn wait_for_release_returns_on_release_and_never_reports_an_older_state() 
     assert_eq!(w.body["released"], true);
 
     // A wait that runs out reports the holder.
-    let b = acquire(&http, &cluster.url(0), "w", json!({"owner": "b", "ttl_ms": 10000})).await;
+    let b = acquire(
+        &http,
+        &cluster.url(0),
+        "w",
+        json!({"owner": "b", "ttl_ms": 10000}),
+    )
+    .await;
     assert_eq!(b.status, 200);
-    let w = http.get(&format!("{}/v1/locks/w/wait?wait_ms=100", cluster.url(2))).await.unwrap();
+    let w = http
+        .get(&format!("{}/v1/locks/w/wait?wait_ms=100", cluster.url(2)))
+        .await
+        .unwrap();
     assert_eq!(w.body["released"], false);
     assert_eq!(w.body["holder"]["owner"], "b");
     cluster.shutdown().await;
@@ -226,9 +342,21 @@ async fn an_abandoned_lease_expires_no_earlier_than_its_ttl_and_keepalives_keep_
     let http = Http::new();
     let ttl_ms = 1000u64;
     let started = Instant::now();
-    let a = acquire(&http, &cluster.url(1), "abandoned", json!({"owner": "a", "ttl_ms": ttl_ms})).await;
+    let a = acquire(
+        &http,
+        &cluster.url(1),
+        "abandoned",
+        json!({"owner": "a", "ttl_ms": ttl_ms}),
+    )
+    .await;
     assert_eq!(a.status, 200);
-    let kept = acquire(&http, &cluster.url(2), "kept", json!({"owner": "k", "ttl_ms": ttl_ms})).await;
+    let kept = acquire(
+        &http,
+        &cluster.url(2),
+        "kept",
+        json!({"owner": "k", "ttl_ms": ttl_ms}),
+    )
+    .await;
     let kept_token = kept.body["token"].as_u64().unwrap();
     let kept_url = format!("{}/v1/locks/kept/extend", cluster.url(0));
 
@@ -239,20 +367,35 @@ async fn an_abandoned_lease_expires_no_earlier_than_its_ttl_and_keepalives_keep_
             .await
             .ok()?;
         assert_eq!(ext.status, 200, "keepalive failed: {:?}", ext.body);
-        let g = http.get(&format!("{}/v1/locks/abandoned", cluster.url(0))).await.ok()?;
+        let g = http
+            .get(&format!("{}/v1/locks/abandoned", cluster.url(0)))
+            .await
+            .ok()?;
         (g.body["held"] == false).then(Instant::now)
     })
     .await
     .unwrap();
     let held_for = released_at - started;
     // Released no earlier than its TTL (safety) and within TTL + the failover bound.
-    assert!(held_for >= Duration::from_millis(ttl_ms), "expired after {held_for:?}");
-    assert!(held_for < Duration::from_millis(ttl_ms + 2000), "expired only after {held_for:?}");
+    assert!(
+        held_for >= Duration::from_millis(ttl_ms),
+        "expired after {held_for:?}"
+    );
+    assert!(
+        held_for < Duration::from_millis(ttl_ms + 2000),
+        "expired only after {held_for:?}"
+    );
 
-    let k = http.get(&format!("{}/v1/locks/kept", cluster.url(1))).await.unwrap();
+    let k = http
+        .get(&format!("{}/v1/locks/kept", cluster.url(1)))
+        .await
+        .unwrap();
     assert_eq!(k.body["held"], true);
     assert_eq!(k.body["token"].as_u64(), Some(kept_token));
-    let h = http.get(&format!("{}/v1/locks/abandoned/history", cluster.url(2))).await.unwrap();
+    let h = http
+        .get(&format!("{}/v1/locks/abandoned/history", cluster.url(2)))
+        .await
+        .unwrap();
     assert_eq!(h.body["events"][0]["event"], "expired");
     cluster.shutdown().await;
 }
@@ -263,25 +406,46 @@ async fn killing_the_leader_keeps_holders_and_tokens_keep_increasing() {
     let http = Http::new();
     let leader = cluster.leader().unwrap();
     let survivor = (leader + 1) % 3;
-    let a = acquire(&http, &cluster.url(survivor), "kl", json!({"owner": "a", "ttl_ms": 30000})).await;
+    let a = acquire(
+        &http,
+        &cluster.url(survivor),
+        "kl",
+        json!({"owner": "a", "ttl_ms": 30000}),
+    )
+    .await;
     assert_eq!(a.status, 200);
     let token = a.body["token"].as_u64().unwrap();
     cluster.kill(leader).await;
     let new_leader = cluster.wait_for_new_leader(leader, SECS_10).await.unwrap();
     assert_ne!(new_leader, leader);
-    let g = http.get(&format!("{}/v1/locks/kl", cluster.url(survivor))).await.unwrap();
+    let g = http
+        .get(&format!("{}/v1/locks/kl", cluster.url(survivor)))
+        .await
+        .unwrap();
     assert_eq!(g.status, 200, "{:?}", g.body);
     assert_eq!(g.body["owner"], "a");
     assert_eq!(g.body["token"].as_u64(), Some(token));
     // The holder keeps it alive through the new leader.
     let ext = http
-        .post(&format!("{}/v1/locks/kl/extend", cluster.url(survivor)), json!({"owner": "a", "token": token}))
+        .post(
+            &format!("{}/v1/locks/kl/extend", cluster.url(survivor)),
+            json!({"owner": "a", "token": token}),
+        )
         .await
         .unwrap();
     assert_eq!(ext.status, 200, "{:?}", ext.body);
-    let b = acquire(&http, &cluster.url(survivor), "kl2", json!({"owner": "b", "ttl_ms": 30000})).await;
+    let b = acquire(
+        &http,
+        &cluster.url(survivor),
+        "kl2",
+        json!({"owner": "b", "ttl_ms": 30000}),
+    )
+    .await;
     assert_eq!(b.status, 200, "{:?}", b.body);
-    assert!(b.body["token"].as_u64().unwrap() > token, "tokens increase across failover");
+    assert!(
+        b.body["token"].as_u64().unwrap() > token,
+        "tokens increase across failover"
+    );
     cluster.shutdown().await;
 }
 
@@ -298,14 +462,23 @@ async fn restarting_every_node_of_a_sled_cluster_keeps_acknowledged_state() {
     let mut acked = Vec::new();
     for i in 0..10 {
         let key = format!("durable-{i}");
-        let r = acquire(&http, &cluster.url(i % 3), &key, json!({"owner": format!("o{i}"), "ttl_ms": 60000})).await;
+        let r = acquire(
+            &http,
+            &cluster.url(i % 3),
+            &key,
+            json!({"owner": format!("o{i}"), "ttl_ms": 60000}),
+        )
+        .await;
         assert_eq!(r.status, 200);
         acked.push((key, r.body["token"].as_u64().unwrap()));
     }
     // One release, acknowledged, must stay released.
     let (key0, token0) = acked.remove(0);
     let rel = http
-        .delete(&format!("{}/v1/locks/{key0}?owner=o0&token={token0}", cluster.url(0)))
+        .delete(&format!(
+            "{}/v1/locks/{key0}?owner=o0&token={token0}",
+            cluster.url(0)
+        ))
         .await
         .unwrap();
     assert_eq!(rel.status, 200);
@@ -317,15 +490,27 @@ async fn restarting_every_node_of_a_sled_cluster_keeps_acknowledged_state() {
     }
     cluster.wait_for_leader(SECS_10).await.unwrap();
     for (i, (key, token)) in acked.iter().enumerate() {
-        let g = http.get(&format!("{}/v1/locks/{key}", cluster.url(i % 3))).await.unwrap();
+        let g = http
+            .get(&format!("{}/v1/locks/{key}", cluster.url(i % 3)))
+            .await
+            .unwrap();
         assert_eq!(g.status, 200, "{:?}", g.body);
         assert_eq!(g.body["held"], true, "{key} lost: {:?}", g.body);
         assert_eq!(g.body["token"].as_u64(), Some(*token));
     }
-    let g = http.get(&format!("{}/v1/locks/{key0}", cluster.url(1))).await.unwrap();
+    let g = http
+        .get(&format!("{}/v1/locks/{key0}", cluster.url(1)))
+        .await
+        .unwrap();
     assert_eq!(g.body["held"], false);
     // Tokens never repeat after a full restart.
-    let r = acquire(&http, &cluster.url(2), "after-restart", json!({"owner": "x", "ttl_ms": 5000})).await;
+    let r = acquire(
+        &http,
+        &cluster.url(2),
+        "after-restart",
+        json!({"owner": "x", "ttl_ms": 5000}),
+    )
+    .await;
     let max_before = acked.iter().map(|(_, t)| *t).max().unwrap();
     assert!(r.body["token"].as_u64().unwrap() > max_before);
     cluster.shutdown().await;
@@ -336,22 +521,47 @@ async fn a_partitioned_old_leader_grants_and_extends_nothing() {
     let cluster = TestCluster::start3().await.unwrap();
     let http = Http::new();
     let old = cluster.leader().unwrap();
-    let a = acquire(&http, &cluster.url(old), "part", json!({"owner": "a", "ttl_ms": 30000})).await;
+    let a = acquire(
+        &http,
+        &cluster.url(old),
+        "part",
+        json!({"owner": "a", "ttl_ms": 30000}),
+    )
+    .await;
     assert_eq!(a.status, 200);
     let token = a.body["token"].as_u64().unwrap();
     cluster.isolate(old);
     // The old leader may still believe it leads for a while; it must grant nothing.
-    let grant = acquire(&http, &cluster.url(old), "part-new", json!({"owner": "b", "ttl_ms": 30000})).await;
+    let grant = acquire(
+        &http,
+        &cluster.url(old),
+        "part-new",
+        json!({"owner": "b", "ttl_ms": 30000}),
+    )
+    .await;
     assert_ne!(grant.status, 200, "old leader granted: {:?}", grant.body);
-    assert!(grant.status == 503 || grant.status == 504, "{:?}", grant.body);
+    assert!(
+        grant.status == 503 || grant.status == 504,
+        "{:?}",
+        grant.body
+    );
     let ext = http
-        .post(&format!("{}/v1/locks/part/extend", cluster.url(old)), json!({"owner": "a", "token": token}))
+        .post(
+            &format!("{}/v1/locks/part/extend", cluster.url(old)),
+            json!({"owner": "a", "token": token}),
+        )
         .await
         .unwrap();
     assert_ne!(ext.status, 200, "old leader extended: {:?}", ext.body);
     // The majority elects a new leader and serves.
     let majority = (old + 1) % 3;
-    let b = acquire(&http, &cluster.url(majority), "part-new", json!({"owner": "b", "ttl_ms": 30000})).await;
+    let b = acquire(
+        &http,
+        &cluster.url(majority),
+        "part-new",
+        json!({"owner": "b", "ttl_ms": 30000}),
+    )
+    .await;
     assert_eq!(b.status, 200, "{:?}", b.body);
     cluster.heal();
     cluster.shutdown().await;
@@ -362,32 +572,212 @@ async fn leases_are_sessions_for_many_locks() {
     let cluster = TestCluster::start3().await.unwrap();
     let http = Http::new();
     let l = http
-        .post(&format!("{}/v1/leases", cluster.url(0)), json!({"ttl_ms": 5000, "owner": "worker-7"}))
+        .post(
+            &format!("{}/v1/leases", cluster.url(0)),
+            json!({"ttl_ms": 5000, "owner": "worker-7"}),
+        )
         .await
         .unwrap();
     assert_eq!(l.status, 201, "{:?}", l.body);
     let lease_id = l.body["lease_id"].as_u64().unwrap();
     for key in ["s1", "s2"] {
-        let r = acquire(&http, &cluster.url(1), key, json!({"owner": "worker-7", "lease_id": lease_id})).await;
+        let r = acquire(
+            &http,
+            &cluster.url(1),
+            key,
+            json!({"owner": "worker-7", "lease_id": lease_id}),
+        )
+        .await;
         assert_eq!(r.status, 200, "{:?}", r.body);
     }
-    let info = http.get(&format!("{}/v1/leases/{lease_id}", cluster.url(2))).await.unwrap();
+    let info = http
+        .get(&format!("{}/v1/leases/{lease_id}", cluster.url(2)))
+        .await
+        .unwrap();
     assert_eq!(info.status, 200);
     assert_eq!(info.body["locks"], json!(["s1", "s2"]));
     let ka = http
-        .post(&format!("{}/v1/leases/{lease_id}/keepalive", cluster.url(2)), json!({}))
+        .post(
+            &format!("{}/v1/leases/{lease_id}/keepalive", cluster.url(2)),
+            json!({}),
+        )
         .await
         .unwrap();
     assert_eq!(ka.status, 200, "{:?}", ka.body);
-    let rv = http.delete(&format!("{}/v1/leases/{lease_id}", cluster.url(1))).await.unwrap();
+    let rv = http
+        .delete(&format!("{}/v1/leases/{lease_id}", cluster.url(1)))
+        .await
+        .unwrap();
     assert_eq!(rv.status, 200);
     assert_eq!(rv.body["revoked"], true);
     assert_eq!(rv.body["released"].as_array().unwrap().len(), 2);
     let ka = http
-        .post(&format!("{}/v1/leases/{lease_id}/keepalive", cluster.url(0)), json!({}))
+        .post(
+            &format!("{}/v1/leases/{lease_id}/keepalive", cluster.url(0)),
+            json!({}),
+        )
         .await
         .unwrap();
     assert_eq!(ka.status, 404);
     assert_eq!(ka.code(), "lease_not_found");
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn blocking_query_returns_when_the_key_changes() {
+    let cluster = TestCluster::start3().await.unwrap();
+    let http = Http::new();
+    let g = http
+        .get(&format!("{}/v1/locks/bq", cluster.url(2)))
+        .await
+        .unwrap();
+    assert_eq!(g.body["held"], false);
+    let index = g.index.unwrap();
+    let h2 = http.clone();
+    let url = format!("{}/v1/locks/bq?index={index}&wait_ms=30000", cluster.url(2));
+    let watcher = tokio::spawn(async move { h2.get(&url).await.unwrap() });
+    let a = acquire(
+        &http,
+        &cluster.url(0),
+        "bq",
+        json!({"owner": "a", "ttl_ms": 10000}),
+    )
+    .await;
+    assert_eq!(a.status, 200);
+    let w = watcher.await.unwrap();
+    assert_eq!(w.status, 200);
+    assert_eq!(w.body["held"], true, "{:?}", w.body);
+    assert_eq!(w.body["owner"], "a");
+    assert!(w.index.unwrap() > index);
+    // A blocking query whose wait runs out returns the unchanged state.
+    let url = format!(
+        "{}/v1/locks/bq?index={}&wait_ms=50",
+        cluster.url(1),
+        w.index.unwrap()
+    );
+    let same = http.get(&url).await.unwrap();
+    assert_eq!(same.index, w.index);
+    // A stale read is served from the local replica.
+    let stale = http
+        .get(&format!("{}/v1/locks/bq?stale=true", cluster.url(1)))
+        .await
+        .unwrap();
+    assert_eq!(stale.status, 200);
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_waiter_that_disconnects_leaves_the_queue_and_its_lease_is_removed() {
+    let cluster = TestCluster::start3().await.unwrap();
+    let http = Http::new();
+    let a = acquire(
+        &http,
+        &cluster.url(0),
+        "dc",
+        json!({"owner": "a", "ttl_ms": 10000}),
+    )
+    .await;
+    assert_eq!(a.status, 200);
+    // A raw connection, so that closing it is certain.
+    use tokio::io::AsyncWriteExt;
+    let mut raw = tokio::net::TcpStream::connect(cluster.client_addr(1))
+        .await
+        .unwrap();
+    let body = r#"{"owner":"b","ttl_ms":10000,"wait_ms":60000}"#;
+    let request = format!(
+        "POST /v1/locks/dc HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    raw.write_all(request.as_bytes()).await.unwrap();
+    wait_until(SECS_10, || async {
+        let g = http
+            .get(&format!("{}/v1/locks/dc", cluster.url(0)))
+            .await
+            .ok()?;
+        (g.body["waiters"] == 1).then_some(())
+    })
+    .await
+    .unwrap();
+    // The client goes away: its connection closes.
+    raw.shutdown().await.unwrap();
+    drop(raw);
+    wait_until(SECS_10, || async {
+        let g = http
+            .get(&format!("{}/v1/locks/dc", cluster.url(2)))
+            .await
+            .ok()?;
+        let leases = http
+            .get(&format!("{}/v1/leases", cluster.url(2)))
+            .await
+            .ok()?;
+        let gone = g.body["waiters"] == 0 && leases.body["leases"].as_array()?.len() == 1;
+        gone.then_some(())
+    })
+    .await
+    .expect("queue entry and implicit lease removed after the disconnect");
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn failover_never_shortens_a_lease() {
+    let mut cluster = TestCluster::start3().await.unwrap();
+    let http = Http::new();
+    let leader = cluster.leader().unwrap();
+    let survivor = (leader + 1) % 3;
+    let ttl_ms = 1500u64;
+    let started = Instant::now();
+    let a = acquire(
+        &http,
+        &cluster.url(leader),
+        "fo",
+        json!({"owner": "a", "ttl_ms": ttl_ms}),
+    )
+    .await;
+    assert_eq!(a.status, 200);
+    cluster.kill(leader).await;
+    let released_at = wait_until(Duration::from_secs(15), || async {
+        let g = http
+            .get(&format!("{}/v1/locks/fo", cluster.url(survivor)))
+            .await
+            .ok()?;
+        (g.status == 200 && g.body["held"] == false).then(Instant::now)
+    })
+    .await
+    .unwrap();
+    let held_for = released_at - started;
+    assert!(
+        held_for >= Duration::from_millis(ttl_ms),
+        "released after only {held_for:?}"
+    );
+    // TTL + one failover (election timeout + a commit), with slack for a loaded machine.
+    assert!(
+        held_for < Duration::from_millis(ttl_ms + 3000),
+        "released only after {held_for:?}"
+    );
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_without_a_quorum_answers_503_with_retry_after() {
+    let cluster = TestCluster::start3().await.unwrap();
+    let http = Http::new();
+    let follower = cluster.follower().unwrap();
+    cluster.isolate(follower);
+    let r = acquire(
+        &http,
+        &cluster.url(follower),
+        "q",
+        json!({"owner": "a", "ttl_ms": 5000}),
+    )
+    .await;
+    assert_eq!(r.status, 503, "{:?}", r.body);
+    assert_eq!(r.code(), "unavailable");
+    assert!(r.retry_after.is_some(), "Retry-After is set");
+    let ready = http
+        .get(&format!("{}/readyz", cluster.url(follower)))
+        .await
+        .unwrap();
+    assert_eq!(ready.status, 503);
+    cluster.heal();
     cluster.shutdown().await;
 }

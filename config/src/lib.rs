@@ -293,10 +293,11 @@ impl Config {
                     path: path_str.clone(),
                     message: e.to_string(),
                 })?;
-                text.parse::<toml::Table>().map_err(|e| ConfigError::Parse {
-                    path: path_str,
-                    message: e.to_string(),
-                })?
+                text.parse::<toml::Table>()
+                    .map_err(|e| ConfigError::Parse {
+                        path: path_str,
+                        message: e.to_string(),
+                    })?
             }
             None => toml::Table::new(),
         };
@@ -317,12 +318,15 @@ impl Config {
                 .ok_or_else(|| invalid(key, "not a configuration key"))?;
             set(&mut table, info, value).map_err(|message| invalid(info.flag, message))?;
         }
-        let config: Config = toml::Value::Table(table)
-            .try_into()
-            .map_err(|e: toml::de::Error| ConfigError::Parse {
-                path: file.map_or("(flags and environment)".into(), |p| p.display().to_string()),
-                message: e.message().to_string(),
-            })?;
+        let config: Config =
+            toml::Value::Table(table)
+                .try_into()
+                .map_err(|e: toml::de::Error| ConfigError::Parse {
+                    path: file.map_or("(flags and environment)".into(), |p| {
+                        p.display().to_string()
+                    }),
+                    message: e.message().to_string(),
+                })?;
         config.validate()?;
         Ok(config)
     }
@@ -340,7 +344,10 @@ impl Config {
         }
         let r = &self.raft;
         if r.heartbeat_interval_ms == 0 {
-            return Err(invalid("raft.heartbeat_interval_ms", "must be greater than 0"));
+            return Err(invalid(
+                "raft.heartbeat_interval_ms",
+                "must be greater than 0",
+            ));
         }
         if r.election_timeout_min_ms <= 2 * r.heartbeat_interval_ms {
             return Err(invalid(
@@ -374,16 +381,25 @@ impl Config {
             return Err(invalid("raft.max_batch", "must be greater than 0"));
         }
         if r.snapshot_every_logs == 0 {
-            return Err(invalid("raft.snapshot_every_logs", "must be greater than 0"));
+            return Err(invalid(
+                "raft.snapshot_every_logs",
+                "must be greater than 0",
+            ));
         }
         let l = &self.limits;
         if l.max_key_bytes == 0 || l.max_key_bytes > 4096 {
-            return Err(invalid("limits.max_key_bytes", format!("must be between 1 and 4096, got {}", l.max_key_bytes)));
+            return Err(invalid(
+                "limits.max_key_bytes",
+                format!("must be between 1 and 4096, got {}", l.max_key_bytes),
+            ));
         }
         if l.max_value_bytes > 16 * 1024 * 1024 {
             return Err(invalid(
                 "limits.max_value_bytes",
-                format!("must be at most 16777216 (16 MiB), got {}", l.max_value_bytes),
+                format!(
+                    "must be at most 16777216 (16 MiB), got {}",
+                    l.max_value_bytes
+                ),
             ));
         }
         if l.max_body_bytes < l.max_value_bytes + 4096 {
@@ -397,12 +413,18 @@ impl Config {
             ));
         }
         if l.min_ttl_ms < 100 {
-            return Err(invalid("limits.min_ttl_ms", format!("must be at least 100, got {}", l.min_ttl_ms)));
+            return Err(invalid(
+                "limits.min_ttl_ms",
+                format!("must be at least 100, got {}", l.min_ttl_ms),
+            ));
         }
         if l.max_ttl_ms < l.min_ttl_ms {
             return Err(invalid(
                 "limits.max_ttl_ms",
-                format!("({}) must be at least limits.min_ttl_ms ({})", l.max_ttl_ms, l.min_ttl_ms),
+                format!(
+                    "({}) must be at least limits.min_ttl_ms ({})",
+                    l.max_ttl_ms, l.min_ttl_ms
+                ),
             ));
         }
         for (key, value) in [
@@ -419,10 +441,16 @@ impl Config {
         let members = &self.cluster.members;
         for (i, m) in members.iter().enumerate() {
             if m.id == 0 {
-                return Err(invalid("cluster.members", "member ids must be greater than 0"));
+                return Err(invalid(
+                    "cluster.members",
+                    "member ids must be greater than 0",
+                ));
             }
             if members[..i].iter().any(|o| o.id == m.id) {
-                return Err(invalid("cluster.members", format!("member id {} appears twice", m.id)));
+                return Err(invalid(
+                    "cluster.members",
+                    format!("member id {} appears twice", m.id),
+                ));
             }
         }
         if !members.is_empty() {

@@ -2,11 +2,21 @@ use std::io::Write;
 
 use super::*;
 
-fn load_str(toml: &str, env: &[(&str, &str)], flags: &[(&str, &str)]) -> Result<Config, ConfigError> {
+fn load_str(
+    toml: &str,
+    env: &[(&str, &str)],
+    flags: &[(&str, &str)],
+) -> Result<Config, ConfigError> {
     let mut file = tempfile::NamedTempFile::new().unwrap();
     file.write_all(toml.as_bytes()).unwrap();
-    let env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-    let flags: Vec<(String, String)> = flags.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    let env: Vec<(String, String)> = env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let flags: Vec<(String, String)> = flags
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
     Config::load(Some(file.path()), env, &flags)
 }
 
@@ -64,7 +74,10 @@ fn the_spec_example_parses() {
     let c = load_str(SPEC_EXAMPLE, &[], &[]).unwrap();
     assert_eq!(c.cluster.members.len(), 3);
     assert_eq!(c.cluster.members[1].id, 2);
-    assert_eq!(c.data_dir.as_deref(), Some(Path::new("/var/lib/leasehold/1")));
+    assert_eq!(
+        c.data_dir.as_deref(),
+        Some(Path::new("/var/lib/leasehold/1"))
+    );
     assert_eq!(c.limits.max_waiters_per_key, 10_000);
     assert!(c.tls.cert.is_some());
 }
@@ -74,7 +87,10 @@ fn flags_override_env_which_overrides_the_file() {
     let file = "[limits]\nmax_key_bytes = 100\nmax_wait_ms = 1000\nmin_ttl_ms = 700\n";
     let c = load_str(
         file,
-        &[("LEASEHOLD_LIMITS_MAX_KEY_BYTES", "200"), ("LEASEHOLD_LIMITS_MAX_WAIT_MS", "2000")],
+        &[
+            ("LEASEHOLD_LIMITS_MAX_KEY_BYTES", "200"),
+            ("LEASEHOLD_LIMITS_MAX_WAIT_MS", "2000"),
+        ],
         &[("limits.max_key_bytes", "300")],
     )
     .unwrap();
@@ -87,7 +103,10 @@ fn flags_override_env_which_overrides_the_file() {
 fn members_can_come_from_env() {
     let c = load_str(
         "node_id = 2\npeer_addr = \"127.0.0.1:7102\"\n",
-        &[("LEASEHOLD_CLUSTER_MEMBERS", "1=127.0.0.1:7101, 2=127.0.0.1:7102")],
+        &[(
+            "LEASEHOLD_CLUSTER_MEMBERS",
+            "1=127.0.0.1:7101, 2=127.0.0.1:7102",
+        )],
         &[],
     )
     .unwrap();
@@ -103,7 +122,10 @@ fn unknown_file_fields_are_rejected_by_name() {
 #[test]
 fn bad_env_values_and_unknown_env_vars_are_named() {
     let err = load_str("", &[("LEASEHOLD_LIMITS_MAX_KEY_BYTES", "abc")], &[]).unwrap_err();
-    assert_eq!(invalid_key(Err(err.clone())), "LEASEHOLD_LIMITS_MAX_KEY_BYTES");
+    assert_eq!(
+        invalid_key(Err(err.clone())),
+        "LEASEHOLD_LIMITS_MAX_KEY_BYTES"
+    );
     assert!(err.to_string().contains("non-negative integer"));
     let err = load_str("", &[("LEASEHOLD_LIMITS_MAX_KYE_BYTES", "1")], &[]).unwrap_err();
     assert_eq!(
@@ -121,19 +143,40 @@ fn every_rule_names_its_key() {
     let cases: &[(&str, &str)] = &[
         ("node_id = 0", "node_id"),
         ("peer_addr = \"127.0.0.1:7070\"", "peer_addr"),
-        ("[raft]\nheartbeat_interval_ms = 200", "raft.election_timeout_min_ms"),
-        ("[raft]\nelection_timeout_max_ms = 250", "raft.election_timeout_max_ms"),
-        ("[raft]\nproposal_timeout_ms = 100", "raft.proposal_timeout_ms"),
+        (
+            "[raft]\nheartbeat_interval_ms = 200",
+            "raft.election_timeout_min_ms",
+        ),
+        (
+            "[raft]\nelection_timeout_max_ms = 250",
+            "raft.election_timeout_max_ms",
+        ),
+        (
+            "[raft]\nproposal_timeout_ms = 100",
+            "raft.proposal_timeout_ms",
+        ),
         ("[raft]\nmax_batch = 0", "raft.max_batch"),
         ("[limits]\nmax_key_bytes = 0", "limits.max_key_bytes"),
         ("[limits]\nmax_key_bytes = 5000", "limits.max_key_bytes"),
-        ("[limits]\nmax_value_bytes = 20000000", "limits.max_value_bytes"),
+        (
+            "[limits]\nmax_value_bytes = 20000000",
+            "limits.max_value_bytes",
+        ),
         ("[limits]\nmax_body_bytes = 1000", "limits.max_body_bytes"),
         ("[limits]\nmin_ttl_ms = 10", "limits.min_ttl_ms"),
         ("[limits]\nmax_ttl_ms = 200", "limits.max_ttl_ms"),
-        ("[limits]\nmax_waiters_per_key = 0", "limits.max_waiters_per_key"),
-        ("[cluster]\nmembers = [\"2=127.0.0.1:7102\"]", "cluster.members"),
-        ("[cluster]\nmembers = [\"1=127.0.0.1:7170\", \"1=127.0.0.1:7102\"]", "cluster.members"),
+        (
+            "[limits]\nmax_waiters_per_key = 0",
+            "limits.max_waiters_per_key",
+        ),
+        (
+            "[cluster]\nmembers = [\"2=127.0.0.1:7102\"]",
+            "cluster.members",
+        ),
+        (
+            "[cluster]\nmembers = [\"1=127.0.0.1:7170\", \"1=127.0.0.1:7102\"]",
+            "cluster.members",
+        ),
         ("[cluster]\nmembers = [\"1=127.0.0.1:7999\"]", "peer_addr"),
         ("[tls]\ncert = \"c.pem\"", "tls"),
     ];

@@ -10,7 +10,11 @@ use leasehold_node::Node;
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser, Debug)]
-#[command(name = "leasehold", version, about = "Locks, leases and leader election on a Raft cluster")]
+#[command(
+    name = "leasehold",
+    version,
+    about = "Locks, leases and leader election on a Raft cluster"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -65,7 +69,10 @@ impl Args for ServeArgs {
                 Arg::new(key.key)
                     .long(key.flag.trim_start_matches("--"))
                     .value_name("VALUE")
-                    .help(format!("{} [env: {}] [default: {}]", key.help, key.env, key.default)),
+                    .help(format!(
+                        "{} [env: {}] [default: {}]",
+                        key.help, key.env, key.default
+                    )),
             );
         }
         cmd
@@ -142,13 +149,14 @@ async fn wait_for_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(term) => term,
-            Err(_) => {
-                let _ = ctrl_c.await;
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
         tokio::select! {
             _ = ctrl_c => {}
             _ = term.recv() => {}
@@ -162,7 +170,10 @@ async fn wait_for_signal() {
 
 async fn local_cluster(args: LocalClusterArgs) -> i32 {
     if args.nodes == 0 || args.nodes > 9 {
-        eprintln!("leasehold: --nodes must be between 1 and 9, got {}", args.nodes);
+        eprintln!(
+            "leasehold: --nodes must be between 1 and 9, got {}",
+            args.nodes
+        );
         return 2;
     }
     let exe = match std::env::current_exe() {

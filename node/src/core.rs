@@ -45,9 +45,16 @@ pub enum ForwardRequest {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum ForwardResponse {
-    Result(CommandResult),
+    /// A command's result and the log index it was applied at.
+    Result {
+        index: u64,
+        result: CommandResult,
+    },
     ReadIndex(u64),
-    Kept { lease_id: LeaseId, ttl_ms: u64 },
+    Kept {
+        lease_id: LeaseId,
+        ttl_ms: u64,
+    },
     RemainingMs(Vec<Option<u64>>),
     Initialized(bool),
     Done,
@@ -201,7 +208,8 @@ impl Core {
     pub async fn serve_locally(&self, req: ForwardRequest) -> Result<ForwardResponse, CoreError> {
         match req {
             ForwardRequest::Propose(proposal) => {
-                self.proposer.propose(proposal).await.map(ForwardResponse::Result)
+                let (index, result) = self.proposer.propose(proposal).await?;
+                Ok(ForwardResponse::Result { index, result })
             }
             ForwardRequest::ReadIndex => {
                 let confirmed = self.confirmer.confirm().await?;
@@ -239,13 +247,14 @@ impl Core {
         }
     }
 
-    /// Propose one command on the leader and return its result.
-    pub async fn write(&self, mut proposal: Proposal) -> Result<CommandResult, CoreError> {
+    /// Propose one command on the leader; return the log index it was applied at and its
+    /// result.
+    pub async fn write(&self, mut proposal: Proposal) -> Result<(u64, CommandResult), CoreError> {
         if proposal.request_id.is_none() {
             proposal.request_id = Some(self.request_ids.next());
         }
         match self.on_leader(ForwardRequest::Propose(proposal)).await? {
-            ForwardResponse::Result(result) => Ok(result),
+            ForwardResponse::Result { index, result } => Ok((index, result)),
             other => Err(unexpected(other)),
         }
     }
@@ -265,7 +274,8 @@ impl Core {
     /// Wait until the local state machine has applied `index`.
     pub async fn wait_applied(&self, index: u64, timeout: Duration) -> Result<(), CoreError> {
         let mut applied = self.shared.subscribe_applied();
-        let result = tokio::time::timeout(timeout, applied.wait_for(|applied| *applied >= index)).await;
+        let result =
+            tokio::time::timeout(timeout, applied.wait_for(|applied| *applied >= index)).await;
         match result {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(_)) => Err(CoreError::ShuttingDown),
@@ -274,7 +284,10 @@ impl Core {
     }
 
     pub async fn keepalive_lease(&self, lease_id: LeaseId) -> Result<u64, CoreError> {
-        match self.on_leader(ForwardRequest::KeepaliveLease(lease_id)).await? {
+        match self
+            .on_leader(ForwardRequest::KeepaliveLease(lease_id))
+            .await?
+        {
             ForwardResponse::Kept { ttl_ms, .. } => Ok(ttl_ms),
             other => Err(unexpected(other)),
         }
@@ -331,9 +344,14 @@ impl Core {
 
     async fn apply_membership_change(&self, change: MembershipChange) -> Result<(), CoreError> {
         use openraft::ChangeMembers;
-        let map_err = |e: openraft::error::RaftError<NodeId, openraft::error::ClientWriteError<NodeId, leasehold_raft::typ::PeerNode>>| {
+        let map_err = |e: openraft::error::RaftError<
+            NodeId,
+            openraft::error::ClientWriteError<NodeId, leasehold_raft::typ::PeerNode>,
+        >| {
             match e.forward_to_leader() {
-                Some(f) => CoreError::NotLeader { leader: f.leader_id },
+                Some(f) => CoreError::NotLeader {
+                    leader: f.leader_id,
+                },
                 None => CoreError::Unavailable(e.to_string()),
             }
         };
@@ -347,7 +365,10 @@ impl Core {
                     peer_addr,
                     client_addr,
                 };
-                self.raft.add_learner(id, node, true).await.map_err(map_err)?;
+                self.raft
+                    .add_learner(id, node, true)
+                    .await
+                    .map_err(map_err)?;
                 let voters = std::collections::BTreeSet::from([id]);
                 self.raft
                     .change_membership(ChangeMembers::AddVoterIds(voters), false)
@@ -369,7 +390,10 @@ impl Core {
                 } else {
                     ChangeMembers::RemoveNodes(ids)
                 };
-                self.raft.change_membership(change, false).await.map_err(map_err)?;
+                self.raft
+                    .change_membership(change, false)
+                    .await
+                    .map_err(map_err)?;
             }
         }
         Ok(())

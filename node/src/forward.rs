@@ -35,7 +35,9 @@ async fn handle(State(state): State<ForwardState>, headers: HeaderMap, body: Byt
     }
     let req: ForwardRequest = match decode(&body) {
         Ok(req) => req,
-        Err(e) => return (StatusCode::BAD_REQUEST, format!("bad forward request: {e}")).into_response(),
+        Err(e) => {
+            return (StatusCode::BAD_REQUEST, format!("bad forward request: {e}")).into_response()
+        }
     };
     let result: Result<ForwardResponse, CoreError> = state.core.serve_locally(req).await;
     match encode(&result) {

@@ -119,6 +119,11 @@ impl LeaseHandle {
     }
 }
 
+/// A keepalive that arrived while this node's takeover was still in progress.
+type PendingRefresh = (LeaseId, u64, oneshot::Sender<Result<u64, CoreError>>);
+/// A lock-delay that holds back waiters: (wall-clock ms, kind, key).
+type Delay = (u64, Kind, String);
+
 struct LeaseActor {
     raft: Raft,
     shared: Arc<SharedState>,
@@ -130,12 +135,12 @@ struct LeaseActor {
     /// Leases whose `ExpireLease` is in flight.
     expiring: HashSet<LeaseId>,
     /// Lock-delays holding back waiters: (wall-clock ms, kind, key).
-    delays: BTreeSet<(u64, Kind, String)>,
+    delays: BTreeSet<Delay>,
     /// The term in which this node leads and tracks deadlines.
     leading_term: Option<u64>,
     /// A term whose takeover (catch-up and re-arm) is in progress.
     takeover_term: Option<u64>,
-    pending_refresh: Vec<(LeaseId, u64, oneshot::Sender<Result<u64, CoreError>>)>,
+    pending_refresh: Vec<PendingRefresh>,
 }
 
 impl LeaseActor {
@@ -325,16 +330,19 @@ impl LeaseActor {
     fn finish_takeover(&mut self, term: u64) {
         // Anything applied before now is covered by the rescan below.
         let _ = self.shared.drain_events();
-        let (leases, delays): (Vec<(LeaseId, u64)>, Vec<(u64, Kind, String)>) =
-            self.shared.read(|s| {
-                (
-                    s.lease_ttls().collect(),
-                    s.delayed()
-                        .map(|(kind, key, until_ms)| (until_ms, kind, key.to_string()))
-                        .collect(),
-                )
-            });
-        info!(term, leases = leases.len(), "leader takeover: every lease re-armed to its full ttl");
+        let (leases, delays): (Vec<(LeaseId, u64)>, Vec<Delay>) = self.shared.read(|s| {
+            (
+                s.lease_ttls().collect(),
+                s.delayed()
+                    .map(|(kind, key, until_ms)| (until_ms, kind, key.to_string()))
+                    .collect(),
+            )
+        });
+        info!(
+            term,
+            leases = leases.len(),
+            "leader takeover: every lease re-armed to its full ttl"
+        );
         for (lease_id, ttl_ms) in leases {
             self.arm(lease_id, ttl_ms);
         }
@@ -406,9 +414,9 @@ impl LeaseActor {
                     })
                     .await;
                 let ok = match result {
-                    Ok(CommandResult::LeaseEnded { .. }) => true,
-                    Ok(CommandResult::Error(SmError::LeaseNotFound { .. })) => true,
-                    Ok(other) => {
+                    Ok((_, CommandResult::LeaseEnded { .. })) => true,
+                    Ok((_, CommandResult::Error(SmError::LeaseNotFound { .. }))) => true,
+                    Ok((_, other)) => {
                         warn!(lease_id, ?other, "unexpected result of an expiry");
                         true
                     }

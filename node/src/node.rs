@@ -117,8 +117,8 @@ impl Node {
                 std::fs::create_dir_all(dir).map_err(|e| storage_err(e.to_string()))?;
                 let db = sled::open(dir.join("raft")).map_err(|e| storage_err(e.to_string()))?;
                 let log_store = SledLogStore::open(&db).map_err(|e| storage_err(e.to_string()))?;
-                let (sm_store, shared) = StateMachineStore::new(Some(db))
-                    .map_err(|e| storage_err(e.to_string()))?;
+                let (sm_store, shared) =
+                    StateMachineStore::new(Some(db)).map_err(|e| storage_err(e.to_string()))?;
                 let raft = Raft::new(config.node_id, raft_config, network, log_store, sm_store)
                     .await
                     .map_err(|e| StartError::Raft(e.to_string()))?;
@@ -126,8 +126,8 @@ impl Node {
             }
             None => {
                 let log_store = MemLogStore::default();
-                let (sm_store, shared) = StateMachineStore::new(None)
-                    .map_err(|e| StartError::Raft(e.to_string()))?;
+                let (sm_store, shared) =
+                    StateMachineStore::new(None).map_err(|e| StartError::Raft(e.to_string()))?;
                 let raft = Raft::new(config.node_id, raft_config, network, log_store, sm_store)
                     .await
                     .map_err(|e| StartError::Raft(e.to_string()))?;
@@ -137,7 +137,14 @@ impl Node {
 
         let cancel = CancellationToken::new();
         let tracker = TaskTracker::new();
-        let core = Arc::new(build_core(&config, raft.clone(), shared, peers, &tracker, &cancel));
+        let core = Arc::new(build_core(
+            &config,
+            raft.clone(),
+            shared,
+            peers,
+            &tracker,
+            &cancel,
+        ));
 
         let mut servers = Vec::new();
         let peer_router = leasehold_raft::network::peer_router(raft.clone(), secret.clone())
@@ -181,56 +188,57 @@ impl Node {
         if raft.is_initialized().await.unwrap_or(true) {
             return Ok(());
         }
-        let members: std::collections::BTreeMap<NodeId, PeerNode> = if config.cluster.members.is_empty() {
-            // A lone node (the default): a cluster of one.
-            [(
-                config.node_id,
-                PeerNode {
-                    peer_addr: peer_addr.to_string(),
-                    client_addr: client_addr.to_string(),
-                },
-            )]
-            .into()
-        } else {
-            // Every member must propose the identical membership, so only peer addresses.
-            for member in &config.cluster.members {
-                if member.id == config.node_id {
-                    continue;
-                }
-                let asked = self
-                    .core
-                    .peers
-                    .call::<ForwardRequest, Result<ForwardResponse, crate::error::CoreError>>(
-                        &member.peer_addr.to_string(),
-                        FORWARD_PATH,
-                        &ForwardRequest::Initialized,
-                        Duration::from_millis(500),
-                    )
-                    .await;
-                if let Ok(Ok(ForwardResponse::Initialized(true))) = asked {
-                    warn!(
-                        peer = member.id,
-                        "storage is empty but the cluster already exists: not bootstrapping; \
+        let members: std::collections::BTreeMap<NodeId, PeerNode> =
+            if config.cluster.members.is_empty() {
+                // A lone node (the default): a cluster of one.
+                [(
+                    config.node_id,
+                    PeerNode {
+                        peer_addr: peer_addr.to_string(),
+                        client_addr: client_addr.to_string(),
+                    },
+                )]
+                .into()
+            } else {
+                // Every member must propose the identical membership, so only peer addresses.
+                for member in &config.cluster.members {
+                    if member.id == config.node_id {
+                        continue;
+                    }
+                    let asked = self
+                        .core
+                        .peers
+                        .call::<ForwardRequest, Result<ForwardResponse, crate::error::CoreError>>(
+                            &member.peer_addr.to_string(),
+                            FORWARD_PATH,
+                            &ForwardRequest::Initialized,
+                            Duration::from_millis(500),
+                        )
+                        .await;
+                    if let Ok(Ok(ForwardResponse::Initialized(true))) = asked {
+                        warn!(
+                            peer = member.id,
+                            "storage is empty but the cluster already exists: not bootstrapping; \
                          this node waits to be caught up by the leader"
-                    );
-                    return Ok(());
+                        );
+                        return Ok(());
+                    }
                 }
-            }
-            config
-                .cluster
-                .members
-                .iter()
-                .map(|m| {
-                    (
-                        m.id,
-                        PeerNode {
-                            peer_addr: m.peer_addr.to_string(),
-                            client_addr: String::new(),
-                        },
-                    )
-                })
-                .collect()
-        };
+                config
+                    .cluster
+                    .members
+                    .iter()
+                    .map(|m| {
+                        (
+                            m.id,
+                            PeerNode {
+                                peer_addr: m.peer_addr.to_string(),
+                                client_addr: String::new(),
+                            },
+                        )
+                    })
+                    .collect()
+            };
         match raft.initialize(members).await {
             Ok(()) => Ok(()),
             // Another member's initialization reached us first: fine.
@@ -272,7 +280,10 @@ impl Node {
     }
 
     /// Wait until some node leads and this node has applied the leader's first entry.
-    pub async fn wait_for_leader(&self, timeout: Duration) -> Result<NodeId, crate::error::CoreError> {
+    pub async fn wait_for_leader(
+        &self,
+        timeout: Duration,
+    ) -> Result<NodeId, crate::error::CoreError> {
         let mut metrics = self.core.raft.metrics();
         let wait = metrics.wait_for(|m| m.current_leader.is_some());
         let leader = match tokio::time::timeout(timeout, wait).await {
@@ -323,8 +334,19 @@ fn build_core(
         tracker,
         cancel.clone(),
     );
-    let confirmer = ConfirmerHandle::spawn(raft.clone(), election_timeout_max * 2, tracker, cancel.clone());
-    let leases = LeaseHandle::spawn(raft.clone(), shared.clone(), proposer.clone(), tracker, cancel.clone());
+    let confirmer = ConfirmerHandle::spawn(
+        raft.clone(),
+        election_timeout_max * 2,
+        tracker,
+        cancel.clone(),
+    );
+    let leases = LeaseHandle::spawn(
+        raft.clone(),
+        shared.clone(),
+        proposer.clone(),
+        tracker,
+        cancel.clone(),
+    );
     Core {
         node_id: config.node_id,
         raft,
@@ -339,7 +361,11 @@ fn build_core(
     }
 }
 
-fn local_addr(listener: &TcpListener, what: &'static str, addr: SocketAddr) -> Result<SocketAddr, StartError> {
+fn local_addr(
+    listener: &TcpListener,
+    what: &'static str,
+    addr: SocketAddr,
+) -> Result<SocketAddr, StartError> {
     listener
         .local_addr()
         .map_err(|source| StartError::Bind { what, addr, source })

@@ -25,7 +25,7 @@ pub const INBOX_CAPACITY: usize = 4096;
 
 struct Submit {
     proposal: Proposal,
-    respond_to: oneshot::Sender<Result<CommandResult, CoreError>>,
+    respond_to: oneshot::Sender<Result<(u64, CommandResult), CoreError>>,
 }
 
 #[derive(Clone)]
@@ -52,11 +52,15 @@ impl ProposerHandle {
         ProposerHandle { tx }
     }
 
-    /// Propose one command through the local Raft leader and wait for its result.
-    pub async fn propose(&self, proposal: Proposal) -> Result<CommandResult, CoreError> {
+    /// Propose one command through the local Raft leader and wait for its result and the
+    /// log index it was applied at.
+    pub async fn propose(&self, proposal: Proposal) -> Result<(u64, CommandResult), CoreError> {
         let (respond_to, rx) = oneshot::channel();
         self.tx
-            .send(Submit { proposal, respond_to })
+            .send(Submit {
+                proposal,
+                respond_to,
+            })
             .await
             .map_err(|_| CoreError::ShuttingDown)?;
         rx.await.map_err(|_| CoreError::ShuttingDown)?
@@ -111,17 +115,20 @@ async fn propose_batch(raft: &Raft, settings: &ProposerSettings, batch: Vec<Subm
         }
         return;
     }
-    let (proposals, responders): (Vec<_>, Vec<_>) =
-        batch.into_iter().map(|s| (s.proposal, s.respond_to)).unzip();
+    let (proposals, responders): (Vec<_>, Vec<_>) = batch
+        .into_iter()
+        .map(|s| (s.proposal, s.respond_to))
+        .unzip();
     let count = proposals.len();
     let entry = Batch::new(wall_clock_ms(), proposals);
     let outcome = tokio::time::timeout(settings.proposal_timeout, raft.client_write(entry)).await;
-    let results: Result<Vec<CommandResult>, CoreError> = match outcome {
+    let results: Result<(u64, Vec<CommandResult>), CoreError> = match outcome {
         Err(_) => Err(CoreError::Timeout),
         Ok(Ok(response)) => {
+            let index = response.data.index;
             let results = response.data.results;
             if results.len() == count {
-                Ok(results)
+                Ok((index, results))
             } else {
                 // Cannot happen: the state machine returns one result per proposal.
                 Err(CoreError::Unavailable(format!(
@@ -141,9 +148,9 @@ async fn propose_batch(raft: &Raft, settings: &ProposerSettings, batch: Vec<Subm
         Ok(Err(RaftError::Fatal(e))) => Err(CoreError::Unavailable(e.to_string())),
     };
     match results {
-        Ok(results) => {
+        Ok((index, results)) => {
             for (respond_to, result) in responders.into_iter().zip(results) {
-                let _ = respond_to.send(Ok(result));
+                let _ = respond_to.send(Ok((index, result)));
             }
         }
         Err(e) => {

@@ -74,7 +74,22 @@ impl NodeService {
         self.core.shared.read(f)
     }
 
-    async fn write(&self, request_id: Option<String>, command: Command) -> Result<CommandResult, ApiError> {
+    async fn write(
+        &self,
+        request_id: Option<String>,
+        command: Command,
+    ) -> Result<CommandResult, ApiError> {
+        self.write_indexed(request_id, command)
+            .await
+            .map(|(_, result)| result)
+    }
+
+    /// Write, and return the log index the command was applied at with its result.
+    async fn write_indexed(
+        &self,
+        request_id: Option<String>,
+        command: Command,
+    ) -> Result<(u64, CommandResult), ApiError> {
         self.core
             .write(Proposal {
                 request_id,
@@ -114,16 +129,20 @@ impl NodeService {
             max_waiters: self.limits.max_waiters_per_key,
             max_leases: self.limits.max_leases,
         });
-        match self.write(args.request_id.clone(), command).await? {
+        let (index, result) = self.write_indexed(args.request_id.clone(), command).await?;
+        match result {
             CommandResult::Granted(hold) => Ok(hold),
-            CommandResult::Busy { holders, reason } => Err(busy_error(args.kind, &args.key, &holders, &reason)),
+            CommandResult::Busy { holders, reason } => {
+                Err(busy_error(args.kind, &args.key, &holders, &reason))
+            }
             CommandResult::Queued {
                 lease_id,
                 implicit_lease,
                 ..
             } => {
                 let deadline = started + Duration::from_millis(args.wait_ms);
-                self.wait_for_grant(&args, lease_id, implicit_lease, deadline).await
+                self.wait_for_grant(&args, index, lease_id, implicit_lease, deadline)
+                    .await
             }
             CommandResult::Error(e) => Err(sm_error(args.kind, &args.key, e)),
             other => Err(unexpected(other)),
@@ -135,6 +154,7 @@ impl NodeService {
     async fn wait_for_grant(
         &self,
         args: &AcquireArgs,
+        queued_at_index: u64,
         lease_id: LeaseId,
         implicit_lease: bool,
         deadline: Instant,
@@ -145,7 +165,17 @@ impl NodeService {
             key: args.key.clone(),
             lease_id,
         };
-        let ttl_ms = self.read(|s| s.lease(lease_id).map(|l| l.ttl_ms)).unwrap_or(self.limits.min_ttl_ms);
+        // This node may lag the leader: see our own queue entry before watching it.
+        let catch_up = deadline
+            .saturating_duration_since(Instant::now())
+            .max(self.core.request_timeout);
+        self.core
+            .wait_applied(queued_at_index, catch_up)
+            .await
+            .map_err(core_error)?;
+        let ttl_ms = self
+            .read(|s| s.lease(lease_id).map(|l| l.ttl_ms))
+            .unwrap_or(self.limits.min_ttl_ms);
         let keepalive_every = Duration::from_millis((ttl_ms / 3).max(1));
         let mut next_keepalive = Instant::now() + keepalive_every;
         let mut applied = self.core.shared.subscribe_applied();
@@ -161,7 +191,10 @@ impl NodeService {
                     guard.disarm();
                     return Err(ApiError::new(
                         ErrorCode::LeaseNotFound,
-                        format!("lease {lease_id} ended while waiting for {:?} {:?}", args.kind, args.key),
+                        format!(
+                            "lease {lease_id} ended while waiting for {:?} {:?}",
+                            args.kind, args.key
+                        ),
                     ));
                 }
             }
@@ -199,14 +232,25 @@ impl NodeService {
             CommandResult::WaitCancelled | CommandResult::Error(SmError::NotFound) => {
                 let holders = self.read(|s| current_holders(s, args.kind, &args.key));
                 let _ = implicit_lease; // the state machine revoked it with the wait
-                Err(busy_error(args.kind, &args.key, &holders, &BusyReason::Held))
+                Err(busy_error(
+                    args.kind,
+                    &args.key,
+                    &holders,
+                    &BusyReason::Held,
+                ))
             }
             CommandResult::Error(e) => Err(sm_error(args.kind, &args.key, e)),
             other => Err(unexpected(other)),
         }
     }
 
-    async fn release(&self, kind: Kind, key: &str, owner: &str, token: Token) -> Result<ReleaseResponse, ApiError> {
+    async fn release(
+        &self,
+        kind: Kind,
+        key: &str,
+        owner: &str,
+        token: Token,
+    ) -> Result<ReleaseResponse, ApiError> {
         let command = Command::Release {
             kind,
             key: key.to_string(),
@@ -220,7 +264,12 @@ impl NodeService {
         }
     }
 
-    async fn extend(&self, kind: Kind, key: &str, req: &ExtendRequest) -> Result<ExtendResponse, ApiError> {
+    async fn extend(
+        &self,
+        kind: Kind,
+        key: &str,
+        req: &ExtendRequest,
+    ) -> Result<ExtendResponse, ApiError> {
         match req.ttl_ms {
             Some(ttl_ms) => {
                 let command = Command::Extend {
@@ -231,7 +280,9 @@ impl NodeService {
                     ttl_ms: Some(ttl_ms),
                 };
                 match self.write(req.request_id.clone(), command).await? {
-                    CommandResult::Extended { token, ttl_ms, .. } => Ok(ExtendResponse { token, ttl_ms }),
+                    CommandResult::Extended { token, ttl_ms, .. } => {
+                        Ok(ExtendResponse { token, ttl_ms })
+                    }
                     CommandResult::Error(e) => Err(sm_error(kind, key, e)),
                     other => Err(unexpected(other)),
                 }
@@ -270,7 +321,9 @@ impl NodeService {
     }
 
     async fn holder_views(&self, views: Vec<HoldView>, stale: bool) -> Vec<LockHolder> {
-        let remaining = self.expires_in(views.iter().map(|v| v.lease_id).collect(), stale).await;
+        let remaining = self
+            .expires_in(views.iter().map(|v| v.lease_id).collect(), stale)
+            .await;
         views
             .into_iter()
             .zip(remaining)
@@ -300,7 +353,12 @@ fn waiter_status(s: &LeaseState, kind: Kind, key: &str, lease_id: LeaseId) -> Wa
 
 fn current_holders(s: &LeaseState, kind: Kind, key: &str) -> Vec<HoldView> {
     s.resource(kind, key)
-        .map(|r| r.holders.iter().map(|h| s.hold_view(kind, key, h)).collect())
+        .map(|r| {
+            r.holders
+                .iter()
+                .map(|h| s.hold_view(kind, key, h))
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -334,7 +392,7 @@ impl Drop for CancelWaitOnDrop {
                     lease_id,
                 },
             };
-            if let Ok(CommandResult::Granted(hold)) = core.write(cancel).await {
+            if let Ok((_, CommandResult::Granted(hold))) = core.write(cancel).await {
                 // Granted just as the client left: nobody will use it, so release it.
                 let release = Proposal {
                     request_id: None,
@@ -469,7 +527,10 @@ fn core_error(e: CoreError) -> ApiError {
 }
 
 fn unexpected(result: CommandResult) -> ApiError {
-    ApiError::new(ErrorCode::Internal, format!("unexpected state machine result: {result:?}"))
+    ApiError::new(
+        ErrorCode::Internal,
+        format!("unexpected state machine result: {result:?}"),
+    )
 }
 
 fn lease_spec(ttl_ms: Option<u64>, lease_id: Option<u64>) -> LeaseSpec {
@@ -523,7 +584,11 @@ fn resource_kind(kind: Kind) -> ResourceKind {
 }
 
 impl NodeService {
-    async fn list_held(&self, kind: Kind, params: &ListParams) -> Result<(Vec<HoldView>, Option<String>), ApiError> {
+    async fn list_held(
+        &self,
+        kind: Kind,
+        params: &ListParams,
+    ) -> Result<(Vec<HoldView>, Option<String>), ApiError> {
         let limit = validate::list(params, &self.limits)?;
         self.barrier(false).await?;
         let prefix = params.prefix.clone().unwrap_or_default();
@@ -541,11 +606,20 @@ impl NodeService {
             }
             (views, more)
         });
-        let next_after = if more { views.last().map(|v| v.key.clone()) } else { None };
+        let next_after = if more {
+            views.last().map(|v| v.key.clone())
+        } else {
+            None
+        };
         Ok((views, next_after))
     }
 
-    async fn read_resource(&self, kind: Kind, key: &str, params: &ReadParams) -> Result<(), ApiError> {
+    async fn read_resource(
+        &self,
+        kind: Kind,
+        key: &str,
+        params: &ReadParams,
+    ) -> Result<(), ApiError> {
         let stale = params.stale.unwrap_or(false);
         self.barrier(stale).await?;
         if let (Some(index), Some(wait_ms)) = (params.index, params.wait_ms) {
@@ -581,7 +655,11 @@ impl LeaseService for NodeService {
     }
 
     async fn keepalive(&self, lease_id: u64) -> Result<KeepaliveResponse, ApiError> {
-        let ttl_ms = self.core.keepalive_lease(lease_id).await.map_err(core_error)?;
+        let ttl_ms = self
+            .core
+            .keepalive_lease(lease_id)
+            .await
+            .map_err(core_error)?;
         Ok(KeepaliveResponse { lease_id, ttl_ms })
     }
 
@@ -589,7 +667,10 @@ impl LeaseService for NodeService {
         match self.write(None, Command::RevokeLease { lease_id }).await? {
             CommandResult::LeaseEnded { released } => Ok(RevokeResponse {
                 revoked: true,
-                released: released.iter().map(|(k, key)| kind_key_label(*k, key)).collect(),
+                released: released
+                    .iter()
+                    .map(|(k, key)| kind_key_label(*k, key))
+                    .collect(),
             }),
             CommandResult::Error(e) => Err(sm_error(Kind::Lock, "", e)),
             other => Err(unexpected(other)),
@@ -601,7 +682,11 @@ impl LeaseService for NodeService {
         let info = self.read(|s| {
             s.lease(lease_id).map(|l| {
                 let of = |kind: Kind| -> Vec<String> {
-                    l.holds.iter().filter(|(k, _)| *k == kind).map(|(_, key)| key.clone()).collect()
+                    l.holds
+                        .iter()
+                        .filter(|(k, _)| *k == kind)
+                        .map(|(_, key)| key.clone())
+                        .collect()
                 };
                 LeaseInfo {
                     lease_id,
@@ -615,7 +700,11 @@ impl LeaseService for NodeService {
             })
         });
         let Some(mut info) = info else {
-            return Err(sm_error(Kind::Lock, "", SmError::LeaseNotFound { lease_id }));
+            return Err(sm_error(
+                Kind::Lock,
+                "",
+                SmError::LeaseNotFound { lease_id },
+            ));
         };
         if let Some(Some(remaining)) = self.expires_in(vec![lease_id], false).await.first() {
             info.remaining_ms = *remaining;
@@ -634,7 +723,11 @@ impl LeaseService for NodeService {
                 .take(limit)
                 .map(|l| {
                     let of = |kind: Kind| -> Vec<String> {
-                        l.holds.iter().filter(|(k, _)| *k == kind).map(|(_, key)| key.clone()).collect()
+                        l.holds
+                            .iter()
+                            .filter(|(k, _)| *k == kind)
+                            .map(|(_, key)| key.clone())
+                            .collect()
                     };
                     LeaseInfo {
                         lease_id: l.id,
@@ -649,13 +742,19 @@ impl LeaseService for NodeService {
                 .collect();
             (page, it.next().is_some())
         });
-        let remaining = self.expires_in(leases.iter().map(|l| l.lease_id).collect(), false).await;
+        let remaining = self
+            .expires_in(leases.iter().map(|l| l.lease_id).collect(), false)
+            .await;
         for (lease, rem) in leases.iter_mut().zip(remaining) {
             if let Some(rem) = rem {
                 lease.remaining_ms = rem;
             }
         }
-        let next_after = if more { leases.last().map(|l| l.lease_id) } else { None };
+        let next_after = if more {
+            leases.last().map(|l| l.lease_id)
+        } else {
+            None
+        };
         Ok(LeaseList { leases, next_after })
     }
 
@@ -683,9 +782,14 @@ impl LeaseService for NodeService {
         self.extend(Kind::Lock, key, &req).await
     }
 
-    async fn release_lock(&self, key: &str, params: ReleaseParams) -> Result<ReleaseResponse, ApiError> {
+    async fn release_lock(
+        &self,
+        key: &str,
+        params: ReleaseParams,
+    ) -> Result<ReleaseResponse, ApiError> {
         validate::release(key, &params, &self.limits)?;
-        self.release(Kind::Lock, key, &params.owner, params.token).await
+        self.release(Kind::Lock, key, &params.owner, params.token)
+            .await
     }
 
     async fn get_lock(&self, key: &str, params: ReadParams) -> Result<LockState, ApiError> {
@@ -693,11 +797,20 @@ impl LeaseService for NodeService {
         self.read_resource(Kind::Lock, key, &params).await?;
         let (holder, waiters, index) = self.read(|s| {
             let r = s.resource(Kind::Lock, key);
-            let holder = r.and_then(|r| r.holders.first()).map(|h| s.hold_view(Kind::Lock, key, h));
-            (holder, r.map_or(0, |r| r.waiters.len() as u32), resource_index(r))
+            let holder = r
+                .and_then(|r| r.holders.first())
+                .map(|h| s.hold_view(Kind::Lock, key, h));
+            (
+                holder,
+                r.map_or(0, |r| r.waiters.len() as u32),
+                resource_index(r),
+            )
         });
         let holder = match holder {
-            Some(h) => self.holder_views(vec![h], params.stale.unwrap_or(false)).await.pop(),
+            Some(h) => self
+                .holder_views(vec![h], params.stale.unwrap_or(false))
+                .await
+                .pop(),
             None => None,
         };
         Ok(LockState {
@@ -709,7 +822,11 @@ impl LeaseService for NodeService {
         })
     }
 
-    async fn wait_release(&self, key: &str, params: WaitReleaseParams) -> Result<WaitReleaseResponse, ApiError> {
+    async fn wait_release(
+        &self,
+        key: &str,
+        params: WaitReleaseParams,
+    ) -> Result<WaitReleaseResponse, ApiError> {
         validate::wait_release(key, &params, &self.limits)?;
         // Never answer from a state older than the request.
         self.barrier(false).await?;
@@ -839,7 +956,11 @@ impl LeaseService for NodeService {
         Ok(ExpiredList { expired })
     }
 
-    async fn acquire_semaphore(&self, key: &str, req: SemaphoreAcquireRequest) -> Result<SemaphoreSlot, ApiError> {
+    async fn acquire_semaphore(
+        &self,
+        key: &str,
+        req: SemaphoreAcquireRequest,
+    ) -> Result<SemaphoreSlot, ApiError> {
         validate::semaphore_acquire(key, &req, &self.limits)?;
         let hold = self
             .acquire(AcquireArgs {
@@ -867,17 +988,30 @@ impl LeaseService for NodeService {
         })
     }
 
-    async fn extend_semaphore(&self, key: &str, req: ExtendRequest) -> Result<ExtendResponse, ApiError> {
+    async fn extend_semaphore(
+        &self,
+        key: &str,
+        req: ExtendRequest,
+    ) -> Result<ExtendResponse, ApiError> {
         validate::extend(key, &req, &self.limits)?;
         self.extend(Kind::Semaphore, key, &req).await
     }
 
-    async fn release_semaphore(&self, key: &str, params: ReleaseParams) -> Result<ReleaseResponse, ApiError> {
+    async fn release_semaphore(
+        &self,
+        key: &str,
+        params: ReleaseParams,
+    ) -> Result<ReleaseResponse, ApiError> {
         validate::release(key, &params, &self.limits)?;
-        self.release(Kind::Semaphore, key, &params.owner, params.token).await
+        self.release(Kind::Semaphore, key, &params.owner, params.token)
+            .await
     }
 
-    async fn get_semaphore(&self, key: &str, params: ReadParams) -> Result<SemaphoreState, ApiError> {
+    async fn get_semaphore(
+        &self,
+        key: &str,
+        params: ReadParams,
+    ) -> Result<SemaphoreState, ApiError> {
         validate::read(key, &params, &self.limits)?;
         self.read_resource(Kind::Semaphore, key, &params).await?;
         let (holders, waiters, limit, index) = self.read(|s| {
@@ -889,7 +1023,9 @@ impl LeaseService for NodeService {
                 resource_index(r),
             )
         });
-        let holders = self.holder_views(holders, params.stale.unwrap_or(false)).await;
+        let holders = self
+            .holder_views(holders, params.stale.unwrap_or(false))
+            .await;
         Ok(SemaphoreState {
             key: key.to_string(),
             limit,
@@ -899,7 +1035,11 @@ impl LeaseService for NodeService {
         })
     }
 
-    async fn register_name(&self, name: &str, req: RegisterRequest) -> Result<NameRecord, ApiError> {
+    async fn register_name(
+        &self,
+        name: &str,
+        req: RegisterRequest,
+    ) -> Result<NameRecord, ApiError> {
         validate::register(name, &req, &self.limits)?;
         let hold = self
             .acquire(AcquireArgs {
@@ -923,13 +1063,17 @@ impl LeaseService for NodeService {
         self.read_resource(Kind::Name, name, &params).await?;
         let (holder, index) = self.read(|s| {
             let r = s.resource(Kind::Name, name);
-            let holder = r.and_then(|r| r.holders.first()).map(|h| s.hold_view(Kind::Name, name, h));
+            let holder = r
+                .and_then(|r| r.holders.first())
+                .map(|h| s.hold_view(Kind::Name, name, h));
             (holder, resource_index(r))
         });
         let blocking = params.wait_ms.is_some();
         match holder {
             Some(h) => {
-                let remaining = self.expires_in(vec![h.lease_id], params.stale.unwrap_or(false)).await;
+                let remaining = self
+                    .expires_in(vec![h.lease_id], params.stale.unwrap_or(false))
+                    .await;
                 let record = name_record(h, remaining.first().copied().flatten());
                 Ok(NameState {
                     name: name.to_string(),
@@ -970,7 +1114,11 @@ impl LeaseService for NodeService {
         }
     }
 
-    async fn extend_name(&self, name: &str, req: NameExtendRequest) -> Result<ExtendResponse, ApiError> {
+    async fn extend_name(
+        &self,
+        name: &str,
+        req: NameExtendRequest,
+    ) -> Result<ExtendResponse, ApiError> {
         validate::key("name", name, &self.limits)?;
         validate::owner(&req.owner)?;
         let extend = ExtendRequest {
@@ -982,14 +1130,21 @@ impl LeaseService for NodeService {
         self.extend(Kind::Name, name, &extend).await
     }
 
-    async fn unregister_name(&self, name: &str, params: ReleaseParams) -> Result<ReleaseResponse, ApiError> {
+    async fn unregister_name(
+        &self,
+        name: &str,
+        params: ReleaseParams,
+    ) -> Result<ReleaseResponse, ApiError> {
         validate::release(name, &params, &self.limits)?;
-        self.release(Kind::Name, name, &params.owner, params.token).await
+        self.release(Kind::Name, name, &params.owner, params.token)
+            .await
     }
 
     async fn list_names(&self, params: ListParams) -> Result<NameList, ApiError> {
         let (views, next_after) = self.list_held(Kind::Name, &params).await?;
-        let remaining = self.expires_in(views.iter().map(|v| v.lease_id).collect(), false).await;
+        let remaining = self
+            .expires_in(views.iter().map(|v| v.lease_id).collect(), false)
+            .await;
         let names = views
             .into_iter()
             .zip(remaining)
@@ -1017,11 +1172,18 @@ impl LeaseService for NodeService {
                     client_addr: node.client_addr.clone(),
                     voter: voters.contains(id),
                     reachable: if leading {
-                        Some(*id == self.core.node_id || matched.is_some_and(|i| i + 64 >= m.last_log_index.unwrap_or(0)))
+                        Some(
+                            *id == self.core.node_id
+                                || matched.is_some_and(|i| i + 64 >= m.last_log_index.unwrap_or(0)),
+                        )
                     } else {
                         None
                     },
-                    matched_index: if *id == self.core.node_id { m.last_log_index } else { matched },
+                    matched_index: if *id == self.core.node_id {
+                        m.last_log_index
+                    } else {
+                        matched
+                    },
                 }
             })
             .collect();
@@ -1076,16 +1238,42 @@ impl LeaseService for NodeService {
         });
         let mut out = String::new();
         let mut gauge = |name: &str, help: &str, value: u64| {
-            out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}\n"));
+            out.push_str(&format!(
+                "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}\n"
+            ));
         };
         gauge("leasehold_leases", "live leases", leases as u64);
-        gauge("leasehold_holds", "held locks, names and semaphore slots", held as u64);
-        gauge("leasehold_waiters", "queued waiters on held keys", waiters as u64);
-        gauge("leasehold_last_token", "the last fencing token issued", last_token);
+        gauge(
+            "leasehold_holds",
+            "held locks, names and semaphore slots",
+            held as u64,
+        );
+        gauge(
+            "leasehold_waiters",
+            "queued waiters on held keys",
+            waiters as u64,
+        );
+        gauge(
+            "leasehold_last_token",
+            "the last fencing token issued",
+            last_token,
+        );
         gauge("leasehold_raft_term", "current raft term", m.current_term);
-        gauge("leasehold_raft_is_leader", "1 if this node leads", u64::from(m.state == ServerState::Leader));
-        gauge("leasehold_raft_applied_index", "last applied log index", m.last_applied.map_or(0, |l| l.index));
-        gauge("leasehold_raft_last_log_index", "last log index", m.last_log_index.unwrap_or(0));
+        gauge(
+            "leasehold_raft_is_leader",
+            "1 if this node leads",
+            u64::from(m.state == ServerState::Leader),
+        );
+        gauge(
+            "leasehold_raft_applied_index",
+            "last applied log index",
+            m.last_applied.map_or(0, |l| l.index),
+        );
+        gauge(
+            "leasehold_raft_last_log_index",
+            "last log index",
+            m.last_log_index.unwrap_or(0),
+        );
         out
     }
 }

@@ -7,6 +7,10 @@
 //! - [`log_store`]: the durable sled log store and the in-memory one.
 //! - [`network`]: the peer (Raft) transport: client side and the peer listener's router.
 
+// openraft's storage traits return its `StorageError` (200+ bytes) by value; our helpers
+// return the same type rather than boxing and unboxing at every trait boundary.
+#![allow(clippy::result_large_err)]
+
 pub mod command;
 pub mod log_store;
 pub mod network;

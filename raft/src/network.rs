@@ -79,7 +79,10 @@ impl Faults {
     }
 
     pub fn unblock(&self, peer_addr: &str) {
-        self.blocked.write().expect("faults lock poisoned").remove(peer_addr);
+        self.blocked
+            .write()
+            .expect("faults lock poisoned")
+            .remove(peer_addr);
     }
 
     pub fn clear(&self) {
@@ -87,7 +90,10 @@ impl Faults {
     }
 
     pub fn is_blocked(&self, peer_addr: &str) -> bool {
-        self.blocked.read().expect("faults lock poisoned").contains(peer_addr)
+        self.blocked
+            .read()
+            .expect("faults lock poisoned")
+            .contains(peer_addr)
     }
 }
 
@@ -96,11 +102,17 @@ pub enum PeerCallError {
     #[error("link to {0} is cut (fault injection)")]
     Cut(String),
     #[error("cannot connect to {addr}: {source}")]
-    Connect { addr: String, source: reqwest::Error },
+    Connect {
+        addr: String,
+        source: reqwest::Error,
+    },
     #[error("request to {addr} timed out")]
     Timeout { addr: String },
     #[error("request to {addr} failed: {source}")]
-    Http { addr: String, source: reqwest::Error },
+    Http {
+        addr: String,
+        source: reqwest::Error,
+    },
     #[error("{addr} answered {status}: {body}")]
     Status {
         addr: String,
@@ -234,7 +246,12 @@ pub struct PeerClient {
 type RpcResult<T, E> = Result<T, RPCError<NodeId, PeerNode, RaftError<NodeId, E>>>;
 
 impl PeerClient {
-    async fn rpc<Req, Resp, E>(&self, path: &str, req: &Req, timeout: Duration) -> RpcResult<Resp, E>
+    async fn rpc<Req, Resp, E>(
+        &self,
+        path: &str,
+        req: &Req,
+        timeout: Duration,
+    ) -> RpcResult<Resp, E>
     where
         Req: Serialize,
         Resp: DeserializeOwned,
@@ -296,11 +313,16 @@ pub fn peer_router(raft: Raft, secret: Option<Arc<String>>) -> Router {
         .with_state(PeerState { raft, secret })
 }
 
-fn check<T: DeserializeOwned>(state: &PeerState, headers: &HeaderMap, body: &[u8]) -> Result<T, Response> {
+fn check<T: DeserializeOwned>(
+    state: &PeerState,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<T, Response> {
     if !secret_matches(state.secret.as_deref().map(String::as_str), headers) {
         return Err((StatusCode::UNAUTHORIZED, "missing or wrong cluster secret").into_response());
     }
-    decode(body).map_err(|e| (StatusCode::BAD_REQUEST, format!("bad peer message: {e}")).into_response())
+    decode(body)
+        .map_err(|e| (StatusCode::BAD_REQUEST, format!("bad peer message: {e}")).into_response())
 }
 
 fn reply<T: Serialize>(value: &T) -> Response {

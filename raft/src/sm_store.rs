@@ -15,13 +15,17 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use openraft::storage::RaftStateMachine;
-use openraft::{AnyError, EntryPayload, ErrorSubject, ErrorVerb, RaftSnapshotBuilder, StorageIOError};
+use openraft::{
+    AnyError, EntryPayload, ErrorSubject, ErrorVerb, RaftSnapshotBuilder, StorageIOError,
+};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use crate::command::BatchResult;
 use crate::state::{LeaseState, StateEvent};
-use crate::typ::{Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
+use crate::typ::{
+    Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
+};
 
 /// Version of the snapshot envelope.
 const SNAPSHOT_FORMAT_VERSION: u8 = 1;
@@ -147,7 +151,10 @@ impl StateMachineStore {
         };
         let mut current = None;
         if let Some(tree) = &persist {
-            if let Some(bytes) = tree.get(SNAPSHOT_KEY).map_err(|e| sm_err(ErrorVerb::Read, e))? {
+            if let Some(bytes) = tree
+                .get(SNAPSHOT_KEY)
+                .map_err(|e| sm_err(ErrorVerb::Read, e))?
+            {
                 let (stored, _): (StoredSnapshot, usize) =
                     bincode::serde::decode_from_slice(&bytes, bincode::config::standard())
                         .map_err(|e| sm_err(ErrorVerb::Read, e))?;
@@ -196,7 +203,11 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     type SnapshotBuilder = SnapshotBuilder;
 
     async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
-        let applied = self.shared.applied.read().expect("state machine lock poisoned");
+        let applied = self
+            .shared
+            .applied
+            .read()
+            .expect("state machine lock poisoned");
         Ok((applied.last_applied, applied.membership.clone()))
     }
 
@@ -209,7 +220,11 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let mut events = Vec::new();
         let mut last_index = None;
         {
-            let mut applied = self.shared.applied.write().expect("state machine lock poisoned");
+            let mut applied = self
+                .shared
+                .applied
+                .write()
+                .expect("state machine lock poisoned");
             for entry in entries {
                 let index = entry.log_id.index;
                 applied.last_applied = Some(entry.log_id);
@@ -218,7 +233,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                         index,
                         results: Vec::new(),
                     },
-                    EntryPayload::Normal(batch) => applied.lease.apply_batch(index, &batch, &mut events),
+                    EntryPayload::Normal(batch) => {
+                        applied.lease.apply_batch(index, &batch, &mut events)
+                    }
                     EntryPayload::Membership(membership) => {
                         applied.membership = StoredMembership::new(Some(entry.log_id), membership);
                         BatchResult {
@@ -297,7 +314,11 @@ pub struct SnapshotBuilder {
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
         let envelope = {
-            let applied = self.shared.applied.read().expect("state machine lock poisoned");
+            let applied = self
+                .shared
+                .applied
+                .read()
+                .expect("state machine lock poisoned");
             SnapshotEnvelope {
                 last_applied: applied.last_applied,
                 membership: applied.membership.clone(),

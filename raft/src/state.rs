@@ -613,7 +613,13 @@ impl LeaseState {
     }
 
     /// Remove `hold` from `rid` as ended by `reason`, recording it. Does not promote.
-    fn end_hold(&mut self, rid: &ResourceId, token: Token, reason: EndReason, fx: &mut Effects<'_>) {
+    fn end_hold(
+        &mut self,
+        rid: &ResourceId,
+        token: Token,
+        reason: EndReason,
+        fx: &mut Effects<'_>,
+    ) {
         let Some(resource) = self.resources.get_mut(rid) else {
             return;
         };
@@ -663,7 +669,12 @@ impl LeaseState {
         fx.touched.insert(rid.clone());
     }
 
-    fn end_lease(&mut self, lease_id: LeaseId, reason: EndReason, fx: &mut Effects<'_>) -> CommandResult {
+    fn end_lease(
+        &mut self,
+        lease_id: LeaseId,
+        reason: EndReason,
+        fx: &mut Effects<'_>,
+    ) -> CommandResult {
         let Some(lease) = self.leases.remove(&lease_id) else {
             return CommandResult::Error(SmError::LeaseNotFound { lease_id });
         };
@@ -740,7 +751,11 @@ impl LeaseState {
         let Some(hold) = self
             .resources
             .get(&rid)
-            .and_then(|r| r.holders.iter().find(|h| h.token == token && h.owner == owner))
+            .and_then(|r| {
+                r.holders
+                    .iter()
+                    .find(|h| h.token == token && h.owner == owner)
+            })
             .cloned()
         else {
             return CommandResult::Error(SmError::NotOwner);
@@ -774,7 +789,11 @@ impl LeaseState {
         let Some(lease_id) = self
             .resources
             .get(&rid)
-            .and_then(|r| r.holders.iter().find(|h| h.token == token && h.owner == owner))
+            .and_then(|r| {
+                r.holders
+                    .iter()
+                    .find(|h| h.token == token && h.owner == owner)
+            })
             .map(|h| h.lease_id)
         else {
             return CommandResult::Error(SmError::NotOwner);
@@ -921,8 +940,11 @@ impl LeaseState {
 
     /// The hold of `rid` owned by `owner` with `token`, if it is current.
     pub fn find_hold(&self, kind: Kind, key: &str, owner: &str, token: Token) -> Option<&Hold> {
-        self.resource(kind, key)
-            .and_then(|r| r.holders.iter().find(|h| h.token == token && h.owner == owner))
+        self.resource(kind, key).and_then(|r| {
+            r.holders
+                .iter()
+                .find(|h| h.token == token && h.owner == owner)
+        })
     }
 
     // ----- snapshots -----
@@ -958,7 +980,11 @@ impl LeaseState {
     pub fn check_invariants(&self) -> Result<(), String> {
         for (rid, r) in &self.resources {
             if r.holders.len() > r.limit as usize {
-                return Err(format!("{rid:?} has {} holders over limit {}", r.holders.len(), r.limit));
+                return Err(format!(
+                    "{rid:?} has {} holders over limit {}",
+                    r.holders.len(),
+                    r.limit
+                ));
             }
             for h in &r.holders {
                 let lease = self
@@ -966,10 +992,16 @@ impl LeaseState {
                     .get(&h.lease_id)
                     .ok_or_else(|| format!("{rid:?} held under missing lease {}", h.lease_id))?;
                 if !lease.holds.contains(rid) {
-                    return Err(format!("lease {} does not list its hold {rid:?}", h.lease_id));
+                    return Err(format!(
+                        "lease {} does not list its hold {rid:?}",
+                        h.lease_id
+                    ));
                 }
                 if h.token > self.last_token {
-                    return Err(format!("{rid:?} token {} above last {}", h.token, self.last_token));
+                    return Err(format!(
+                        "{rid:?} token {} above last {}",
+                        h.token, self.last_token
+                    ));
                 }
             }
             for w in &r.waiters {
@@ -978,7 +1010,10 @@ impl LeaseState {
                     .get(&w.lease_id)
                     .ok_or_else(|| format!("{rid:?} waiter under missing lease {}", w.lease_id))?;
                 if !lease.waits.contains(rid) {
-                    return Err(format!("lease {} does not list its wait {rid:?}", w.lease_id));
+                    return Err(format!(
+                        "lease {} does not list its wait {rid:?}",
+                        w.lease_id
+                    ));
                 }
             }
             if !r.waiters.is_empty()

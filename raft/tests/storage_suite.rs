@@ -1,6 +1,9 @@
 //! openraft's storage conformance suite against both log stores, and the sled store's
 //! durability across reopen.
 
+// openraft's suite returns its large `StorageError` by value.
+#![allow(clippy::result_large_err)]
+
 use leasehold_raft::command::{Batch, Command, Proposal};
 use leasehold_raft::log_store::{MemLogStore, SledLogStore};
 use leasehold_raft::sm_store::StateMachineStore;
@@ -21,7 +24,9 @@ impl StoreBuilder<TypeConfig, MemLogStore, StateMachineStore, ()> for MemBuilder
 struct SledBuilder;
 
 impl StoreBuilder<TypeConfig, SledLogStore, StateMachineStore, tempfile::TempDir> for SledBuilder {
-    async fn build(&self) -> Result<(tempfile::TempDir, SledLogStore, StateMachineStore), StorageError> {
+    async fn build(
+        &self,
+    ) -> Result<(tempfile::TempDir, SledLogStore, StateMachineStore), StorageError> {
         let dir = tempfile::tempdir().expect("temp dir");
         let db = sled::open(dir.path()).expect("sled opens");
         let log = SledLogStore::open(&db)?;
@@ -79,7 +84,10 @@ async fn sled_log_vote_and_purge_survive_reopen() {
     }
     let db = sled::open(dir.path()).unwrap();
     let mut store = SledLogStore::open(&db).unwrap();
-    assert_eq!(store.read_vote().await.unwrap(), Some(Vote::new_committed(3, 2)));
+    assert_eq!(
+        store.read_vote().await.unwrap(),
+        Some(Vote::new_committed(3, 2))
+    );
     let state = store.get_log_state().await.unwrap();
     assert_eq!(state.last_purged_log_id, Some(log_id(1, 4)));
     assert_eq!(state.last_log_id, Some(log_id(1, 8)));
@@ -119,5 +127,8 @@ async fn sled_snapshot_is_restored_on_open_and_corruption_is_an_error() {
         db.flush().unwrap();
     }
     let db = sled::open(dir.path()).unwrap();
-    assert!(StateMachineStore::new(Some(db)).is_err(), "a corrupt snapshot is an error");
+    assert!(
+        StateMachineStore::new(Some(db)).is_err(),
+        "a corrupt snapshot is an error"
+    );
 }

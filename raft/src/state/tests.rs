@@ -44,11 +44,25 @@ impl Sm {
     }
 
     fn acquire(&mut self, key: &str, owner: &str, ttl_ms: u64, wait: bool) -> CommandResult {
-        self.apply(Command::Acquire(acquire(Kind::Lock, key, owner, LeaseSpec::New { ttl_ms }, wait, 1)))
+        self.apply(Command::Acquire(acquire(
+            Kind::Lock,
+            key,
+            owner,
+            LeaseSpec::New { ttl_ms },
+            wait,
+            1,
+        )))
     }
 }
 
-fn acquire(kind: Kind, key: &str, owner: &str, lease: LeaseSpec, wait: bool, limit: u32) -> Acquire {
+fn acquire(
+    kind: Kind,
+    key: &str,
+    owner: &str,
+    lease: LeaseSpec,
+    wait: bool,
+    limit: u32,
+) -> Acquire {
     Acquire {
         kind,
         key: key.to_string(),
@@ -107,7 +121,9 @@ fn acquire_then_busy_then_release_frees_the_key() {
     assert!(holder_of(&sm, "k").is_none());
     // The implicit lease ended with its hold.
     assert_eq!(sm.state.lease_count(), 0);
-    assert!(sm.events.contains(&StateEvent::LeaseGone { lease_id: a.lease_id }));
+    assert!(sm.events.contains(&StateEvent::LeaseGone {
+        lease_id: a.lease_id
+    }));
 }
 
 #[test]
@@ -135,7 +151,11 @@ fn release_hands_the_lock_to_waiters_in_fifo_order_in_the_same_step() {
     let history: Vec<_> = resource.history.iter().map(|h| h.event).collect();
     assert_eq!(
         history,
-        vec![HistoryKind::Acquired, HistoryKind::Released, HistoryKind::Acquired]
+        vec![
+            HistoryKind::Acquired,
+            HistoryKind::Released,
+            HistoryKind::Acquired
+        ]
     );
 }
 
@@ -145,7 +165,9 @@ fn expiry_hands_the_lock_on_and_records_it() {
     let a = granted(sm.acquire("k", "a", 5_000, false));
     sm.acquire("k", "b", 5_000, true);
     sm.now_ms += 6_000;
-    let ended = sm.apply(Command::ExpireLease { lease_id: a.lease_id });
+    let ended = sm.apply(Command::ExpireLease {
+        lease_id: a.lease_id,
+    });
     assert_eq!(
         ended,
         CommandResult::LeaseEnded {
@@ -155,13 +177,26 @@ fn expiry_hands_the_lock_on_and_records_it() {
     assert_eq!(holder_of(&sm, "k").unwrap().owner, "b");
     let expired: Vec<_> = sm.state.expired_recent(10).collect();
     assert_eq!(expired.len(), 1);
-    assert_eq!((expired[0].owner.as_str(), expired[0].token), ("a", a.token));
-    let end = sm.state.resource(Kind::Lock, "k").unwrap().last_end.clone().unwrap();
+    assert_eq!(
+        (expired[0].owner.as_str(), expired[0].token),
+        ("a", a.token)
+    );
+    let end = sm
+        .state
+        .resource(Kind::Lock, "k")
+        .unwrap()
+        .last_end
+        .clone()
+        .unwrap();
     assert_eq!(end.reason, EndReason::Expired);
     // A second expiry of the same lease is not found (it is gone), never a success.
     assert_eq!(
-        sm.apply(Command::ExpireLease { lease_id: a.lease_id }),
-        CommandResult::Error(SmError::LeaseNotFound { lease_id: a.lease_id })
+        sm.apply(Command::ExpireLease {
+            lease_id: a.lease_id
+        }),
+        CommandResult::Error(SmError::LeaseNotFound {
+            lease_id: a.lease_id
+        })
     );
 }
 
@@ -169,7 +204,11 @@ fn expiry_hands_the_lock_on_and_records_it() {
 fn cancel_wait_removes_the_waiter_and_its_implicit_lease() {
     let mut sm = Sm::new();
     granted(sm.acquire("k", "a", 5_000, false));
-    let CommandResult::Queued { lease_id, implicit_lease: true, .. } = sm.acquire("k", "b", 5_000, true)
+    let CommandResult::Queued {
+        lease_id,
+        implicit_lease: true,
+        ..
+    } = sm.acquire("k", "b", 5_000, true)
     else {
         panic!("b should queue");
     };
@@ -180,7 +219,12 @@ fn cancel_wait_removes_the_waiter_and_its_implicit_lease() {
     });
     assert_eq!(r, CommandResult::WaitCancelled);
     assert!(sm.state.lease(lease_id).is_none());
-    assert!(sm.state.resource(Kind::Lock, "k").unwrap().waiters.is_empty());
+    assert!(sm
+        .state
+        .resource(Kind::Lock, "k")
+        .unwrap()
+        .waiters
+        .is_empty());
 }
 
 #[test]
@@ -208,32 +252,56 @@ fn cancel_wait_after_the_grant_returns_the_grant() {
 #[test]
 fn lock_delay_holds_waiters_back_until_it_elapses() {
     let mut sm = Sm::new();
-    let mut a = acquire(Kind::Lock, "k", "a", LeaseSpec::New { ttl_ms: 1_000 }, false, 1);
+    let mut a = acquire(
+        Kind::Lock,
+        "k",
+        "a",
+        LeaseSpec::New { ttl_ms: 1_000 },
+        false,
+        1,
+    );
     a.lock_delay_ms = 2_000;
     let a = granted(sm.apply(Command::Acquire(a)));
     sm.acquire("k", "b", 5_000, true);
-    sm.apply(Command::ExpireLease { lease_id: a.lease_id });
-    assert!(holder_of(&sm, "k").is_none(), "lock-delay keeps the key free");
-    assert!(sm
-        .events
-        .iter()
-        .any(|e| matches!(e, StateEvent::DelayUntil { until_ms, .. } if *until_ms == sm.now_ms + 2_000)));
+    sm.apply(Command::ExpireLease {
+        lease_id: a.lease_id,
+    });
+    assert!(
+        holder_of(&sm, "k").is_none(),
+        "lock-delay keeps the key free"
+    );
+    assert!(sm.events.iter().any(
+        |e| matches!(e, StateEvent::DelayUntil { until_ms, .. } if *until_ms == sm.now_ms + 2_000)
+    ));
     match sm.acquire("k", "c", 5_000, false) {
         CommandResult::Busy { .. } => {}
         other => panic!("expected busy, got {other:?}"),
     }
     sm.now_ms += 1_999;
-    sm.apply(Command::Promote { kind: Kind::Lock, key: "k".into() });
+    sm.apply(Command::Promote {
+        kind: Kind::Lock,
+        key: "k".into(),
+    });
     assert!(holder_of(&sm, "k").is_none());
     sm.now_ms += 1;
-    sm.apply(Command::Promote { kind: Kind::Lock, key: "k".into() });
+    sm.apply(Command::Promote {
+        kind: Kind::Lock,
+        key: "k".into(),
+    });
     assert_eq!(holder_of(&sm, "k").unwrap().owner, "b");
 }
 
 #[test]
 fn a_release_does_not_impose_lock_delay() {
     let mut sm = Sm::new();
-    let mut a = acquire(Kind::Lock, "k", "a", LeaseSpec::New { ttl_ms: 1_000 }, false, 1);
+    let mut a = acquire(
+        Kind::Lock,
+        "k",
+        "a",
+        LeaseSpec::New { ttl_ms: 1_000 },
+        false,
+        1,
+    );
     a.lock_delay_ms = 2_000;
     let a = granted(sm.apply(Command::Acquire(a)));
     sm.apply(Command::Release {
@@ -248,16 +316,33 @@ fn a_release_does_not_impose_lock_delay() {
 #[test]
 fn request_id_retry_returns_the_original_result() {
     let mut sm = Sm::new();
-    let cmd = Command::Acquire(acquire(Kind::Lock, "k", "a", LeaseSpec::New { ttl_ms: 5_000 }, false, 1));
+    let cmd = Command::Acquire(acquire(
+        Kind::Lock,
+        "k",
+        "a",
+        LeaseSpec::New { ttl_ms: 5_000 },
+        false,
+        1,
+    ));
     let first = sm.apply_with_id(Some("req-1"), cmd.clone());
     let again = sm.apply_with_id(Some("req-1"), cmd.clone());
     assert_eq!(first, again);
-    assert_eq!(sm.state.lease_count(), 1, "the retry created no second lease");
+    assert_eq!(
+        sm.state.lease_count(),
+        1,
+        "the retry created no second lease"
+    );
     // A different id is a different request.
-    assert!(matches!(sm.apply_with_id(Some("req-2"), cmd), CommandResult::Busy { .. }));
+    assert!(matches!(
+        sm.apply_with_id(Some("req-2"), cmd),
+        CommandResult::Busy { .. }
+    ));
     // Past the window the id is forgotten.
     sm.now_ms += DEDUPE_WINDOW_MS + 1;
-    sm.apply(Command::Promote { kind: Kind::Lock, key: "x".into() });
+    sm.apply(Command::Promote {
+        kind: Kind::Lock,
+        key: "x".into(),
+    });
     assert!(!sm.state.dedupe.contains_key("req-1"));
 }
 
@@ -315,13 +400,21 @@ fn semaphore_admits_limit_holders_and_rejects_a_different_limit() {
     let a = granted(sm.apply(sem("a", 2, false)));
     let b = granted(sm.apply(sem("b", 2, false)));
     assert_ne!(a.token, b.token);
-    assert!(matches!(sm.apply(sem("c", 2, false)), CommandResult::Busy { .. }));
+    assert!(matches!(
+        sm.apply(sem("c", 2, false)),
+        CommandResult::Busy { .. }
+    ));
     assert_eq!(
         sm.apply(sem("d", 3, false)),
         CommandResult::Error(SmError::LimitMismatch { limit: 2 })
     );
-    assert!(matches!(sm.apply(sem("e", 2, true)), CommandResult::Queued { .. }));
-    sm.apply(Command::ExpireLease { lease_id: a.lease_id });
+    assert!(matches!(
+        sm.apply(sem("e", 2, true)),
+        CommandResult::Queued { .. }
+    ));
+    sm.apply(Command::ExpireLease {
+        lease_id: a.lease_id,
+    });
     let holders: Vec<_> = sm
         .state
         .resource(Kind::Semaphore, "s")
@@ -337,9 +430,19 @@ fn semaphore_admits_limit_holders_and_rejects_a_different_limit() {
 fn quotas_are_enforced() {
     let mut sm = Sm::new();
     granted(sm.acquire("k", "a", 5_000, false));
-    let mut cmd = acquire(Kind::Lock, "k", "b", LeaseSpec::New { ttl_ms: 5_000 }, true, 1);
+    let mut cmd = acquire(
+        Kind::Lock,
+        "k",
+        "b",
+        LeaseSpec::New { ttl_ms: 5_000 },
+        true,
+        1,
+    );
     cmd.max_waiters = 1;
-    assert!(matches!(sm.apply(Command::Acquire(cmd.clone())), CommandResult::Queued { .. }));
+    assert!(matches!(
+        sm.apply(Command::Acquire(cmd.clone())),
+        CommandResult::Queued { .. }
+    ));
     assert_eq!(
         sm.apply(Command::Acquire(cmd)),
         CommandResult::Error(SmError::TooManyWaiters { max: 1 })
@@ -363,8 +466,14 @@ fn extend_and_set_value_check_ownership() {
         token,
         ttl_ms,
     };
-    assert_eq!(sm.apply(ext("b", a.token, None)), CommandResult::Error(SmError::NotOwner));
-    assert_eq!(sm.apply(ext("a", a.token + 1, None)), CommandResult::Error(SmError::NotOwner));
+    assert_eq!(
+        sm.apply(ext("b", a.token, None)),
+        CommandResult::Error(SmError::NotOwner)
+    );
+    assert_eq!(
+        sm.apply(ext("a", a.token + 1, None)),
+        CommandResult::Error(SmError::NotOwner)
+    );
     assert_eq!(
         sm.apply(ext("a", a.token, Some(9_000))),
         CommandResult::Extended {
@@ -393,7 +502,10 @@ fn the_entry_clock_never_runs_backwards() {
     sm.now_ms = 10_000;
     granted(sm.acquire("k", "a", 5_000, false));
     sm.now_ms = 5_000; // a new leader with a slower wall clock
-    sm.apply(Command::Promote { kind: Kind::Lock, key: "k".into() });
+    sm.apply(Command::Promote {
+        kind: Kind::Lock,
+        key: "k".into(),
+    });
     assert_eq!(sm.state.now_ms(), 10_000);
 }
 
@@ -402,7 +514,9 @@ fn snapshot_round_trips_and_rejects_bad_input() {
     let mut sm = Sm::new();
     let a = granted(sm.acquire("k", "a", 5_000, false));
     sm.acquire("k", "b", 5_000, true);
-    sm.apply(Command::ExpireLease { lease_id: a.lease_id });
+    sm.apply(Command::ExpireLease {
+        lease_id: a.lease_id,
+    });
     let bytes = sm.state.encode();
     let back = LeaseState::decode(&bytes).expect("decodes");
     assert_eq!(back, sm.state);
@@ -410,13 +524,22 @@ fn snapshot_round_trips_and_rejects_bad_input() {
     assert!(matches!(LeaseState::decode(&[]), Err(DecodeError::Empty)));
     let mut wrong_version = bytes.clone();
     wrong_version[0] = 99;
-    assert!(matches!(LeaseState::decode(&wrong_version), Err(DecodeError::Version(99))));
+    assert!(matches!(
+        LeaseState::decode(&wrong_version),
+        Err(DecodeError::Version(99))
+    ));
     let mut truncated = bytes.clone();
     truncated.truncate(bytes.len() / 2);
-    assert!(matches!(LeaseState::decode(&truncated), Err(DecodeError::Corrupt(_))));
+    assert!(matches!(
+        LeaseState::decode(&truncated),
+        Err(DecodeError::Corrupt(_))
+    ));
     let mut trailing = bytes;
     trailing.push(0);
-    assert!(matches!(LeaseState::decode(&trailing), Err(DecodeError::Corrupt(_))));
+    assert!(matches!(
+        LeaseState::decode(&trailing),
+        Err(DecodeError::Corrupt(_))
+    ));
 }
 
 // ----- property tests -----
@@ -426,11 +549,19 @@ fn arb_kind() -> impl Strategy<Value = Kind> {
 }
 
 fn arb_key() -> impl Strategy<Value = String> {
-    prop_oneof![Just("a".to_string()), Just("b".to_string()), Just("c".to_string())]
+    prop_oneof![
+        Just("a".to_string()),
+        Just("b".to_string()),
+        Just("c".to_string())
+    ]
 }
 
 fn arb_owner() -> impl Strategy<Value = String> {
-    prop_oneof![Just("w1".to_string()), Just("w2".to_string()), Just("w3".to_string())]
+    prop_oneof![
+        Just("w1".to_string()),
+        Just("w2".to_string()),
+        Just("w3".to_string())
+    ]
 }
 
 fn arb_command() -> impl Strategy<Value = Command> {
@@ -444,8 +575,12 @@ fn arb_command() -> impl Strategy<Value = Command> {
         }),
         (lease_id.clone(), 500u64..5_000)
             .prop_map(|(lease_id, ttl_ms)| Command::SetLeaseTtl { lease_id, ttl_ms }),
-        lease_id.clone().prop_map(|lease_id| Command::RevokeLease { lease_id }),
-        lease_id.clone().prop_map(|lease_id| Command::ExpireLease { lease_id }),
+        lease_id
+            .clone()
+            .prop_map(|lease_id| Command::RevokeLease { lease_id }),
+        lease_id
+            .clone()
+            .prop_map(|lease_id| Command::ExpireLease { lease_id }),
         (
             arb_kind(),
             arb_key(),
@@ -473,25 +608,44 @@ fn arb_command() -> impl Strategy<Value = Command> {
                     max_leases: 8,
                 })
             }),
-        (arb_kind(), arb_key(), lease_id.clone())
-            .prop_map(|(kind, key, lease_id)| Command::CancelWait { kind, key, lease_id }),
-        (arb_kind(), arb_key(), arb_owner(), token.clone())
-            .prop_map(|(kind, key, owner, token)| Command::Release { kind, key, owner, token }),
-        (arb_kind(), arb_key(), arb_owner(), token, proptest::option::of(500u64..5_000)).prop_map(
-            |(kind, key, owner, token, ttl_ms)| Command::Extend {
+        (arb_kind(), arb_key(), lease_id.clone()).prop_map(|(kind, key, lease_id)| {
+            Command::CancelWait {
+                kind,
+                key,
+                lease_id,
+            }
+        }),
+        (arb_kind(), arb_key(), arb_owner(), token.clone()).prop_map(
+            |(kind, key, owner, token)| Command::Release {
+                kind,
+                key,
+                owner,
+                token
+            }
+        ),
+        (
+            arb_kind(),
+            arb_key(),
+            arb_owner(),
+            token,
+            proptest::option::of(500u64..5_000)
+        )
+            .prop_map(|(kind, key, owner, token, ttl_ms)| Command::Extend {
                 kind,
                 key,
                 owner,
                 token,
                 ttl_ms,
-            }
-        ),
+            }),
         (arb_kind(), arb_key()).prop_map(|(kind, key)| Command::Promote { kind, key }),
     ]
 }
 
 /// A log: batches of (request_id?, command) with clock steps between entries.
-fn arb_log() -> impl Strategy<Value = Vec<(u64, Vec<(Option<u8>, Command)>)>> {
+/// One entry of a generated log: a clock step and its (request id?, command) proposals.
+type LogStep = (u64, Vec<(Option<u8>, Command)>);
+
+fn arb_log() -> impl Strategy<Value = Vec<LogStep>> {
     proptest::collection::vec(
         (
             0u64..1_500,
