@@ -1,0 +1,222 @@
+//! leasehold's load generator.
+//!
+//! `loadgen cycles`: many clients run acquire+release cycles over HTTP and the run reports
+//! throughput and latency. `loadgen failover`: kill the leader of an in-process cluster
+//! repeatedly and report how long writes were unavailable.
+//!
+//! Without `--endpoints` it starts its own in-process three-node cluster on loopback
+//! (real Raft, real sockets; `--data-dir` makes it durable with sled and fsync).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use leasehold_cluster_tests::{ClusterOptions, TestCluster};
+use serde_json::json;
+use tokio::time::Instant;
+
+#[derive(Parser)]
+#[command(about = "Load generator and failover timer for leasehold")]
+struct Args {
+    #[command(subcommand)]
+    mode: Mode,
+}
+
+#[derive(Subcommand)]
+enum Mode {
+    /// Acquire+release cycles from many concurrent clients.
+    Cycles {
+        /// Comma-separated HTTP endpoints; omit to start an in-process 3-node cluster.
+        #[arg(long)]
+        endpoints: Option<String>,
+        /// Sled data directory for the in-process cluster (durable, fsync per commit).
+        #[arg(long)]
+        data_dir: Option<std::path::PathBuf>,
+        #[arg(long, default_value_t = 64)]
+        clients: usize,
+        /// Distinct keys; each client cycles over its own keys unless `--contend`.
+        #[arg(long, default_value_t = 1024)]
+        keys: usize,
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+    },
+    /// Kill the leader `--rounds` times and time until a write succeeds again.
+    Failover {
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+    },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    match Args::parse().mode {
+        Mode::Cycles {
+            endpoints,
+            data_dir,
+            clients,
+            keys,
+            seconds,
+        } => cycles(endpoints, data_dir, clients, keys, seconds).await,
+        Mode::Failover { rounds } => failover(rounds).await,
+    }
+}
+
+async fn cycles(
+    endpoints: Option<String>,
+    data_dir: Option<std::path::PathBuf>,
+    clients: usize,
+    keys: usize,
+    seconds: u64,
+) -> anyhow::Result<()> {
+    let (cluster, endpoints) = match endpoints {
+        Some(e) => (None, e.split(',').map(str::to_string).collect::<Vec<_>>()),
+        None => {
+            let cluster = TestCluster::start(ClusterOptions {
+                data_dir: data_dir.clone(),
+                ..ClusterOptions::default()
+            })
+            .await?;
+            let endpoints = (0..cluster.len()).map(|i| cluster.url(i)).collect();
+            (Some(cluster), endpoints)
+        }
+    };
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(clients)
+        .tcp_nodelay(true)
+        .build()?;
+    let done = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(AtomicU64::new(0));
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let mut tasks = Vec::new();
+    for c in 0..clients {
+        let http = http.clone();
+        let base = endpoints[c % endpoints.len()].clone();
+        let done = done.clone();
+        let errors = errors.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            let mut n = 0usize;
+            while Instant::now() < deadline {
+                let key = format!("bench-{}", (c + n * clients) % keys.max(1));
+                n += 1;
+                let started = Instant::now();
+                let ok = cycle(&http, &base, &key, c).await;
+                if ok {
+                    latencies.push(started.elapsed());
+                    done.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    errors.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            latencies
+        }));
+    }
+    let started = Instant::now();
+    let mut latencies = Vec::new();
+    for t in tasks {
+        latencies.extend(t.await?);
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    latencies.sort();
+    let pct = |p: f64| -> f64 {
+        if latencies.is_empty() {
+            return 0.0;
+        }
+        let i = ((latencies.len() as f64 - 1.0) * p).round() as usize;
+        latencies[i].as_secs_f64() * 1000.0
+    };
+    let cycles = done.load(Ordering::Relaxed);
+    println!(
+        "cycles: {cycles} acquire+release cycles in {elapsed:.1} s = {:.0} cycles/s ({:.0} writes/s); \
+         errors {}; cycle latency p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms; clients {clients}, keys {keys}, storage {}",
+        cycles as f64 / elapsed,
+        2.0 * cycles as f64 / elapsed,
+        errors.load(Ordering::Relaxed),
+        pct(0.5),
+        pct(0.99),
+        pct(1.0),
+        if data_dir.is_some() { "sled (fsync)" } else { "in-memory" },
+    );
+    if let Some(cluster) = cluster {
+        cluster.shutdown().await;
+    }
+    Ok(())
+}
+
+/// One acquire + release; false on any failure.
+async fn cycle(http: &reqwest::Client, base: &str, key: &str, client: usize) -> bool {
+    let owner = format!("client-{client}");
+    let Ok(resp) = http
+        .post(format!("{base}/v1/locks/{key}"))
+        .json(&json!({"owner": owner, "ttl_ms": 10000}))
+        .send()
+        .await
+    else {
+        return false;
+    };
+    if !resp.status().is_success() {
+        return false;
+    }
+    let Ok(body) = resp.json::<serde_json::Value>().await else {
+        return false;
+    };
+    let Some(token) = body["token"].as_u64() else {
+        return false;
+    };
+    matches!(
+        http.delete(format!("{base}/v1/locks/{key}?owner={owner}&token={token}"))
+            .send()
+            .await,
+        Ok(r) if r.status().is_success()
+    )
+}
+
+async fn failover(rounds: usize) -> anyhow::Result<()> {
+    let http = reqwest::Client::new();
+    let mut gaps = Vec::new();
+    for round in 0..rounds {
+        let mut cluster = TestCluster::start3().await?;
+        let leader = cluster.leader().context("leader")?;
+        let survivor = (leader + 1) % cluster.len();
+        let url = format!("{}/v1/locks/failover-{round}", cluster.url(survivor));
+        // Warm up the path through the survivor.
+        let r = http
+            .post(&url)
+            .json(&json!({"owner": "w", "ttl_ms": 5000}))
+            .send()
+            .await?;
+        anyhow::ensure!(r.status().is_success(), "warm-up write failed");
+        let killed_at = Instant::now();
+        cluster.kill(leader).await;
+        let mut n = 0;
+        loop {
+            n += 1;
+            let r = http
+                .post(format!("{}/v1/leases", cluster.url(survivor)))
+                .json(&json!({"ttl_ms": 5000, "owner": format!("probe-{n}")}))
+                .send()
+                .await;
+            if matches!(&r, Ok(r) if r.status().is_success()) {
+                break;
+            }
+        }
+        let gap = killed_at.elapsed();
+        println!(
+            "round {round}: writes resumed {:.0} ms after the leader was killed",
+            gap.as_secs_f64() * 1000.0
+        );
+        gaps.push(gap);
+        cluster.shutdown().await;
+    }
+    gaps.sort();
+    println!(
+        "failover: {} rounds, min {:.0} ms, median {:.0} ms, max {:.0} ms (election timeout 250-400 ms, heartbeat 50 ms)",
+        gaps.len(),
+        gaps[0].as_secs_f64() * 1000.0,
+        gaps[gaps.len() / 2].as_secs_f64() * 1000.0,
+        gaps[gaps.len() - 1].as_secs_f64() * 1000.0
+    );
+    Ok(())
+}
