@@ -135,14 +135,9 @@ impl NodeService {
             CommandResult::Busy { holders, reason } => {
                 Err(busy_error(args.kind, &args.key, &holders, &reason))
             }
-            CommandResult::Queued {
-                lease_id,
-                implicit_lease,
-                ..
-            } => {
+            CommandResult::Queued { lease_id, .. } => {
                 let deadline = started + Duration::from_millis(args.wait_ms);
-                self.wait_for_grant(&args, index, lease_id, implicit_lease, deadline)
-                    .await
+                self.wait_for_grant(&args, index, lease_id, deadline).await
             }
             CommandResult::Error(e) => Err(sm_error(args.kind, &args.key, e)),
             other => Err(unexpected(other)),
@@ -156,7 +151,6 @@ impl NodeService {
         args: &AcquireArgs,
         queued_at_index: u64,
         lease_id: LeaseId,
-        implicit_lease: bool,
         deadline: Instant,
     ) -> Result<HoldView, ApiError> {
         let mut guard = CancelWaitOnDrop {
@@ -231,7 +225,7 @@ impl NodeService {
             CommandResult::Granted(hold) => Ok(hold),
             CommandResult::WaitCancelled | CommandResult::Error(SmError::NotFound) => {
                 let holders = self.read(|s| current_holders(s, args.kind, &args.key));
-                let _ = implicit_lease; // the state machine revoked it with the wait
+                // An implicit lease went with the wait (the state machine revoked it).
                 Err(busy_error(
                     args.kind,
                     &args.key,
@@ -540,10 +534,6 @@ fn lease_spec(ttl_ms: Option<u64>, lease_id: Option<u64>) -> LeaseSpec {
             ttl_ms: ttl_ms.unwrap_or_default(),
         },
     }
-}
-
-fn history_event(kind: HistoryKind) -> &'static str {
-    kind.as_str()
 }
 
 fn release_reason(reason: EndReason) -> ReleaseReason {
@@ -926,7 +916,6 @@ impl LeaseService for NodeService {
                 })
                 .unwrap_or_default()
         });
-        let _ = history_event;
         Ok(HistoryResponse {
             key: key.to_string(),
             events,
