@@ -5,17 +5,27 @@
 //! - [`validate`]: input rules shared by every implementation, with [`Limits`].
 //! - [`service`]: the [`LeaseService`] trait the embedded node and the client implement.
 //! - [`router`] (feature `server`): the axum router serving any `LeaseService`.
+//! - [`client`] (feature `client`): [`Client`](client::Client), the HTTP implementation
+//!   of `LeaseService`, with endpoint failover and idempotent retries.
+//! - [`guard`]: `Lock`, `Semaphore`, `Election` guards with background renewal, the
+//!   client-deadline rule, `with_lock`, and `Fence` — generic over any `LeaseService`.
 //!
 //! This crate knows nothing of Raft or the node; a client depends on it without the server
 //! (`default-features = false, features = ["client"]`).
 
+#[cfg(feature = "client")]
+pub mod client;
 pub mod error;
+pub mod guard;
 #[cfg(feature = "server")]
 pub mod router;
 pub mod service;
 pub mod validate;
 pub mod wire;
 
+#[cfg(feature = "client")]
+pub use crate::client::Client;
 pub use crate::error::{ApiError, ErrorCode};
+pub use crate::guard::{with_lock, Election, Fence, GuardError, GuardOptions, GuardState, Lock, LockGuard, LossReason, Semaphore};
 pub use crate::service::LeaseService;
 pub use crate::validate::Limits;

@@ -1,0 +1,288 @@
+//! One behavioural suite, generic over `LeaseService`, run against the embedded node (no
+//! HTTP) and against the HTTP client talking to a three-node cluster: both must behave
+//! the same.
+
+use std::time::Duration;
+
+use leasehold_api::wire::*;
+use leasehold_api::{Client, ErrorCode, LeaseService};
+use leasehold_cluster_tests::TestCluster;
+use leasehold_node::{Config, Node};
+
+fn acquire(owner: &str, ttl_ms: u64) -> AcquireRequest {
+    AcquireRequest {
+        owner: owner.into(),
+        ttl_ms: Some(ttl_ms),
+        ..Default::default()
+    }
+}
+
+async fn behaviour<S: LeaseService + Clone>(s: &S) {
+    // Acquire, conflict, extend, release.
+    let a = s.acquire_lock("suite/lock", acquire("a", 10_000)).await.unwrap();
+    assert_eq!((a.owner.as_str(), a.acquisitions), ("a", 1));
+    let busy = s.acquire_lock("suite/lock", acquire("b", 10_000)).await.unwrap_err();
+    assert_eq!(busy.code, ErrorCode::LockHeld);
+    assert_eq!(busy.holder.as_ref().unwrap().owner, "a");
+    let ext = s
+        .extend_lock(
+            "suite/lock",
+            ExtendRequest {
+                owner: "a".into(),
+                token: a.token,
+                ttl_ms: Some(20_000),
+                request_id: None,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!((ext.token, ext.ttl_ms), (a.token, 20_000));
+    let wrong = s
+        .extend_lock(
+            "suite/lock",
+            ExtendRequest {
+                owner: "a".into(),
+                token: a.token + 100,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(wrong.code, ErrorCode::NotOwner);
+
+    // A blocking acquire is handed the lock on release; wait-for-release sees the release.
+    let (s2, s3) = (s.clone(), s.clone());
+    let waiter = tokio::spawn(async move {
+        s2.acquire_lock(
+            "suite/lock",
+            AcquireRequest {
+                wait_ms: Some(20_000),
+                ..acquire("b", 10_000)
+            },
+        )
+        .await
+    });
+    let watcher = tokio::spawn(async move {
+        s3.wait_release(
+            "suite/lock",
+            WaitReleaseParams {
+                wait_ms: Some(20_000),
+                token: Some(a.token),
+            },
+        )
+        .await
+    });
+    // The waiter is queued once the key shows one waiter.
+    wait_for(|| async {
+        s.get_lock("suite/lock", ReadParams::default())
+            .await
+            .map(|st| st.waiters == 1)
+            .unwrap_or(false)
+    })
+    .await;
+    s.release_lock(
+        "suite/lock",
+        ReleaseParams {
+            owner: "a".into(),
+            token: a.token,
+        },
+    )
+    .await
+    .unwrap();
+    let b = waiter.await.unwrap().unwrap();
+    assert_eq!(b.owner, "b");
+    assert!(b.token > a.token);
+    assert_eq!(b.acquisitions, 2);
+    let released = watcher.await.unwrap().unwrap();
+    assert!(released.released);
+    assert_eq!(released.reason, Some(ReleaseReason::Released));
+    assert_eq!(released.token, Some(a.token));
+    let again = s
+        .release_lock(
+            "suite/lock",
+            ReleaseParams {
+                owner: "a".into(),
+                token: a.token,
+            },
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(again.code, ErrorCode::NotOwner);
+
+    // Idempotent retries: the same request_id returns the original grant.
+    let req = AcquireRequest {
+        request_id: Some("suite-retry-1".into()),
+        ..acquire("r", 10_000)
+    };
+    let first = s.acquire_lock("suite/retry", req.clone()).await.unwrap();
+    let retry = s.acquire_lock("suite/retry", req).await.unwrap();
+    assert_eq!(first, retry);
+    let leases = s.list_leases(LeaseListParams::default()).await.unwrap();
+    let of_r = leases.leases.iter().filter(|l| l.owner == "r").count();
+    assert_eq!(of_r, 1, "the retry did not create a second lease");
+
+    // Names: register, taken, whereis, proclaim, blocking query sees the vacancy.
+    let reg = RegisterRequest {
+        owner: "n1".into(),
+        value: Some("10.0.0.1:80".into()),
+        ttl_ms: Some(10_000),
+        ..Default::default()
+    };
+    let leader = s.register_name("suite/leader", reg.clone()).await.unwrap();
+    let taken = s
+        .register_name(
+            "suite/leader",
+            RegisterRequest {
+                owner: "n2".into(),
+                ..reg.clone()
+            },
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(taken.code, ErrorCode::NameTaken);
+    let whereis = s.get_name("suite/leader", ReadParams::default()).await.unwrap();
+    assert!(whereis.registered);
+    assert_eq!(whereis.record.as_ref().unwrap().value.as_deref(), Some("10.0.0.1:80"));
+    let proclaimed = s
+        .proclaim(
+            "suite/leader",
+            ProclaimRequest {
+                owner: "n1".into(),
+                token: leader.token,
+                value: Some("10.0.0.1:81".into()),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(proclaimed.value.as_deref(), Some("10.0.0.1:81"));
+    let index = s.get_name("suite/leader", ReadParams::default()).await.unwrap().index;
+    let s4 = s.clone();
+    let observer = tokio::spawn(async move {
+        s4.get_name(
+            "suite/leader",
+            ReadParams {
+                index: Some(index),
+                wait_ms: Some(20_000),
+                stale: None,
+            },
+        )
+        .await
+    });
+    s.unregister_name(
+        "suite/leader",
+        ReleaseParams {
+            owner: "n1".into(),
+            token: leader.token,
+        },
+    )
+    .await
+    .unwrap();
+    let vacancy = observer.await.unwrap().unwrap();
+    assert!(!vacancy.registered, "the observer sees the vacancy");
+    let gone = s.get_name("suite/leader", ReadParams::default()).await.unwrap_err();
+    assert_eq!(gone.code, ErrorCode::NameNotFound);
+    let names = s.list_names(ListParams::default()).await.unwrap();
+    assert!(names.names.iter().all(|n| n.name != "suite/leader"));
+
+    // Semaphores: limit holders, then full; a different limit is refused.
+    let sem = |owner: &str, limit: u32| SemaphoreAcquireRequest {
+        owner: owner.into(),
+        limit,
+        ttl_ms: Some(10_000),
+        ..Default::default()
+    };
+    let s1 = s.acquire_semaphore("suite/sem", sem("s1", 2)).await.unwrap();
+    let s2 = s.acquire_semaphore("suite/sem", sem("s2", 2)).await.unwrap();
+    assert_ne!(s1.token, s2.token);
+    assert_eq!(s2.holders.len(), 2);
+    assert_eq!(
+        s.acquire_semaphore("suite/sem", sem("s3", 2)).await.unwrap_err().code,
+        ErrorCode::SemaphoreFull
+    );
+    assert_eq!(
+        s.acquire_semaphore("suite/sem", sem("s4", 3)).await.unwrap_err().code,
+        ErrorCode::LimitMismatch
+    );
+    let state = s.get_semaphore("suite/sem", ReadParams::default()).await.unwrap();
+    assert_eq!((state.limit, state.holders.len()), (2, 2));
+    s.release_semaphore(
+        "suite/sem",
+        ReleaseParams {
+            owner: "s1".into(),
+            token: s1.token,
+        },
+    )
+    .await
+    .unwrap();
+    s.acquire_semaphore("suite/sem", sem("s3", 2)).await.unwrap();
+
+    // Errors are the same errors.
+    let bad = s.acquire_lock("suite/bad", acquire("a", 1)).await.unwrap_err();
+    assert_eq!(bad.code, ErrorCode::InvalidArgument);
+    assert!(bad.message.starts_with("ttl_ms"), "{}", bad.message);
+    let empty = s.acquire_lock("", acquire("a", 1000)).await.unwrap_err();
+    assert_eq!(empty.code, ErrorCode::InvalidArgument);
+    assert_eq!(s.keepalive(987_654).await.unwrap_err().code, ErrorCode::LeaseNotFound);
+
+    // Sessions: one lease, several holds, revoked at once.
+    let lease = s
+        .create_lease(CreateLeaseRequest {
+            ttl_ms: 10_000,
+            owner: Some("session".into()),
+            request_id: None,
+        })
+        .await
+        .unwrap();
+    for key in ["suite/s1", "suite/s2"] {
+        s.acquire_lock(
+            key,
+            AcquireRequest {
+                owner: "session".into(),
+                lease_id: Some(lease.lease_id),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    }
+    s.keepalive(lease.lease_id).await.unwrap();
+    let revoked = s.revoke_lease(lease.lease_id).await.unwrap();
+    assert_eq!(revoked.released.len(), 2);
+    let history = s.lock_history("suite/s1").await.unwrap();
+    assert_eq!(history.events[0].event, HistoryEventKind::Revoked);
+
+    let status = s.cluster_status().await.unwrap();
+    assert!(status.leader_id.is_some());
+    s.ready().await.unwrap();
+}
+
+async fn wait_for<F, Fut>(mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    leasehold_cluster_tests::wait_until(Duration::from_secs(10), || {
+        let fut = check();
+        async move { fut.await.then_some(()) }
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn embedded_node_behaves() {
+    let config = Config::in_memory_on("127.0.0.1:0".parse().unwrap(), "127.0.0.1:0".parse().unwrap());
+    let node = Node::start(config).await.unwrap();
+    node.wait_for_leader(Duration::from_secs(5)).await.unwrap();
+    behaviour(&node.service()).await;
+    node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn http_client_against_a_three_node_cluster_behaves() {
+    let cluster = TestCluster::start3().await.unwrap();
+    // Endpoints in a different order than the nodes, so requests start at a follower.
+    let client = Client::new([cluster.url(2), cluster.url(1), cluster.url(0)]).unwrap();
+    behaviour(&client).await;
+    cluster.shutdown().await;
+}
