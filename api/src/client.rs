@@ -86,7 +86,12 @@ impl Client {
             .tcp_nodelay(true)
             .connect_timeout(Duration::from_secs(2))
             .build()
-            .map_err(|e| ApiError::new(ErrorCode::Internal, format!("cannot build the HTTP client: {e}")))?;
+            .map_err(|e| {
+                ApiError::new(
+                    ErrorCode::Internal,
+                    format!("cannot build the HTTP client: {e}"),
+                )
+            })?;
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos())
@@ -153,7 +158,11 @@ impl Client {
                     url.push_str(q);
                 }
             }
-            let mut req = self.inner.http.request(method.clone(), &url).timeout(remaining);
+            let mut req = self
+                .inner
+                .http
+                .request(method.clone(), &url)
+                .timeout(remaining);
             if let Some(body) = body {
                 req = req
                     .header("content-type", "application/json")
@@ -172,7 +181,10 @@ impl Client {
                     if (200..300).contains(&status) {
                         self.inner.current.store(i, Ordering::Relaxed);
                         return serde_json::from_slice(&bytes).map_err(|e| {
-                            ApiError::new(ErrorCode::Internal, format!("unexpected reply from {url}: {e}"))
+                            ApiError::new(
+                                ErrorCode::Internal,
+                                format!("unexpected reply from {url}: {e}"),
+                            )
                         });
                     }
                     let error = ApiError::from_response_body(status, &bytes);
@@ -195,11 +207,19 @@ impl Client {
             }
         }
         Err(last_error.unwrap_or_else(|| {
-            ApiError::new(ErrorCode::Timeout, format!("no endpoint answered within {budget:?}"))
+            ApiError::new(
+                ErrorCode::Timeout,
+                format!("no endpoint answered within {budget:?}"),
+            )
         }))
     }
 
-    async fn get<T: DeserializeOwned>(&self, path: &str, query: Option<String>, wait_ms: Option<u64>) -> Result<T> {
+    async fn get<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        query: Option<String>,
+        wait_ms: Option<u64>,
+    ) -> Result<T> {
         self.call(Method::GET, path, query, None, wait_ms).await
     }
 
@@ -210,13 +230,17 @@ impl Client {
         body: &B,
         wait_ms: Option<u64>,
     ) -> Result<T> {
-        self.call(method, path, None, Some(&erased::Json(body)), wait_ms).await
+        self.call(method, path, None, Some(&erased::Json(body)), wait_ms)
+            .await
     }
 }
 
 fn transport_error(url: &str, e: &reqwest::Error) -> ApiError {
     if e.is_timeout() {
-        ApiError::new(ErrorCode::Timeout, format!("{url}: no answer before the deadline"))
+        ApiError::new(
+            ErrorCode::Timeout,
+            format!("{url}: no answer before the deadline"),
+        )
     } else {
         let mut err = ApiError::new(
             ErrorCode::Unavailable,
@@ -241,6 +265,15 @@ mod erased {
             serde_json::to_vec(self.0).expect("wire type serializes")
         }
     }
+}
+
+/// A key's path segment; an empty key is refused here as the server would (its route
+/// would not even match).
+fn seg(field: &str, key: &str) -> Result<String> {
+    if key.is_empty() {
+        return Err(ApiError::invalid(field, "must not be empty"));
+    }
+    Ok(enc(key))
 }
 
 /// Percent-encode a key for a path (keeping `/`, which the server allows in keys).
@@ -269,16 +302,29 @@ impl LeaseService for Client {
     }
 
     async fn keepalive(&self, lease_id: u64) -> Result<KeepaliveResponse> {
-        self.send(Method::POST, &format!("/v1/leases/{lease_id}/keepalive"), &serde_json::json!({}), None)
-            .await
+        self.send(
+            Method::POST,
+            &format!("/v1/leases/{lease_id}/keepalive"),
+            &serde_json::json!({}),
+            None,
+        )
+        .await
     }
 
     async fn revoke_lease(&self, lease_id: u64) -> Result<RevokeResponse> {
-        self.call(Method::DELETE, &format!("/v1/leases/{lease_id}"), None, None, None).await
+        self.call(
+            Method::DELETE,
+            &format!("/v1/leases/{lease_id}"),
+            None,
+            None,
+            None,
+        )
+        .await
     }
 
     async fn get_lease(&self, lease_id: u64) -> Result<LeaseInfo> {
-        self.get(&format!("/v1/leases/{lease_id}"), None, None).await
+        self.get(&format!("/v1/leases/{lease_id}"), None, None)
+            .await
     }
 
     async fn list_leases(&self, params: LeaseListParams) -> Result<LeaseList> {
@@ -288,30 +334,67 @@ impl LeaseService for Client {
     async fn acquire_lock(&self, key: &str, mut req: AcquireRequest) -> Result<LockHolder> {
         self.ensure_id(&mut req.request_id);
         let wait = req.wait_ms;
-        self.send(Method::POST, &format!("/v1/locks/{}", enc(key)), &req, wait).await
+        self.send(
+            Method::POST,
+            &format!("/v1/locks/{}", seg("key", key)?),
+            &req,
+            wait,
+        )
+        .await
     }
 
     async fn extend_lock(&self, key: &str, req: ExtendRequest) -> Result<ExtendResponse> {
-        self.send(Method::POST, &format!("/v1/locks/{}/extend", enc(key)), &req, None).await
+        self.send(
+            Method::POST,
+            &format!("/v1/locks/{}/extend", seg("key", key)?),
+            &req,
+            None,
+        )
+        .await
     }
 
     async fn release_lock(&self, key: &str, params: ReleaseParams) -> Result<ReleaseResponse> {
-        self.call(Method::DELETE, &format!("/v1/locks/{}", enc(key)), query(&params), None, None)
-            .await
+        self.call(
+            Method::DELETE,
+            &format!("/v1/locks/{}", seg("key", key)?),
+            query(&params),
+            None,
+            None,
+        )
+        .await
     }
 
     async fn get_lock(&self, key: &str, params: ReadParams) -> Result<LockState> {
         let wait = params.wait_ms;
-        self.get(&format!("/v1/locks/{}", enc(key)), query(&params), wait).await
+        self.get(
+            &format!("/v1/locks/{}", seg("key", key)?),
+            query(&params),
+            wait,
+        )
+        .await
     }
 
-    async fn wait_release(&self, key: &str, params: WaitReleaseParams) -> Result<WaitReleaseResponse> {
+    async fn wait_release(
+        &self,
+        key: &str,
+        params: WaitReleaseParams,
+    ) -> Result<WaitReleaseResponse> {
         let wait = params.wait_ms;
-        self.get(&format!("/v1/locks/{}/wait", enc(key)), query(&params), wait).await
+        self.get(
+            &format!("/v1/locks/{}/wait", seg("key", key)?),
+            query(&params),
+            wait,
+        )
+        .await
     }
 
     async fn lock_history(&self, key: &str) -> Result<HistoryResponse> {
-        self.get(&format!("/v1/locks/{}/history", enc(key)), None, None).await
+        self.get(
+            &format!("/v1/locks/{}/history", seg("key", key)?),
+            None,
+            None,
+        )
+        .await
     }
 
     async fn list_locks(&self, params: ListParams) -> Result<LockList> {
@@ -322,48 +405,104 @@ impl LeaseService for Client {
         self.get("/v1/expired", query(&params), None).await
     }
 
-    async fn acquire_semaphore(&self, key: &str, mut req: SemaphoreAcquireRequest) -> Result<SemaphoreSlot> {
+    async fn acquire_semaphore(
+        &self,
+        key: &str,
+        mut req: SemaphoreAcquireRequest,
+    ) -> Result<SemaphoreSlot> {
         self.ensure_id(&mut req.request_id);
         let wait = req.wait_ms;
-        self.send(Method::POST, &format!("/v1/semaphores/{}", enc(key)), &req, wait).await
+        self.send(
+            Method::POST,
+            &format!("/v1/semaphores/{}", seg("key", key)?),
+            &req,
+            wait,
+        )
+        .await
     }
 
     async fn extend_semaphore(&self, key: &str, req: ExtendRequest) -> Result<ExtendResponse> {
-        self.send(Method::POST, &format!("/v1/semaphores/{}/extend", enc(key)), &req, None).await
+        self.send(
+            Method::POST,
+            &format!("/v1/semaphores/{}/extend", seg("key", key)?),
+            &req,
+            None,
+        )
+        .await
     }
 
     async fn release_semaphore(&self, key: &str, params: ReleaseParams) -> Result<ReleaseResponse> {
-        self.call(Method::DELETE, &format!("/v1/semaphores/{}", enc(key)), query(&params), None, None)
-            .await
+        self.call(
+            Method::DELETE,
+            &format!("/v1/semaphores/{}", seg("key", key)?),
+            query(&params),
+            None,
+            None,
+        )
+        .await
     }
 
     async fn get_semaphore(&self, key: &str, params: ReadParams) -> Result<SemaphoreState> {
         let wait = params.wait_ms;
-        self.get(&format!("/v1/semaphores/{}", enc(key)), query(&params), wait).await
+        self.get(
+            &format!("/v1/semaphores/{}", seg("key", key)?),
+            query(&params),
+            wait,
+        )
+        .await
     }
 
     async fn register_name(&self, name: &str, mut req: RegisterRequest) -> Result<NameRecord> {
         self.ensure_id(&mut req.request_id);
         let wait = req.wait_ms;
-        self.send(Method::PUT, &format!("/v1/names/{}", enc(name)), &req, wait).await
+        self.send(
+            Method::PUT,
+            &format!("/v1/names/{}", seg("name", name)?),
+            &req,
+            wait,
+        )
+        .await
     }
 
     async fn get_name(&self, name: &str, params: ReadParams) -> Result<NameState> {
         let wait = params.wait_ms;
-        self.get(&format!("/v1/names/{}", enc(name)), query(&params), wait).await
+        self.get(
+            &format!("/v1/names/{}", seg("name", name)?),
+            query(&params),
+            wait,
+        )
+        .await
     }
 
     async fn proclaim(&self, name: &str, req: ProclaimRequest) -> Result<NameRecord> {
-        self.send(Method::PATCH, &format!("/v1/names/{}", enc(name)), &req, None).await
+        self.send(
+            Method::PATCH,
+            &format!("/v1/names/{}", seg("name", name)?),
+            &req,
+            None,
+        )
+        .await
     }
 
     async fn extend_name(&self, name: &str, req: NameExtendRequest) -> Result<ExtendResponse> {
-        self.send(Method::POST, &format!("/v1/names/{}/extend", enc(name)), &req, None).await
+        self.send(
+            Method::POST,
+            &format!("/v1/names/{}/extend", seg("name", name)?),
+            &req,
+            None,
+        )
+        .await
     }
 
     async fn unregister_name(&self, name: &str, params: ReleaseParams) -> Result<ReleaseResponse> {
-        self.call(Method::DELETE, &format!("/v1/names/{}", enc(name)), query(&params), None, None)
-            .await
+        self.call(
+            Method::DELETE,
+            &format!("/v1/names/{}", seg("name", name)?),
+            query(&params),
+            None,
+            None,
+        )
+        .await
     }
 
     async fn list_names(&self, params: ListParams) -> Result<NameList> {
@@ -376,11 +515,19 @@ impl LeaseService for Client {
 
     async fn add_member(&self, req: AddMemberRequest) -> Result<ClusterStatus> {
         let slack = Some(self.inner.request_timeout.as_millis() as u64 * 5);
-        self.send(Method::POST, "/v1/cluster/members", &req, slack).await
+        self.send(Method::POST, "/v1/cluster/members", &req, slack)
+            .await
     }
 
     async fn remove_member(&self, id: u64) -> Result<ClusterStatus> {
-        self.call(Method::DELETE, &format!("/v1/cluster/members/{id}"), None, None, None).await
+        self.call(
+            Method::DELETE,
+            &format!("/v1/cluster/members/{id}"),
+            None,
+            None,
+            None,
+        )
+        .await
     }
 
     async fn ready(&self) -> Result<()> {
@@ -389,7 +536,10 @@ impl LeaseService for Client {
     }
 
     async fn metrics_text(&self) -> String {
-        let url = format!("{}/metrics", self.inner.endpoints[self.inner.current.load(Ordering::Relaxed)]);
+        let url = format!(
+            "{}/metrics",
+            self.inner.endpoints[self.inner.current.load(Ordering::Relaxed)]
+        );
         match self.inner.http.get(url).send().await {
             Ok(r) => r.text().await.unwrap_or_default(),
             Err(_) => String::new(),

@@ -104,7 +104,11 @@ pub fn default_owner() -> String {
         .ok()
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "host".into());
-    format!("{host}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+    format!(
+        "{host}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 impl GuardOptions {
@@ -117,7 +121,10 @@ impl GuardOptions {
             )));
         }
         if !(0.0..0.5).contains(&self.drift) {
-            return Err(GuardError::Options(format!("drift ({}) must be in [0, 0.5)", self.drift)));
+            return Err(GuardError::Options(format!(
+                "drift ({}) must be in [0, 0.5)",
+                self.drift
+            )));
         }
         Ok(hb)
     }
@@ -172,7 +179,13 @@ enum Held {
     Name,
 }
 
-async fn renew<S: LeaseService>(service: &S, what: Held, key: &str, owner: &str, token: u64) -> Result<(), ApiError> {
+async fn renew<S: LeaseService>(
+    service: &S,
+    what: Held,
+    key: &str,
+    owner: &str,
+    token: u64,
+) -> Result<(), ApiError> {
     let req = ExtendRequest {
         owner: owner.to_string(),
         token,
@@ -195,7 +208,13 @@ async fn renew<S: LeaseService>(service: &S, what: Held, key: &str, owner: &str,
     }
 }
 
-async fn release<S: LeaseService>(service: &S, what: Held, key: &str, owner: &str, token: u64) -> Result<(), ApiError> {
+async fn release<S: LeaseService>(
+    service: &S,
+    what: Held,
+    key: &str,
+    owner: &str,
+    token: u64,
+) -> Result<(), ApiError> {
     let params = ReleaseParams {
         owner: owner.to_string(),
         token,
@@ -211,7 +230,10 @@ async fn release<S: LeaseService>(service: &S, what: Held, key: &str, owner: &st
 fn hold_is_gone(e: &ApiError) -> bool {
     matches!(
         e.code,
-        ErrorCode::NotOwner | ErrorCode::LeaseNotFound | ErrorCode::NameNotFound | ErrorCode::NotFound
+        ErrorCode::NotOwner
+            | ErrorCode::LeaseNotFound
+            | ErrorCode::NameNotFound
+            | ErrorCode::NotFound
     )
 }
 
@@ -252,7 +274,19 @@ impl<S: LeaseService + Clone> LockGuard<S> {
         let task_service = service.clone();
         let (task_key, task_owner) = (key.clone(), owner.clone());
         let renewal = tokio::spawn(async move {
-            renewal_loop(task_service, what, task_key, task_owner, token, t_send, ttl, drift, heartbeat, tx).await;
+            renewal_loop(
+                task_service,
+                what,
+                task_key,
+                task_owner,
+                token,
+                t_send,
+                ttl,
+                drift,
+                heartbeat,
+                tx,
+            )
+            .await;
         });
         LockGuard {
             service,
@@ -348,8 +382,13 @@ impl<S: LeaseService + Clone> Drop for LockGuard<S> {
         }
         // Best effort: release in the background if a runtime is still there.
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
-            let (service, what, key, owner, token) =
-                (self.service.clone(), self.what, self.key.clone(), self.owner.clone(), self.token);
+            let (service, what, key, owner, token) = (
+                self.service.clone(),
+                self.what,
+                self.key.clone(),
+                self.owner.clone(),
+                self.token,
+            );
             handle.spawn(async move {
                 let _ = release(&service, what, &key, &owner, token).await;
             });
@@ -423,7 +462,13 @@ async fn renewal_loop<S: LeaseService>(
 }
 
 /// After a wait, re-anchor the client deadline with an immediate renewal.
-async fn reanchor<S: LeaseService>(service: &S, what: Held, key: &str, owner: &str, token: u64) -> Result<Instant, ApiError> {
+async fn reanchor<S: LeaseService>(
+    service: &S,
+    what: Held,
+    key: &str,
+    owner: &str,
+    token: u64,
+) -> Result<Instant, ApiError> {
     let sent = Instant::now();
     renew(service, what, key, owner, token).await?;
     Ok(sent)
@@ -523,7 +568,14 @@ impl<'a, S: LeaseService + Clone> Semaphore<'a, S> {
         let t_send = if self.opts.wait.is_zero() {
             t_send
         } else {
-            reanchor(self.service, Held::Semaphore, &self.key, &slot.owner, slot.token).await?
+            reanchor(
+                self.service,
+                Held::Semaphore,
+                &self.key,
+                &slot.owner,
+                slot.token,
+            )
+            .await?
         };
         Ok(LockGuard::start(
             self.service.clone(),
@@ -587,7 +639,14 @@ impl<'a, S: LeaseService + Clone> Election<'a, S> {
                 .await;
             match result {
                 Ok(record) => {
-                    let t_send = reanchor(self.service, Held::Name, &self.name, &record.owner, record.token).await?;
+                    let t_send = reanchor(
+                        self.service,
+                        Held::Name,
+                        &self.name,
+                        &record.owner,
+                        record.token,
+                    )
+                    .await?;
                     return Ok(LockGuard::start(
                         self.service.clone(),
                         Held::Name,
@@ -640,7 +699,10 @@ impl<'a, S: LeaseService + Clone> Election<'a, S> {
 }
 
 /// Who leads `name` now, if anyone (a linearizable whereis).
-pub async fn leader<S: LeaseService>(service: &S, name: &str) -> Result<Option<NameRecord>, ApiError> {
+pub async fn leader<S: LeaseService>(
+    service: &S,
+    name: &str,
+) -> Result<Option<NameRecord>, ApiError> {
     match service.get_name(name, ReadParams::default()).await {
         Ok(state) => Ok(state.record.map(|r| NameRecord {
             name: state.name,
@@ -658,7 +720,12 @@ pub async fn leader<S: LeaseService>(service: &S, name: &str) -> Result<Option<N
 
 /// Run `work` while holding `key`; release afterwards. If the lock is lost while `work`
 /// runs, `work` is dropped (cancelled) and the result is [`GuardError::Lost`].
-pub async fn with_lock<S, F, Fut, T>(service: &S, key: &str, opts: GuardOptions, work: F) -> Result<T, GuardError>
+pub async fn with_lock<S, F, Fut, T>(
+    service: &S,
+    key: &str,
+    opts: GuardOptions,
+    work: F,
+) -> Result<T, GuardError>
 where
     S: LeaseService + Clone,
     F: FnOnce(u64) -> Fut,
@@ -671,7 +738,10 @@ where
         reason = lost => Err(GuardError::Lost(reason)),
     };
     if outcome.is_ok() {
-        guard.release().await.or_else(|e| if hold_is_gone(&e) { Ok(()) } else { Err(e) })?;
+        guard
+            .release()
+            .await
+            .or_else(|e| if hold_is_gone(&e) { Ok(()) } else { Err(e) })?;
     }
     outcome
 }

@@ -26,6 +26,9 @@ pub mod wire;
 #[cfg(feature = "client")]
 pub use crate::client::Client;
 pub use crate::error::{ApiError, ErrorCode};
-pub use crate::guard::{with_lock, Election, Fence, GuardError, GuardOptions, GuardState, Lock, LockGuard, LossReason, Semaphore};
+pub use crate::guard::{
+    with_lock, Election, Fence, GuardError, GuardOptions, GuardState, Lock, LockGuard, LossReason,
+    Semaphore,
+};
 pub use crate::service::LeaseService;
 pub use crate::validate::Limits;

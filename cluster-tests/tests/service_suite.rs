@@ -19,9 +19,15 @@ fn acquire(owner: &str, ttl_ms: u64) -> AcquireRequest {
 
 async fn behaviour<S: LeaseService + Clone>(s: &S) {
     // Acquire, conflict, extend, release.
-    let a = s.acquire_lock("suite/lock", acquire("a", 10_000)).await.unwrap();
+    let a = s
+        .acquire_lock("suite/lock", acquire("a", 10_000))
+        .await
+        .unwrap();
     assert_eq!((a.owner.as_str(), a.acquisitions), ("a", 1));
-    let busy = s.acquire_lock("suite/lock", acquire("b", 10_000)).await.unwrap_err();
+    let busy = s
+        .acquire_lock("suite/lock", acquire("b", 10_000))
+        .await
+        .unwrap_err();
     assert_eq!(busy.code, ErrorCode::LockHeld);
     assert_eq!(busy.holder.as_ref().unwrap().owner, "a");
     let ext = s
@@ -140,9 +146,15 @@ async fn behaviour<S: LeaseService + Clone>(s: &S) {
         .await
         .unwrap_err();
     assert_eq!(taken.code, ErrorCode::NameTaken);
-    let whereis = s.get_name("suite/leader", ReadParams::default()).await.unwrap();
+    let whereis = s
+        .get_name("suite/leader", ReadParams::default())
+        .await
+        .unwrap();
     assert!(whereis.registered);
-    assert_eq!(whereis.record.as_ref().unwrap().value.as_deref(), Some("10.0.0.1:80"));
+    assert_eq!(
+        whereis.record.as_ref().unwrap().value.as_deref(),
+        Some("10.0.0.1:80")
+    );
     let proclaimed = s
         .proclaim(
             "suite/leader",
@@ -155,7 +167,11 @@ async fn behaviour<S: LeaseService + Clone>(s: &S) {
         .await
         .unwrap();
     assert_eq!(proclaimed.value.as_deref(), Some("10.0.0.1:81"));
-    let index = s.get_name("suite/leader", ReadParams::default()).await.unwrap().index;
+    let index = s
+        .get_name("suite/leader", ReadParams::default())
+        .await
+        .unwrap()
+        .index;
     let s4 = s.clone();
     let observer = tokio::spawn(async move {
         s4.get_name(
@@ -179,7 +195,10 @@ async fn behaviour<S: LeaseService + Clone>(s: &S) {
     .unwrap();
     let vacancy = observer.await.unwrap().unwrap();
     assert!(!vacancy.registered, "the observer sees the vacancy");
-    let gone = s.get_name("suite/leader", ReadParams::default()).await.unwrap_err();
+    let gone = s
+        .get_name("suite/leader", ReadParams::default())
+        .await
+        .unwrap_err();
     assert_eq!(gone.code, ErrorCode::NameNotFound);
     let names = s.list_names(ListParams::default()).await.unwrap();
     assert!(names.names.iter().all(|n| n.name != "suite/leader"));
@@ -191,19 +210,34 @@ async fn behaviour<S: LeaseService + Clone>(s: &S) {
         ttl_ms: Some(10_000),
         ..Default::default()
     };
-    let s1 = s.acquire_semaphore("suite/sem", sem("s1", 2)).await.unwrap();
-    let s2 = s.acquire_semaphore("suite/sem", sem("s2", 2)).await.unwrap();
+    let s1 = s
+        .acquire_semaphore("suite/sem", sem("s1", 2))
+        .await
+        .unwrap();
+    let s2 = s
+        .acquire_semaphore("suite/sem", sem("s2", 2))
+        .await
+        .unwrap();
     assert_ne!(s1.token, s2.token);
     assert_eq!(s2.holders.len(), 2);
     assert_eq!(
-        s.acquire_semaphore("suite/sem", sem("s3", 2)).await.unwrap_err().code,
+        s.acquire_semaphore("suite/sem", sem("s3", 2))
+            .await
+            .unwrap_err()
+            .code,
         ErrorCode::SemaphoreFull
     );
     assert_eq!(
-        s.acquire_semaphore("suite/sem", sem("s4", 3)).await.unwrap_err().code,
+        s.acquire_semaphore("suite/sem", sem("s4", 3))
+            .await
+            .unwrap_err()
+            .code,
         ErrorCode::LimitMismatch
     );
-    let state = s.get_semaphore("suite/sem", ReadParams::default()).await.unwrap();
+    let state = s
+        .get_semaphore("suite/sem", ReadParams::default())
+        .await
+        .unwrap();
     assert_eq!((state.limit, state.holders.len()), (2, 2));
     s.release_semaphore(
         "suite/sem",
@@ -214,15 +248,23 @@ async fn behaviour<S: LeaseService + Clone>(s: &S) {
     )
     .await
     .unwrap();
-    s.acquire_semaphore("suite/sem", sem("s3", 2)).await.unwrap();
+    s.acquire_semaphore("suite/sem", sem("s3", 2))
+        .await
+        .unwrap();
 
     // Errors are the same errors.
-    let bad = s.acquire_lock("suite/bad", acquire("a", 1)).await.unwrap_err();
+    let bad = s
+        .acquire_lock("suite/bad", acquire("a", 1))
+        .await
+        .unwrap_err();
     assert_eq!(bad.code, ErrorCode::InvalidArgument);
     assert!(bad.message.starts_with("ttl_ms"), "{}", bad.message);
     let empty = s.acquire_lock("", acquire("a", 1000)).await.unwrap_err();
     assert_eq!(empty.code, ErrorCode::InvalidArgument);
-    assert_eq!(s.keepalive(987_654).await.unwrap_err().code, ErrorCode::LeaseNotFound);
+    assert_eq!(
+        s.keepalive(987_654).await.unwrap_err().code,
+        ErrorCode::LeaseNotFound
+    );
 
     // Sessions: one lease, several holds, revoked at once.
     let lease = s
@@ -271,7 +313,10 @@ where
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn embedded_node_behaves() {
-    let config = Config::in_memory_on("127.0.0.1:0".parse().unwrap(), "127.0.0.1:0".parse().unwrap());
+    let config = Config::in_memory_on(
+        "127.0.0.1:0".parse().unwrap(),
+        "127.0.0.1:0".parse().unwrap(),
+    );
     let node = Node::start(config).await.unwrap();
     node.wait_for_leader(Duration::from_secs(5)).await.unwrap();
     behaviour(&node.service()).await;

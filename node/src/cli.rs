@@ -9,13 +9,20 @@ use leasehold_config::{Config, KEYS};
 use leasehold_node::Node;
 use tracing_subscriber::EnvFilter;
 
+use crate::commands;
+
 #[derive(Parser, Debug)]
 #[command(
     name = "leasehold",
     version,
-    about = "Locks, leases and leader election on a Raft cluster"
+    about = "Locks, leases and leader election on a Raft cluster",
+    after_help = "Exit statuses of lock/elect: the command's own status; 75 if the lock was not \
+acquired within --wait; 76 if it was lost while the command ran (the command got SIGTERM, then \
+SIGKILL after --grace); 69 if no endpoint could serve; 2 for usage errors; 1 otherwise."
 )]
 struct Cli {
+    #[command(flatten)]
+    client: commands::ClientArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -26,6 +33,24 @@ enum Command {
     Serve(ServeArgs),
     /// Start a real cluster of `--nodes` processes on loopback and print its endpoints.
     LocalCluster(LocalClusterArgs),
+    /// Run a command while holding a lock (or one of N semaphore slots), like flock(1).
+    Lock(commands::LockArgs),
+    /// Campaign for a name; run a command (or hold) while leader; resign on exit.
+    Elect(commands::ElectArgs),
+    /// Show the cluster: leader, term, indexes, members.
+    Status,
+    /// Inspect locks.
+    #[command(subcommand)]
+    Locks(commands::LocksCommand),
+    /// Inspect the name registry.
+    #[command(subcommand)]
+    Names(commands::NamesCommand),
+    /// Inspect leases.
+    #[command(subcommand)]
+    Leases(commands::LeasesCommand),
+    /// Add or remove cluster members.
+    #[command(subcommand)]
+    Members(commands::MembersCommand),
 }
 
 /// `serve` flags: `--config FILE` plus one flag per config key (`--limits-max-key-bytes`).
@@ -99,9 +124,17 @@ struct LocalClusterArgs {
 pub async fn run() -> i32 {
     let cli = Cli::parse();
     init_tracing();
+    let c = &cli.client;
     match cli.command {
         Command::Serve(args) => serve(args).await,
         Command::LocalCluster(args) => local_cluster(args).await,
+        Command::Lock(args) => commands::lock(c, args).await,
+        Command::Elect(args) => commands::elect(c, args).await,
+        Command::Status => commands::status(c).await,
+        Command::Locks(cmd) => commands::locks(c, cmd).await,
+        Command::Names(cmd) => commands::names(c, cmd).await,
+        Command::Leases(cmd) => commands::leases(c, cmd).await,
+        Command::Members(cmd) => commands::members(c, cmd).await,
     }
 }
 

@@ -1,6 +1,7 @@
 //! The `leasehold` binary: `serve`, `local-cluster`, and the client commands.
 
 mod cli;
+mod commands;
 
 #[tokio::main]
 async fn main() {
