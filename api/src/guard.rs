@@ -134,7 +134,7 @@ impl GuardOptions {
     }
 
     fn wait_ms(&self) -> Option<u64> {
-        (!self.wait.is_zero()).then(|| self.wait.as_millis() as u64)
+        (!self.wait.is_zero()).then_some(self.wait.as_millis() as u64)
     }
 }
 
@@ -237,6 +237,16 @@ fn hold_is_gone(e: &ApiError) -> bool {
     )
 }
 
+/// What the cluster granted, and when the request that refreshed it was sent.
+struct Grant {
+    what: Held,
+    key: String,
+    owner: String,
+    token: u64,
+    lease_id: u64,
+    t_send: Instant,
+}
+
 /// A held lock, semaphore slot or name, renewed in the background.
 pub struct LockGuard<S: LeaseService + Clone> {
     service: S,
@@ -256,18 +266,16 @@ pub type ElectionGuard<S> = LockGuard<S>;
 pub type SemaphoreGuard<S> = LockGuard<S>;
 
 impl<S: LeaseService + Clone> LockGuard<S> {
-    /// Start renewing a hold granted by a request sent at `t_send`.
-    fn start(
-        service: S,
-        what: Held,
-        key: String,
-        owner: String,
-        token: u64,
-        lease_id: u64,
-        t_send: Instant,
-        opts: &GuardOptions,
-        heartbeat: Duration,
-    ) -> Self {
+    /// Start renewing a hold granted by a request sent at `grant.t_send`.
+    fn start(service: S, grant: Grant, opts: &GuardOptions, heartbeat: Duration) -> Self {
+        let Grant {
+            what,
+            key,
+            owner,
+            token,
+            lease_id,
+            t_send,
+        } = grant;
         let (tx, rx) = watch::channel(GuardState::Held);
         let ttl = opts.ttl;
         let drift = opts.drift;
@@ -516,12 +524,14 @@ impl<'a, S: LeaseService + Clone> Lock<'a, S> {
         };
         Ok(LockGuard::start(
             self.service.clone(),
-            Held::Lock,
-            self.key,
-            hold.owner,
-            hold.token,
-            hold.lease_id,
-            t_send,
+            Grant {
+                what: Held::Lock,
+                key: self.key,
+                owner: hold.owner,
+                token: hold.token,
+                lease_id: hold.lease_id,
+                t_send,
+            },
             &self.opts,
             heartbeat,
         ))
@@ -579,12 +589,14 @@ impl<'a, S: LeaseService + Clone> Semaphore<'a, S> {
         };
         Ok(LockGuard::start(
             self.service.clone(),
-            Held::Semaphore,
-            self.key,
-            slot.owner,
-            slot.token,
-            slot.lease_id,
-            t_send,
+            Grant {
+                what: Held::Semaphore,
+                key: self.key,
+                owner: slot.owner,
+                token: slot.token,
+                lease_id: slot.lease_id,
+                t_send,
+            },
             &self.opts,
             heartbeat,
         ))
@@ -649,12 +661,14 @@ impl<'a, S: LeaseService + Clone> Election<'a, S> {
                     .await?;
                     return Ok(LockGuard::start(
                         self.service.clone(),
-                        Held::Name,
-                        self.name,
-                        record.owner,
-                        record.token,
-                        record.lease_id,
-                        t_send,
+                        Grant {
+                            what: Held::Name,
+                            key: self.name,
+                            owner: record.owner,
+                            token: record.token,
+                            lease_id: record.lease_id,
+                            t_send,
+                        },
                         &self.opts,
                         heartbeat,
                     ));
@@ -686,12 +700,14 @@ impl<'a, S: LeaseService + Clone> Election<'a, S> {
             .await?;
         Ok(LockGuard::start(
             self.service.clone(),
-            Held::Name,
-            self.name,
-            record.owner,
-            record.token,
-            record.lease_id,
-            t_send,
+            Grant {
+                what: Held::Name,
+                key: self.name,
+                owner: record.owner,
+                token: record.token,
+                lease_id: record.lease_id,
+                t_send,
+            },
             &self.opts,
             heartbeat,
         ))
