@@ -405,7 +405,20 @@ pub struct NameState {
     pub registered: bool,
     #[serde(flatten, default, skip_serializing_if = "Option::is_none")]
     pub record: Option<NameFields>,
+    /// How the previous holder's term ended. A handover to a queued candidate happens in
+    /// one replicated step, so this is how an observer sees the vacancy it passed through.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vacated: Option<Vacancy>,
     pub index: u64,
+}
+
+/// The end of a holder's term.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Vacancy {
+    pub owner: String,
+    pub token: u64,
+    pub reason: ReleaseReason,
+    pub at_ms: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -257,6 +257,34 @@ impl TestCluster {
     }
 }
 
+/// The path of the `leasehold` binary, built on first use if the test run did not build it.
+pub fn leasehold_bin() -> PathBuf {
+    static BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        // Test binaries live in target/<profile>/deps; the binary in target/<profile>.
+        let exe = std::env::current_exe().expect("test executable path");
+        let profile_dir = exe
+            .parent()
+            .and_then(|deps| deps.parent())
+            .expect("target/<profile> directory")
+            .to_path_buf();
+        let bin = profile_dir.join("leasehold");
+        let mut build = std::process::Command::new(env!("CARGO"));
+        build.args(["build", "-p", "leasehold-node", "--bin", "leasehold"]);
+        if profile_dir.ends_with("release") {
+            build.arg("--release");
+        }
+        let status = build
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .status()
+            .expect("run cargo build");
+        assert!(status.success(), "building the leasehold binary failed");
+        assert!(bin.exists(), "no binary at {}", bin.display());
+        bin
+    })
+    .clone()
+}
+
 /// Poll `check` every few milliseconds until it returns `Some`, or fail after `timeout`.
 pub async fn wait_until<T, F, Fut>(timeout: Duration, mut check: F) -> anyhow::Result<T>
 where

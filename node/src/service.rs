@@ -1050,12 +1050,18 @@ impl LeaseService for NodeService {
     async fn get_name(&self, name: &str, params: ReadParams) -> Result<NameState, ApiError> {
         validate::read(name, &params, &self.limits)?;
         self.read_resource(Kind::Name, name, &params).await?;
-        let (holder, index) = self.read(|s| {
+        let (holder, vacated, index) = self.read(|s| {
             let r = s.resource(Kind::Name, name);
             let holder = r
                 .and_then(|r| r.holders.first())
                 .map(|h| s.hold_view(Kind::Name, name, h));
-            (holder, resource_index(r))
+            let vacated = r.and_then(|r| r.last_end.as_ref()).map(|e| Vacancy {
+                owner: e.owner.clone(),
+                token: e.token,
+                reason: release_reason(e.reason),
+                at_ms: e.at_ms,
+            });
+            (holder, vacated, resource_index(r))
         });
         let blocking = params.wait_ms.is_some();
         match holder {
@@ -1068,6 +1074,7 @@ impl LeaseService for NodeService {
                     name: name.to_string(),
                     registered: true,
                     record: Some(record.into()),
+                    vacated,
                     index,
                 })
             }
@@ -1075,6 +1082,7 @@ impl LeaseService for NodeService {
                 name: name.to_string(),
                 registered: false,
                 record: None,
+                vacated,
                 index,
             }),
             None => Err(ApiError::new(

@@ -1,0 +1,219 @@
+//! Guards over the HTTP client and a three-node cluster: renewal, loss, jeopardy,
+//! election handover, `with_lock`.
+
+use std::time::Duration;
+
+use leasehold_api::guard::{
+    leader, Election, GuardOptions, GuardState, Lock, LossReason, Semaphore,
+};
+use leasehold_api::wire::ReadParams;
+use leasehold_api::{with_lock, Client, GuardError, LeaseService};
+use leasehold_cluster_tests::{wait_until, TestCluster};
+use tokio::time::Instant;
+
+fn client(cluster: &TestCluster) -> Client {
+    Client::new((0..cluster.len()).map(|i| cluster.url(i))).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn renewal_keeps_a_lock_through_several_ttls() {
+    let cluster = TestCluster::start3().await.unwrap();
+    let c = client(&cluster);
+    let guard = Lock::new(&c, "renewed")
+        .ttl(Duration::from_millis(900))
+        .acquire()
+        .await
+        .unwrap();
+    let token = guard.token();
+    // Time passing is the subject of this test: four TTLs without touching the lock.
+    tokio::time::sleep(Duration::from_millis(3600)).await;
+    assert_eq!(guard.state(), GuardState::Held);
+    let state = c.get_lock("renewed", ReadParams::default()).await.unwrap();
+    assert!(state.held);
+    assert_eq!(
+        state.holder.unwrap().token,
+        token,
+        "same hold, never re-acquired"
+    );
+    guard.release().await.unwrap();
+    assert!(
+        !c.get_lock("renewed", ReadParams::default())
+            .await
+            .unwrap()
+            .held
+    );
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn revoking_the_lease_from_outside_fires_lost_with_the_reason() {
+    let cluster = TestCluster::start3().await.unwrap();
+    let c = client(&cluster);
+    let guard = Lock::new(&c, "revoked")
+        .ttl(Duration::from_secs(3))
+        .acquire()
+        .await
+        .unwrap();
+    let lost = guard.lost();
+    c.revoke_lease(guard.lease_id()).await.unwrap();
+    let reason = tokio::time::timeout(Duration::from_secs(5), lost)
+        .await
+        .expect("lost fires");
+    assert!(matches!(reason, LossReason::Expired(_)), "{reason:?}");
+    assert!(!guard.is_held());
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_unreachable_cluster_means_jeopardy_then_lost_by_the_client_deadline() {
+    let mut cluster = TestCluster::start3().await.unwrap();
+    let c = client(&cluster);
+    let ttl = Duration::from_millis(1500);
+    let guard = Lock::new(&c, "cut-off").ttl(ttl).acquire().await.unwrap();
+    let mut states = guard.watch();
+    let lost = guard.lost();
+    let killed_at = Instant::now();
+    for i in 0..cluster.len() {
+        cluster.kill(i).await;
+    }
+    // Jeopardy comes first (renewals fail while the deadline holds) ...
+    let saw_jeopardy = tokio::time::timeout(ttl, states.wait_for(|s| *s == GuardState::Jeopardy))
+        .await
+        .is_ok();
+    assert!(saw_jeopardy, "never in jeopardy: {:?}", guard.state());
+    // ... then Lost, no later than the client deadline (last t_send + ttl × 0.99).
+    let reason = tokio::time::timeout(ttl * 2, lost)
+        .await
+        .expect("lost fires");
+    let lost_after = killed_at.elapsed();
+    assert!(matches!(reason, LossReason::Unreachable(_)), "{reason:?}");
+    assert!(
+        lost_after <= ttl + Duration::from_millis(100),
+        "lost only after {lost_after:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_blocking_guard_reanchors_and_with_lock_releases() {
+    let cluster = TestCluster::start3().await.unwrap();
+    let c = client(&cluster);
+    let first = Lock::new(&c, "queue")
+        .ttl(Duration::from_secs(3))
+        .acquire()
+        .await
+        .unwrap();
+    let c2 = c.clone();
+    let second = tokio::spawn(async move {
+        Lock::new(&c2, "queue")
+            .ttl(Duration::from_secs(3))
+            .wait(Duration::from_secs(10))
+            .acquire()
+            .await
+    });
+    wait_until(Duration::from_secs(5), || async {
+        let s = c.get_lock("queue", ReadParams::default()).await.ok()?;
+        (s.waiters == 1).then_some(())
+    })
+    .await
+    .unwrap();
+    let first_token = first.token();
+    first.release().await.unwrap();
+    let second = second.await.unwrap().unwrap();
+    assert!(second.token() > first_token);
+    assert_eq!(second.state(), GuardState::Held);
+    drop(second); // best-effort release in the background
+    wait_until(Duration::from_secs(5), || async {
+        let s = c.get_lock("queue", ReadParams::default()).await.ok()?;
+        (!s.held).then_some(())
+    })
+    .await
+    .expect("dropping a guard releases it");
+
+    let out = with_lock(&c, "job", GuardOptions::default(), |token| async move {
+        token * 2
+    })
+    .await
+    .unwrap();
+    assert!(out > 0);
+    assert!(!c.get_lock("job", ReadParams::default()).await.unwrap().held);
+    // A held key makes with_lock fail fast without waiting.
+    let _held = Lock::new(&c, "job").acquire().await.unwrap();
+    let err = with_lock(&c, "job", GuardOptions::default(), |_| async {})
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, GuardError::Api(ref e) if e.code == leasehold_api::ErrorCode::LockHeld),
+        "{err:?}"
+    );
+    // A heartbeat of half the TTL or more is refused.
+    let bad = Lock::new(&c, "hb")
+        .ttl(Duration::from_secs(2))
+        .heartbeat(Duration::from_secs(1))
+        .acquire()
+        .await;
+    assert!(matches!(bad, Err(GuardError::Options(_))));
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn election_hands_over_in_fifo_order_and_semaphores_admit_n() {
+    let cluster = TestCluster::start3().await.unwrap();
+    let clients: Vec<Client> = (0..3)
+        .map(|i| Client::new([cluster.url(i)]).unwrap())
+        .collect();
+    let first = Election::new(&clients[0], "svc/leader", "10.0.0.1")
+        .ttl(Duration::from_secs(3))
+        .campaign()
+        .await
+        .unwrap();
+    let mut campaigns = Vec::new();
+    for (i, c) in clients.iter().enumerate().skip(1) {
+        let c = c.clone();
+        campaigns.push(tokio::spawn(async move {
+            Election::new(&c, "svc/leader", format!("10.0.0.{}", i + 1))
+                .ttl(Duration::from_secs(3))
+                .campaign()
+                .await
+        }));
+        // Queue them in a known order.
+        let expected = i as u32;
+        wait_until(Duration::from_secs(5), || async {
+            // Each queued candidate holds a lease: count them.
+            let lease_list = clients[0].list_leases(Default::default()).await.ok()?;
+            (lease_list.leases.len() as u32 == expected + 1).then_some(())
+        })
+        .await
+        .unwrap();
+    }
+    let now = leader(&clients[1], "svc/leader").await.unwrap().unwrap();
+    assert_eq!(now.value.as_deref(), Some("10.0.0.1"));
+    let first_token = first.token();
+    first.release().await.unwrap(); // resign
+    let second = campaigns.remove(0).await.unwrap().unwrap();
+    assert!(second.token() > first_token);
+    let now = leader(&clients[2], "svc/leader").await.unwrap().unwrap();
+    assert_eq!(now.value.as_deref(), Some("10.0.0.2"));
+    second.proclaim("10.0.0.2:8080").await.unwrap();
+    let now = leader(&clients[0], "svc/leader").await.unwrap().unwrap();
+    assert_eq!(now.value.as_deref(), Some("10.0.0.2:8080"));
+    second.release().await.unwrap();
+    let third = campaigns.remove(0).await.unwrap().unwrap();
+    assert_eq!(third.state(), GuardState::Held);
+    third.release().await.unwrap();
+
+    let a = Semaphore::new(&clients[0], "pool", 2)
+        .acquire()
+        .await
+        .unwrap();
+    let b = Semaphore::new(&clients[1], "pool", 2)
+        .acquire()
+        .await
+        .unwrap();
+    let full = Semaphore::new(&clients[2], "pool", 2).acquire().await;
+    assert!(
+        matches!(full, Err(GuardError::Api(ref e)) if e.code == leasehold_api::ErrorCode::SemaphoreFull)
+    );
+    a.release().await.unwrap();
+    b.release().await.unwrap();
+    cluster.shutdown().await;
+}
