@@ -256,6 +256,7 @@ pub struct LockGuard<S: LeaseService + Clone> {
     token: u64,
     lease_id: u64,
     state: watch::Receiver<GuardState>,
+    valid_until: watch::Receiver<Instant>,
     renewal: Option<JoinHandle<()>>,
     released: bool,
 }
@@ -279,22 +280,17 @@ impl<S: LeaseService + Clone> LockGuard<S> {
         let (tx, rx) = watch::channel(GuardState::Held);
         let ttl = opts.ttl;
         let drift = opts.drift;
+        let (until_tx, until_rx) = watch::channel(t_send + ttl.mul_f64(1.0 - drift));
         let task_service = service.clone();
         let (task_key, task_owner) = (key.clone(), owner.clone());
         let renewal = tokio::spawn(async move {
-            renewal_loop(
-                task_service,
+            let held = HeldBy {
                 what,
-                task_key,
-                task_owner,
+                key: task_key,
+                owner: task_owner,
                 token,
-                t_send,
-                ttl,
-                drift,
-                heartbeat,
-                tx,
-            )
-            .await;
+            };
+            renewal_loop(task_service, held, t_send, ttl, drift, heartbeat, tx, until_tx).await;
         });
         LockGuard {
             service,
@@ -304,6 +300,7 @@ impl<S: LeaseService + Clone> LockGuard<S> {
             token,
             lease_id,
             state: rx,
+            valid_until: until_rx,
             renewal: Some(renewal),
             released: false,
         }
@@ -333,6 +330,12 @@ impl<S: LeaseService + Clone> LockGuard<S> {
 
     pub fn state(&self) -> GuardState {
         self.state.borrow().clone()
+    }
+
+    /// The client deadline: `t_send + ttl × (1 − drift)` of the last request that
+    /// refreshed the lease. Past it the guard no longer believes it holds.
+    pub fn valid_until(&self) -> Instant {
+        *self.valid_until.borrow()
     }
 
     /// A watch of the state, for callers that react to Jeopardy too.
@@ -404,19 +407,26 @@ impl<S: LeaseService + Clone> Drop for LockGuard<S> {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn renewal_loop<S: LeaseService>(
-    service: S,
+/// Which hold a renewal loop keeps alive.
+struct HeldBy {
     what: Held,
     key: String,
     owner: String,
     token: u64,
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn renewal_loop<S: LeaseService>(
+    service: S,
+    held: HeldBy,
     mut t_send: Instant,
     ttl: Duration,
     drift: f64,
     heartbeat: Duration,
     state: watch::Sender<GuardState>,
+    valid_until: watch::Sender<Instant>,
 ) {
+    let HeldBy { what, key, owner, token } = held;
     let valid_for = ttl.mul_f64(1.0 - drift);
     let mut deadline = t_send + valid_for;
     let mut next = t_send + heartbeat;
@@ -444,6 +454,7 @@ async fn renewal_loop<S: LeaseService>(
             Some(Ok(())) => {
                 t_send = sent;
                 deadline = t_send + valid_for;
+                let _ = valid_until.send(deadline);
                 next = t_send + heartbeat;
                 state.send_if_modified(|s| {
                     let changed = *s != GuardState::Held;

@@ -81,6 +81,7 @@ keys! {
     "data_dir", "LEASEHOLD_DATA_DIR", "--data-dir", PATH, "(in-memory)", "directory for the durable Raft log; omit for in-memory";
     "cluster.members", "LEASEHOLD_CLUSTER_MEMBERS", "--cluster-members", MEMBERS, "(lone node)", "initial members as id=ip:port,... (bootstrap only; empty: a cluster of one)";
     "cluster.secret_file", "LEASEHOLD_CLUSTER_SECRET_FILE", "--cluster-secret-file", PATH, "(none)", "file with the secret that authenticates peer traffic";
+    "cluster.peer_proxy", "LEASEHOLD_CLUSTER_PEER_PROXY", "--cluster-peer-proxy", ADDRESS, "(none)", "HTTP forward proxy (ip:port) for outgoing peer traffic";
     "raft.heartbeat_interval_ms", "LEASEHOLD_RAFT_HEARTBEAT_INTERVAL_MS", "--raft-heartbeat-interval-ms", U64, "50", "leader heartbeat period";
     "raft.election_timeout_min_ms", "LEASEHOLD_RAFT_ELECTION_TIMEOUT_MIN_MS", "--raft-election-timeout-min-ms", U64, "250", "lower bound of the randomized election timeout";
     "raft.election_timeout_max_ms", "LEASEHOLD_RAFT_ELECTION_TIMEOUT_MAX_MS", "--raft-election-timeout-max-ms", U64, "400", "upper bound of the randomized election timeout";
@@ -206,6 +207,7 @@ mod tests {
             ..Config::default()
         };
         c.cluster.secret_file = Some("/s".into());
+        c.cluster.peer_proxy = Some("127.0.0.1:1".parse().unwrap());
         c.auth.tokens_file = Some("/t".into());
         c.tls.cert = Some("/c".into());
         c.tls.key = Some("/k".into());

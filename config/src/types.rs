@@ -43,6 +43,10 @@ pub struct ClusterConfig {
     pub members: Vec<Member>,
     /// A file holding the shared secret that authenticates peer traffic.
     pub secret_file: Option<PathBuf>,
+    /// Send outgoing peer traffic through this HTTP forward proxy (`ip:port`). The fault
+    /// tests put one in front of every node to cut links; it also suits networks where
+    /// peers are only reachable through a proxy.
+    pub peer_proxy: Option<SocketAddr>,
 }
 
 /// Raft timing and log housekeeping. The defaults aim at failover under 1 s on a LAN.

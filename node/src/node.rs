@@ -106,7 +106,7 @@ impl Node {
                 .map_err(|e| StartError::Raft(e.to_string()))?,
         );
         let faults = Arc::new(Faults::default());
-        let peers = PeerClientPool::new(secret.clone(), faults.clone());
+        let peers = PeerClientPool::new(secret.clone(), faults.clone(), config.cluster.peer_proxy);
         let network = PeerNetworkFactory::new(peers.clone());
         let (raft, shared) = match &config.data_dir {
             Some(dir) => {

@@ -144,14 +144,19 @@ pub struct PeerClientPool {
 }
 
 impl PeerClientPool {
-    pub fn new(secret: Option<Arc<String>>, faults: Arc<Faults>) -> Self {
-        let client = reqwest::Client::builder()
+    /// `proxy`: send every peer request through this HTTP forward proxy; without one,
+    /// connect directly (and ignore `HTTP_PROXY` and friends from the environment).
+    pub fn new(secret: Option<Arc<String>>, faults: Arc<Faults>, proxy: Option<std::net::SocketAddr>) -> Self {
+        let builder = reqwest::Client::builder()
             .pool_idle_timeout(Duration::from_secs(30))
             .tcp_nodelay(true)
-            .connect_timeout(Duration::from_millis(500))
-            .build()
-            // Building a client with these plain options does not fail.
-            .expect("reqwest client builds");
+            .connect_timeout(Duration::from_millis(500));
+        let builder = match proxy.and_then(|p| reqwest::Proxy::http(format!("http://{p}")).ok()) {
+            Some(proxy) => builder.proxy(proxy),
+            None => builder.no_proxy(),
+        };
+        // Building a client with these plain options does not fail.
+        let client = builder.build().expect("reqwest client builds");
         PeerClientPool {
             client,
             secret,
