@@ -23,6 +23,9 @@ use crate::wire::*;
 pub const ENDPOINTS_ENV: &str = "LEASEHOLD_ENDPOINTS";
 /// Default deadline of a request (long-polls get their `wait_ms` on top).
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default deadline of one attempt at one endpoint before trying the next (plus `wait_ms`):
+/// a paused or partitioned node accepts connections but never answers.
+pub const DEFAULT_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(2);
 
 #[derive(Clone)]
 pub struct Client {
@@ -35,6 +38,7 @@ struct Inner {
     /// The endpoint that answered last.
     current: AtomicUsize,
     request_timeout: Duration,
+    attempt_timeout: Duration,
     id_prefix: String,
     id_counter: AtomicU64,
 }
@@ -58,6 +62,20 @@ impl Client {
     }
 
     pub fn with_timeout<I, E>(endpoints: I, request_timeout: Duration) -> Result<Self>
+    where
+        I: IntoIterator<Item = E>,
+        E: Into<String>,
+    {
+        Self::with_timeouts(endpoints, request_timeout, DEFAULT_ATTEMPT_TIMEOUT)
+    }
+
+    /// `request_timeout` bounds a whole call across endpoints; `attempt_timeout` one try
+    /// at one endpoint (both plus `wait_ms` for blocking calls).
+    pub fn with_timeouts<I, E>(
+        endpoints: I,
+        request_timeout: Duration,
+        attempt_timeout: Duration,
+    ) -> Result<Self>
     where
         I: IntoIterator<Item = E>,
         E: Into<String>,
@@ -102,6 +120,7 @@ impl Client {
                 endpoints,
                 current: AtomicUsize::new(0),
                 request_timeout,
+                attempt_timeout,
                 id_prefix: format!("c{:x}-{nanos:x}-", std::process::id()),
                 id_counter: AtomicU64::new(0),
             }),
@@ -158,11 +177,14 @@ impl Client {
                     url.push_str(q);
                 }
             }
+            let per_try = (self.inner.attempt_timeout
+                + Duration::from_millis(wait_ms.unwrap_or(0)))
+            .min(remaining);
             let mut req = self
                 .inner
                 .http
                 .request(method.clone(), &url)
-                .timeout(remaining);
+                .timeout(per_try);
             if let Some(body) = body {
                 req = req
                     .header("content-type", "application/json")

@@ -290,7 +290,17 @@ impl<S: LeaseService + Clone> LockGuard<S> {
                 owner: task_owner,
                 token,
             };
-            renewal_loop(task_service, held, t_send, ttl, drift, heartbeat, tx, until_tx).await;
+            renewal_loop(
+                task_service,
+                held,
+                t_send,
+                ttl,
+                drift,
+                heartbeat,
+                tx,
+                until_tx,
+            )
+            .await;
         });
         LockGuard {
             service,
@@ -426,7 +436,12 @@ async fn renewal_loop<S: LeaseService>(
     state: watch::Sender<GuardState>,
     valid_until: watch::Sender<Instant>,
 ) {
-    let HeldBy { what, key, owner, token } = held;
+    let HeldBy {
+        what,
+        key,
+        owner,
+        token,
+    } = held;
     let valid_for = ttl.mul_f64(1.0 - drift);
     let mut deadline = t_send + valid_for;
     let mut next = t_send + heartbeat;

@@ -5,6 +5,11 @@
 //!   partition (peer links cut by the nodes' fault switches).
 //! - [`Http`]: a tiny JSON-over-HTTP helper for tests that speak to the API as curl would.
 //! - [`wait_until`]: poll a condition with a deadline instead of sleeping.
+//! - [`procs`]: clusters of real `leasehold` processes with kill -9, pause, partitions.
+//! - [`chaos`]: the workload, its recorded history and the checker.
+
+pub mod chaos;
+pub mod procs;
 
 use std::future::Future;
 use std::net::SocketAddr;

@@ -146,7 +146,11 @@ pub struct PeerClientPool {
 impl PeerClientPool {
     /// `proxy`: send every peer request through this HTTP forward proxy; without one,
     /// connect directly (and ignore `HTTP_PROXY` and friends from the environment).
-    pub fn new(secret: Option<Arc<String>>, faults: Arc<Faults>, proxy: Option<std::net::SocketAddr>) -> Self {
+    pub fn new(
+        secret: Option<Arc<String>>,
+        faults: Arc<Faults>,
+        proxy: Option<std::net::SocketAddr>,
+    ) -> Self {
         let builder = reqwest::Client::builder()
             .pool_idle_timeout(Duration::from_secs(30))
             .tcp_nodelay(true)

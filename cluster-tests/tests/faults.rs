@@ -1,0 +1,282 @@
+//! Fault scenarios against clusters of real `leasehold` processes (sled, fsync), with a
+//! contending workload and the checker (see `leasehold_cluster_tests::chaos`).
+//!
+//! The quick profile of every scenario runs with `cargo test`. The soak (all nemeses
+//! mixed, 10 minutes by default) runs with:
+//!
+//! ```sh
+//! SOAK_SECS=600 cargo test --release -p leasehold-cluster-tests --test faults -- --ignored --nocapture soak
+//! ```
+
+use std::time::Duration;
+
+use leasehold_api::wire::{
+    AcquireRequest, CreateLeaseRequest, ReadParams, RegisterRequest, ReleaseParams,
+};
+use leasehold_api::LeaseService;
+use leasehold_cluster_tests::chaos::{check, Workload, WorkloadOptions};
+use leasehold_cluster_tests::procs::ProcCluster;
+use tokio::sync::Mutex;
+
+/// Scenarios run one at a time: each is a whole cluster of processes plus a workload.
+static SERIAL: Mutex<()> = Mutex::const_new(());
+
+#[derive(Debug, Clone, Copy)]
+enum Nemesis {
+    KillLeader,
+    KillFollower,
+    PauseLeader,
+    PartitionLeader,
+    IsolateFollower,
+    KillAll,
+    Membership,
+}
+
+const ALL: [Nemesis; 7] = [
+    Nemesis::KillLeader,
+    Nemesis::KillFollower,
+    Nemesis::PauseLeader,
+    Nemesis::PartitionLeader,
+    Nemesis::IsolateFollower,
+    Nemesis::KillAll,
+    Nemesis::Membership,
+];
+
+/// How long a fault lasts: past the election timeout (400 ms) and past a lease TTL.
+const FAULT: Duration = Duration::from_millis(1600);
+/// Calm between faults, so the workload makes progress.
+const CALM: Duration = Duration::from_millis(1200);
+
+async fn inject(cluster: &mut ProcCluster, nemesis: Nemesis, round: usize) -> anyhow::Result<()> {
+    let leader = cluster.wait_for_leader(Duration::from_secs(20)).await?;
+    let n = cluster.nodes.len();
+    let follower = (leader + 1 + round % (n - 1)) % n;
+    match nemesis {
+        Nemesis::KillLeader => {
+            cluster.kill9(leader).await;
+            tokio::time::sleep(FAULT).await;
+            cluster.restart(leader).await?;
+        }
+        Nemesis::KillFollower => {
+            cluster.kill9(follower).await;
+            tokio::time::sleep(FAULT).await;
+            cluster.restart(follower).await?;
+        }
+        Nemesis::PauseLeader => {
+            cluster.pause(leader);
+            tokio::time::sleep(FAULT).await;
+            cluster.resume(leader);
+        }
+        Nemesis::PartitionLeader => {
+            cluster.isolate(leader);
+            tokio::time::sleep(FAULT).await;
+            cluster.heal();
+        }
+        Nemesis::IsolateFollower => {
+            cluster.isolate(follower);
+            tokio::time::sleep(FAULT).await;
+            cluster.heal();
+        }
+        Nemesis::KillAll => {
+            for i in 0..n {
+                cluster.kill9(i).await;
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            for i in 0..n {
+                cluster.restart(i).await?;
+            }
+        }
+        Nemesis::Membership => {
+            // Add a node, then remove the oldest one, under load.
+            cluster.add_node().await?;
+            tokio::time::sleep(CALM).await;
+            cluster.remove_node(0).await?;
+        }
+    }
+    cluster.wait_for_leader(Duration::from_secs(30)).await?;
+    Ok(())
+}
+
+fn workload(cluster: &ProcCluster, opts: WorkloadOptions) -> Workload {
+    let clients: Vec<_> = (0..cluster.nodes.len())
+        .map(|i| cluster.client_from(i, opts.attempt_timeout))
+        .collect();
+    Workload::start(opts, move |i| clients[i % clients.len()].clone())
+}
+
+/// Run `rounds` of faults under the workload; return the summary line.
+async fn scenario(nemeses: &[Nemesis], rounds: usize, label: &str) -> String {
+    let mut cluster = ProcCluster::start(3).await.expect("cluster starts");
+    let load = workload(&cluster, WorkloadOptions::default());
+    tokio::time::sleep(CALM).await;
+    for round in 0..rounds {
+        let nemesis = nemeses[round % nemeses.len()];
+        if let Err(e) = inject(&mut cluster, nemesis, round).await {
+            panic!("{label}: round {round} ({nemesis:?}) failed to inject or recover: {e:#}");
+        }
+        tokio::time::sleep(CALM).await;
+    }
+    cluster.recover().await.expect("cluster recovers");
+    let history = load.stop().await;
+    let report = check(&history);
+    let summary = report.summary(label, cluster.faults);
+    println!("{summary}; errors by code {:?}", history.failures());
+    for v in &report.violations {
+        println!("VIOLATION {v}");
+    }
+    assert!(
+        report.violations.is_empty(),
+        "{summary}: {:#?}",
+        report.violations
+    );
+    assert!(
+        report.handoffs > 0,
+        "{summary}: the workload made no progress"
+    );
+    summary
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn leader_killed_repeatedly() {
+    let _one = SERIAL.lock().await;
+    scenario(&[Nemesis::KillLeader], 3, "leader killed repeatedly").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn follower_killed() {
+    let _one = SERIAL.lock().await;
+    scenario(&[Nemesis::KillFollower], 2, "follower killed").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn leader_paused_past_the_election_timeout() {
+    let _one = SERIAL.lock().await;
+    scenario(&[Nemesis::PauseLeader], 2, "leader paused").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn leader_partitioned_from_the_majority() {
+    let _one = SERIAL.lock().await;
+    scenario(&[Nemesis::PartitionLeader], 2, "leader partitioned").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn follower_isolated() {
+    let _one = SERIAL.lock().await;
+    scenario(&[Nemesis::IsolateFollower], 2, "follower isolated").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn node_added_and_removed_under_load() {
+    let _one = SERIAL.lock().await;
+    scenario(&[Nemesis::Membership], 1, "membership change").await;
+}
+
+/// kill -9 of every node, then restart: nothing acknowledged is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_node_killed_and_restarted_loses_nothing_acknowledged() {
+    let _one = SERIAL.lock().await;
+    let mut cluster = ProcCluster::start(3).await.unwrap();
+    let client = cluster.client_from(1, Duration::from_secs(2));
+    let mut held = Vec::new();
+    for i in 0..12 {
+        let key = format!("durable/{i}");
+        let hold = client
+            .acquire_lock(
+                &key,
+                AcquireRequest {
+                    owner: format!("o{i}"),
+                    ttl_ms: Some(120_000),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        held.push((key, hold.owner, hold.token));
+    }
+    let mut released = Vec::new();
+    for (key, owner, token) in held.drain(..4).collect::<Vec<_>>() {
+        client
+            .release_lock(&key, ReleaseParams { owner, token })
+            .await
+            .unwrap();
+        released.push(key);
+    }
+    let name = client
+        .register_name(
+            "durable/leader",
+            RegisterRequest {
+                owner: "boss".into(),
+                value: Some("v".into()),
+                ttl_ms: Some(120_000),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let lease = client
+        .create_lease(CreateLeaseRequest {
+            ttl_ms: 120_000,
+            owner: Some("session".into()),
+            request_id: None,
+        })
+        .await
+        .unwrap();
+
+    inject(&mut cluster, Nemesis::KillAll, 0).await.unwrap();
+
+    let client = cluster.client_from(2, Duration::from_secs(2));
+    for (key, owner, token) in &held {
+        let state = client.get_lock(key, ReadParams::default()).await.unwrap();
+        let holder = state
+            .holder
+            .unwrap_or_else(|| panic!("acknowledged hold of {key} lost"));
+        assert_eq!((&holder.owner, holder.token), (owner, *token), "{key}");
+    }
+    for key in &released {
+        let state = client.get_lock(key, ReadParams::default()).await.unwrap();
+        assert!(!state.held, "acknowledged release of {key} lost");
+    }
+    let now = client
+        .get_name("durable/leader", ReadParams::default())
+        .await
+        .unwrap();
+    assert_eq!(now.record.unwrap().token, name.token, "registration lost");
+    client
+        .get_lease(lease.lease_id)
+        .await
+        .expect("acknowledged lease lost");
+    // And it still serves, with tokens above everything before the crash.
+    let next = client
+        .acquire_lock(
+            "durable/after",
+            AcquireRequest {
+                owner: "x".into(),
+                ttl_ms: Some(5_000),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert!(next.token > name.token);
+    drop(cluster);
+
+    // The same fault under the contending workload.
+    scenario(&[Nemesis::KillAll], 2, "every node killed").await;
+}
+
+/// All nemeses mixed, for `SOAK_SECS` (default 600). See the module docs for the command.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "takes ten minutes; run explicitly"]
+async fn soak() {
+    let _one = SERIAL.lock().await;
+    let secs: u64 = std::env::var("SOAK_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(600);
+    let per_round = FAULT + CALM + Duration::from_millis(1500);
+    let rounds = (Duration::from_secs(secs).as_millis() / per_round.as_millis()).max(1) as usize;
+    let started = std::time::Instant::now();
+    let summary = scenario(&ALL, rounds, "soak (all nemeses mixed)").await;
+    println!("soak ran {:?}: {summary}", started.elapsed());
+}
