@@ -29,7 +29,12 @@ enum Nemesis {
     PartitionLeader,
     IsolateFollower,
     KillAll,
-    Membership,
+    /// Add a node, then remove one: an original member (`true`) or the new one. The
+    /// workload's clients know only the original endpoints, so the soak removes the new
+    /// one, or repeated rounds would leave the clients no endpoint that still serves.
+    Membership {
+        remove_original: bool,
+    },
 }
 
 const ALL: [Nemesis; 7] = [
@@ -39,7 +44,9 @@ const ALL: [Nemesis; 7] = [
     Nemesis::PartitionLeader,
     Nemesis::IsolateFollower,
     Nemesis::KillAll,
-    Nemesis::Membership,
+    Nemesis::Membership {
+        remove_original: false,
+    },
 ];
 
 /// How long a fault lasts: past the election timeout (400 ms) and past a lease TTL.
@@ -86,11 +93,12 @@ async fn inject(cluster: &mut ProcCluster, nemesis: Nemesis, round: usize) -> an
                 cluster.restart(i).await?;
             }
         }
-        Nemesis::Membership => {
-            // Add a node, then remove the oldest one, under load.
-            cluster.add_node().await?;
+        Nemesis::Membership { remove_original } => {
+            let added = cluster.add_node().await?;
             tokio::time::sleep(CALM).await;
-            cluster.remove_node(0).await?;
+            cluster
+                .remove_node(if remove_original { 0 } else { added })
+                .await?;
         }
     }
     cluster.wait_for_leader(Duration::from_secs(30)).await?;
@@ -106,11 +114,38 @@ fn workload(cluster: &ProcCluster, opts: WorkloadOptions) -> Workload {
 
 /// Run `rounds` of faults under the workload; return the summary line.
 async fn scenario(nemeses: &[Nemesis], rounds: usize, label: &str) -> String {
+    scenario_for(nemeses, Rounds::Count(rounds), label).await
+}
+
+enum Rounds {
+    Count(usize),
+    For(Duration),
+}
+
+async fn scenario_for(nemeses: &[Nemesis], rounds: Rounds, label: &str) -> String {
     let mut cluster = ProcCluster::start(3).await.expect("cluster starts");
     let load = workload(&cluster, WorkloadOptions::default());
     tokio::time::sleep(CALM).await;
-    for round in 0..rounds {
+    let started = tokio::time::Instant::now();
+    for round in 0.. {
+        let more = match rounds {
+            Rounds::Count(n) => round < n,
+            Rounds::For(d) => started.elapsed() < d,
+        };
+        if !more {
+            break;
+        }
         let nemesis = nemeses[round % nemeses.len()];
+        if matches!(rounds, Rounds::For(_)) && round % 10 == 0 {
+            let h = &load.history;
+            println!(
+                "{label}: round {round} at {:?}: {} acquire attempts, {} releases, failures {:?}",
+                started.elapsed(),
+                h.attempts.load(std::sync::atomic::Ordering::Relaxed),
+                h.releases.load(std::sync::atomic::Ordering::Relaxed),
+                h.failures()
+            );
+        }
         if let Err(e) = inject(&mut cluster, nemesis, round).await {
             panic!("{label}: round {round} ({nemesis:?}) failed to inject or recover: {e:#}");
         }
@@ -169,7 +204,14 @@ async fn follower_isolated() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn node_added_and_removed_under_load() {
     let _one = SERIAL.lock().await;
-    scenario(&[Nemesis::Membership], 1, "membership change").await;
+    scenario(
+        &[Nemesis::Membership {
+            remove_original: true,
+        }],
+        1,
+        "membership change",
+    )
+    .await;
 }
 
 /// kill -9 of every node, then restart: nothing acknowledged is lost.
@@ -274,9 +316,12 @@ async fn soak() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(600);
-    let per_round = FAULT + CALM + Duration::from_millis(1500);
-    let rounds = (Duration::from_secs(secs).as_millis() / per_round.as_millis()).max(1) as usize;
     let started = std::time::Instant::now();
-    let summary = scenario(&ALL, rounds, "soak (all nemeses mixed)").await;
+    let summary = scenario_for(
+        &ALL,
+        Rounds::For(Duration::from_secs(secs)),
+        "soak (all nemeses mixed)",
+    )
+    .await;
     println!("soak ran {:?}: {summary}", started.elapsed());
 }

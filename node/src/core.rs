@@ -377,14 +377,17 @@ impl Core {
             }
             MembershipChange::Remove { id } => {
                 let ids = std::collections::BTreeSet::from([id]);
-                let is_voter = self
-                    .raft
-                    .metrics()
-                    .borrow()
-                    .membership_config
-                    .membership()
-                    .voter_ids()
-                    .any(|v| v == id);
+                let (is_member, is_voter) = {
+                    let m = self.raft.metrics();
+                    let m = m.borrow();
+                    let membership = m.membership_config.membership();
+                    let is_member = membership.nodes().any(|(n, _)| *n == id);
+                    let is_voter = membership.voter_ids().any(|v| v == id);
+                    (is_member, is_voter)
+                };
+                if !is_member {
+                    return Err(CoreError::NoSuchMember(id));
+                }
                 let change = if is_voter {
                     ChangeMembers::RemoveVoters(ids)
                 } else {

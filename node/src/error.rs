@@ -18,6 +18,9 @@ pub enum CoreError {
     /// The state machine refused the command.
     #[error("refused: {0:?}")]
     Refused(SmError),
+    /// A membership change named a node that is not a member.
+    #[error("node {0} is not a member of the cluster")]
+    NoSuchMember(u64),
     /// The node is shutting down.
     #[error("the node is shutting down")]
     ShuttingDown,

@@ -517,6 +517,10 @@ fn core_error(e: CoreError) -> ApiError {
             "the request's deadline passed before the cluster answered; retry with the same request_id",
         ),
         CoreError::Refused(e) => sm_error(Kind::Lock, "", e),
+        CoreError::NoSuchMember(id) => ApiError::new(
+            ErrorCode::NotFound,
+            format!("node {id} is not a member of the cluster; see GET /v1/cluster for the members"),
+        ),
     }
 }
 
