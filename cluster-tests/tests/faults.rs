@@ -29,6 +29,8 @@ enum Nemesis {
     PartitionLeader,
     IsolateFollower,
     KillAll,
+    /// Kill the leader and a follower at once (five-node clusters keep a majority).
+    KillTwo,
     /// Add a node, then remove one: an original member (`true`) or the new one. The
     /// workload's clients know only the original endpoints, so the soak removes the new
     /// one, or repeated rounds would leave the clients no endpoint that still serves.
@@ -93,6 +95,13 @@ async fn inject(cluster: &mut ProcCluster, nemesis: Nemesis, round: usize) -> an
                 cluster.restart(i).await?;
             }
         }
+        Nemesis::KillTwo => {
+            cluster.kill9(leader).await;
+            cluster.kill9(follower).await;
+            tokio::time::sleep(FAULT).await;
+            cluster.restart(leader).await?;
+            cluster.restart(follower).await?;
+        }
         Nemesis::Membership { remove_original } => {
             let added = cluster.add_node().await?;
             tokio::time::sleep(CALM).await;
@@ -123,7 +132,11 @@ enum Rounds {
 }
 
 async fn scenario_for(nemeses: &[Nemesis], rounds: Rounds, label: &str) -> String {
-    let mut cluster = ProcCluster::start(3).await.expect("cluster starts");
+    scenario_on(3, nemeses, rounds, label).await
+}
+
+async fn scenario_on(nodes: usize, nemeses: &[Nemesis], rounds: Rounds, label: &str) -> String {
+    let mut cluster = ProcCluster::start(nodes).await.expect("cluster starts");
     let load = workload(&cluster, WorkloadOptions::default());
     tokio::time::sleep(CALM).await;
     let started = tokio::time::Instant::now();
@@ -174,31 +187,43 @@ async fn scenario_for(nemeses: &[Nemesis], rounds: Rounds, label: &str) -> Strin
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn leader_killed_repeatedly() {
     let _one = SERIAL.lock().await;
-    scenario(&[Nemesis::KillLeader], 3, "leader killed repeatedly").await;
+    scenario(&[Nemesis::KillLeader], 4, "leader killed repeatedly").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn five_nodes_survive_two_kills() {
+    let _one = SERIAL.lock().await;
+    scenario_on(
+        5,
+        &[Nemesis::KillTwo],
+        Rounds::Count(2),
+        "five nodes, two killed",
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn follower_killed() {
     let _one = SERIAL.lock().await;
-    scenario(&[Nemesis::KillFollower], 2, "follower killed").await;
+    scenario(&[Nemesis::KillFollower], 3, "follower killed").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn leader_paused_past_the_election_timeout() {
     let _one = SERIAL.lock().await;
-    scenario(&[Nemesis::PauseLeader], 2, "leader paused").await;
+    scenario(&[Nemesis::PauseLeader], 3, "leader paused").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn leader_partitioned_from_the_majority() {
     let _one = SERIAL.lock().await;
-    scenario(&[Nemesis::PartitionLeader], 2, "leader partitioned").await;
+    scenario(&[Nemesis::PartitionLeader], 3, "leader partitioned").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn follower_isolated() {
     let _one = SERIAL.lock().await;
-    scenario(&[Nemesis::IsolateFollower], 2, "follower isolated").await;
+    scenario(&[Nemesis::IsolateFollower], 3, "follower isolated").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

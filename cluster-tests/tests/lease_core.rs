@@ -781,3 +781,92 @@ async fn a_node_without_a_quorum_answers_503_with_retry_after() {
     cluster.heal();
     cluster.shutdown().await;
 }
+
+/// Regression (found by the soak): a waiter's node saw its client disconnect after the
+/// client had retried the same acquire (same `request_id`) on another node and been
+/// granted there; the first node then "cleaned up" by releasing the grant, while the
+/// client believed it held the lock. A raced grant is now never released when the
+/// acquire carried a client `request_id`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_disconnect_does_not_release_a_grant_a_retry_received() {
+    use tokio::io::AsyncWriteExt;
+    let cluster = TestCluster::start3().await.unwrap();
+    let http = Http::new();
+    let leader = cluster.leader().unwrap();
+    let x = (leader + 1) % 3; // the node the first attempt waits on
+    let y = (leader + 2) % 3; // the node the retry goes to
+    let a = acquire(
+        &http,
+        &cluster.url(leader),
+        "race",
+        json!({"owner": "a", "ttl_ms": 30000}),
+    )
+    .await;
+    let a_token = a.body["token"].as_u64().unwrap();
+
+    // First attempt: queued on x over a raw connection we can drop.
+    let body = r#"{"owner":"b","ttl_ms":5000,"wait_ms":20000,"request_id":"retry-me"}"#;
+    let mut raw = tokio::net::TcpStream::connect(cluster.client_addr(x))
+        .await
+        .unwrap();
+    let request = format!(
+        "POST /v1/locks/race HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    raw.write_all(request.as_bytes()).await.unwrap();
+    wait_until(SECS_10, || async {
+        let g = http
+            .get(&format!("{}/v1/locks/race", cluster.url(leader)))
+            .await
+            .ok()?;
+        (g.body["waiters"] == 1).then_some(())
+    })
+    .await
+    .unwrap();
+
+    // x falls behind (cut off), the client retries the same request on y ...
+    cluster.isolate(x);
+    let (h2, url_y) = (http.clone(), cluster.url(y));
+    let retry = tokio::spawn(async move {
+        acquire(
+            &h2,
+            &url_y,
+            "race",
+            json!({"owner": "b", "ttl_ms": 5000, "wait_ms": 20000, "request_id": "retry-me"}),
+        )
+        .await
+    });
+    // ... and is granted there when a releases.
+    let rel = http
+        .delete(&format!(
+            "{}/v1/locks/race?owner=a&token={a_token}",
+            cluster.url(y)
+        ))
+        .await
+        .unwrap();
+    assert_eq!(rel.status, 200, "{:?}", rel.body);
+    let granted = retry.await.unwrap();
+    assert_eq!(granted.status, 200, "{:?}", granted.body);
+    let b_token = granted.body["token"].as_u64().unwrap();
+
+    // Now the first connection goes away and x reconnects to the cluster.
+    raw.shutdown().await.unwrap();
+    drop(raw);
+    cluster.heal();
+    // x's clean-up runs within its write deadline; the grant must survive it.
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < deadline {
+        let g = http
+            .get(&format!("{}/v1/locks/race", cluster.url(leader)))
+            .await
+            .unwrap();
+        assert_eq!(
+            g.body["token"].as_u64(),
+            Some(b_token),
+            "the retry's grant was released: {:?}",
+            g.body
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    cluster.shutdown().await;
+}

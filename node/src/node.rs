@@ -301,6 +301,7 @@ impl Node {
             warn!(error = %e, "raft did not shut down cleanly");
         }
         self.tracker.close();
+        let aborts: Vec<_> = self.servers.iter().map(|s| s.abort_handle()).collect();
         let servers = futures::future::join_all(self.servers);
         if tokio::time::timeout(SHUTDOWN_GRACE, async {
             servers.await;
@@ -310,6 +311,10 @@ impl Node {
         .is_err()
         {
             warn!("shutdown grace passed with requests still open; dropping them");
+            // Close the listeners now, so the addresses can be bound again at once.
+            for abort in aborts {
+                abort.abort();
+            }
         }
     }
 }

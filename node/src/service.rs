@@ -158,6 +158,10 @@ impl NodeService {
             kind: args.kind,
             key: args.key.clone(),
             lease_id,
+            // With a client request_id, the client may be retrying this very acquire on
+            // another node (same id, same queue entry): a grant that races the disconnect
+            // may be the retry's. Never release it then; it ends with its lease's TTL.
+            release_raced_grant: args.request_id.is_none(),
         };
         // This node may lag the leader: see our own queue entry before watching it.
         let catch_up = deadline
@@ -362,6 +366,7 @@ struct CancelWaitOnDrop {
     kind: Kind,
     key: String,
     lease_id: LeaseId,
+    release_raced_grant: bool,
 }
 
 impl CancelWaitOnDrop {
@@ -376,6 +381,7 @@ impl Drop for CancelWaitOnDrop {
             return;
         };
         let (kind, key, lease_id) = (self.kind, std::mem::take(&mut self.key), self.lease_id);
+        let release_raced_grant = self.release_raced_grant;
         // The request is gone; clean up in the background (bounded by the write deadline).
         tokio::spawn(async move {
             let cancel = Proposal {
@@ -386,8 +392,9 @@ impl Drop for CancelWaitOnDrop {
                     lease_id,
                 },
             };
-            if let Ok((_, CommandResult::Granted(hold))) = core.write(cancel).await {
-                // Granted just as the client left: nobody will use it, so release it.
+            let result = core.write(cancel).await;
+            if let (true, Ok((_, CommandResult::Granted(hold)))) = (release_raced_grant, result) {
+                // Granted just as the client left, and no retry can claim it: release it.
                 let release = Proposal {
                     request_id: None,
                     command: Command::Release {
