@@ -210,15 +210,17 @@ impl TestCluster {
             bail!("node {i} is running");
         }
         let config = self.slots[i].config.clone();
-        // The old sockets are closed; rebinding the same ports may briefly fail.
-        let listeners = wait_until(Duration::from_secs(5), || async {
+        // The old node's last tasks may still hold its sockets or its sled lock for a
+        // moment after shutdown: retry until they let go.
+        let node = wait_until(Duration::from_secs(15), || async {
             let client = TcpListener::bind(config.client_addr).await.ok()?;
             let peer = TcpListener::bind(config.peer_addr).await.ok()?;
-            Some(Listeners { client, peer })
+            Node::start_on(config.clone(), Listeners { client, peer })
+                .await
+                .ok()
         })
         .await
-        .context("rebinding the node's ports")?;
-        let node = Node::start_on(config, listeners).await?;
+        .context("restarting the node")?;
         self.slots[i].node = Some(node);
         Ok(())
     }
