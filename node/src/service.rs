@@ -116,6 +116,12 @@ impl NodeService {
     }
 
     async fn acquire(&self, args: AcquireArgs) -> Result<HoldView, ApiError> {
+        self.acquire_indexed(args).await.map(|(_, hold)| hold)
+    }
+
+    /// Acquire, and return with the hold a log index this node has to apply before its
+    /// local state shows the hold (the write may have been forwarded to the leader).
+    async fn acquire_indexed(&self, args: AcquireArgs) -> Result<(u64, HoldView), ApiError> {
         let started = Instant::now();
         let command = Command::Acquire(Acquire {
             kind: args.kind,
@@ -131,13 +137,16 @@ impl NodeService {
         });
         let (index, result) = self.write_indexed(args.request_id.clone(), command).await?;
         match result {
-            CommandResult::Granted(hold) => Ok(hold),
+            CommandResult::Granted(hold) => Ok((index, hold)),
             CommandResult::Busy { holders, reason } => {
                 Err(busy_error(args.kind, &args.key, &holders, &reason))
             }
             CommandResult::Queued { lease_id, .. } => {
                 let deadline = started + Duration::from_millis(args.wait_ms);
-                self.wait_for_grant(&args, index, lease_id, deadline).await
+                // A grant seen while waiting is already in the local state: index 0.
+                self.wait_for_grant(&args, index, lease_id, deadline)
+                    .await
+                    .map(|hold| (0, hold))
             }
             CommandResult::Error(e) => Err(sm_error(args.kind, &args.key, e)),
             other => Err(unexpected(other)),
@@ -215,8 +224,8 @@ impl NodeService {
         }
         // The wait ran out: leave the queue. If the grant raced us, the grant wins.
         guard.disarm();
-        let result = self
-            .write(
+        let (index, result) = self
+            .write_indexed(
                 None,
                 Command::CancelWait {
                     kind: args.kind,
@@ -228,6 +237,12 @@ impl NodeService {
         match result {
             CommandResult::Granted(hold) => Ok(hold),
             CommandResult::WaitCancelled | CommandResult::Error(SmError::NotFound) => {
+                // Name the holders as of the cancel, which may have been applied on the
+                // leader first; a lagging local state would name a stale holder.
+                let _ = self
+                    .core
+                    .wait_applied(index, self.core.request_timeout)
+                    .await;
                 let holders = self.read(|s| current_holders(s, args.kind, &args.key));
                 // An implicit lease went with the wait (the state machine revoked it).
                 Err(busy_error(
@@ -962,8 +977,8 @@ impl LeaseService for NodeService {
         req: SemaphoreAcquireRequest,
     ) -> Result<SemaphoreSlot, ApiError> {
         validate::semaphore_acquire(key, &req, &self.limits)?;
-        let hold = self
-            .acquire(AcquireArgs {
+        let (index, hold) = self
+            .acquire_indexed(AcquireArgs {
                 kind: Kind::Semaphore,
                 key: key.to_string(),
                 owner: req.owner,
@@ -975,6 +990,11 @@ impl LeaseService for NodeService {
                 request_id: req.request_id,
             })
             .await?;
+        // The slot list is read locally: on a follower, first apply the grant's entry.
+        self.core
+            .wait_applied(index, self.core.request_timeout)
+            .await
+            .map_err(core_error)?;
         let holders = self.read(|s| current_holders(s, Kind::Semaphore, key));
         let holders = self.holder_views(holders, false).await;
         Ok(SemaphoreSlot {
