@@ -152,6 +152,30 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for QueryParams<T>
     }
 }
 
+/// The one path parameter of a route, percent-decoded. A segment that does not decode to
+/// UTF-8 (`/v1/names/%8a`) is a 400 naming the parameter, in the same JSON shape as every
+/// other error (axum's own rejection is plain text).
+struct PathParam(String);
+
+impl<S: Send + Sync> FromRequestParts<S> for PathParam {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        use axum::extract::{path::ErrorKind, rejection::PathRejection};
+        match Path::<String>::from_request_parts(parts, state).await {
+            Ok(Path(value)) => Ok(PathParam(value)),
+            Err(PathRejection::FailedToDeserializePathParams(e)) => match e.kind() {
+                ErrorKind::InvalidUtf8InPathParam { key } => Err(ApiError::invalid(
+                    key.as_str(),
+                    "must be valid UTF-8 once percent-decoded",
+                )),
+                other => Err(ApiError::invalid("path", other.to_string())),
+            },
+            Err(other) => Err(ApiError::invalid("path", other.body_text())),
+        }
+    }
+}
+
 /// Parse a numeric path segment (`/v1/leases/{id}`).
 fn path_id(field: &str, raw: &str) -> Result<u64, ApiError> {
     raw.parse()
@@ -275,21 +299,21 @@ async fn list_leases(
     reply(deadline(&s.limits, None, s.service.list_leases(p)).await)
 }
 
-async fn get_lease(State(s): State<AppState>, Path(id): Path<String>) -> Response {
+async fn get_lease(State(s): State<AppState>, PathParam(id): PathParam) -> Response {
     match path_id("lease_id", &id) {
         Ok(id) => reply(deadline(&s.limits, None, s.service.get_lease(id)).await),
         Err(e) => e.into_response(),
     }
 }
 
-async fn revoke_lease(State(s): State<AppState>, Path(id): Path<String>) -> Response {
+async fn revoke_lease(State(s): State<AppState>, PathParam(id): PathParam) -> Response {
     match path_id("lease_id", &id) {
         Ok(id) => reply(deadline(&s.limits, None, s.service.revoke_lease(id)).await),
         Err(e) => e.into_response(),
     }
 }
 
-async fn keepalive(State(s): State<AppState>, Path(id): Path<String>) -> Response {
+async fn keepalive(State(s): State<AppState>, PathParam(id): PathParam) -> Response {
     match path_id("lease_id", &id) {
         Ok(id) => reply(deadline(&s.limits, None, s.service.keepalive(id)).await),
         Err(e) => e.into_response(),
@@ -300,7 +324,7 @@ async fn keepalive(State(s): State<AppState>, Path(id): Path<String>) -> Respons
 
 async fn lock_post(
     State(s): State<AppState>,
-    Path(path): Path<String>,
+    PathParam(path): PathParam,
     BodyBytes(body): BodyBytes,
 ) -> Response {
     let (key, action) = split_action(&path);
@@ -333,7 +357,7 @@ async fn lock_post(
 
 async fn lock_get(
     State(s): State<AppState>,
-    Path(path): Path<String>,
+    PathParam(path): PathParam,
     uri: axum::http::Uri,
 ) -> Response {
     let (key, action) = split_action(&path);
@@ -394,7 +418,7 @@ fn parse_query<T: DeserializeOwned>(query: &str) -> Result<T, ApiError> {
 
 async fn lock_delete(
     State(s): State<AppState>,
-    Path(key): Path<String>,
+    PathParam(key): PathParam,
     QueryParams(p): QueryParams<ReleaseParams>,
 ) -> Response {
     if let Err(e) = validate::release(&key, &p, &s.limits) {
@@ -427,7 +451,7 @@ async fn expired(
 
 async fn semaphore_post(
     State(s): State<AppState>,
-    Path(path): Path<String>,
+    PathParam(path): PathParam,
     BodyBytes(body): BodyBytes,
 ) -> Response {
     let (key, action) = split_action(&path);
@@ -459,7 +483,7 @@ async fn semaphore_post(
 
 async fn semaphore_get(
     State(s): State<AppState>,
-    Path(key): Path<String>,
+    PathParam(key): PathParam,
     QueryParams(p): QueryParams<ReadParams>,
 ) -> Response {
     if let Err(e) = validate::read(&key, &p, &s.limits) {
@@ -474,7 +498,7 @@ async fn semaphore_get(
 
 async fn semaphore_delete(
     State(s): State<AppState>,
-    Path(key): Path<String>,
+    PathParam(key): PathParam,
     QueryParams(p): QueryParams<ReleaseParams>,
 ) -> Response {
     if let Err(e) = validate::release(&key, &p, &s.limits) {
@@ -487,7 +511,7 @@ async fn semaphore_delete(
 
 async fn name_put(
     State(s): State<AppState>,
-    Path(name): Path<String>,
+    PathParam(name): PathParam,
     JsonBody(req): JsonBody<RegisterRequest>,
 ) -> Response {
     if let Err(e) = validate::register(&name, &req, &s.limits) {
@@ -499,7 +523,7 @@ async fn name_put(
 
 async fn name_get(
     State(s): State<AppState>,
-    Path(name): Path<String>,
+    PathParam(name): PathParam,
     QueryParams(p): QueryParams<ReadParams>,
 ) -> Response {
     if let Err(e) = validate::read(&name, &p, &s.limits) {
@@ -514,7 +538,7 @@ async fn name_get(
 
 async fn name_patch(
     State(s): State<AppState>,
-    Path(name): Path<String>,
+    PathParam(name): PathParam,
     JsonBody(req): JsonBody<ProclaimRequest>,
 ) -> Response {
     if let Err(e) = validate::proclaim(&name, &req, &s.limits) {
@@ -525,7 +549,7 @@ async fn name_patch(
 
 async fn name_post(
     State(s): State<AppState>,
-    Path(path): Path<String>,
+    PathParam(path): PathParam,
     BodyBytes(body): BodyBytes,
 ) -> Response {
     let (name, action) = split_action(&path);
@@ -545,7 +569,7 @@ async fn name_post(
 
 async fn name_delete(
     State(s): State<AppState>,
-    Path(name): Path<String>,
+    PathParam(name): PathParam,
     QueryParams(p): QueryParams<ReleaseParams>,
 ) -> Response {
     if let Err(e) = validate::release(&name, &p, &s.limits) {
@@ -588,7 +612,7 @@ async fn add_member(
     )
 }
 
-async fn remove_member(State(s): State<AppState>, Path(id): Path<String>) -> Response {
+async fn remove_member(State(s): State<AppState>, PathParam(id): PathParam) -> Response {
     match path_id("id", &id) {
         Ok(id) => reply(deadline(&s.limits, None, s.service.remove_member(id)).await),
         Err(e) => e.into_response(),

@@ -415,6 +415,30 @@ impl Http {
         self.request("GET", url, None).await
     }
 
+    /// Send a request whose reply is not JSON (the status page, `/metrics`): status,
+    /// `Content-Type` and body text.
+    pub async fn text(
+        &self,
+        method: &str,
+        url: &str,
+        body: Option<Vec<u8>>,
+    ) -> anyhow::Result<(u16, String, String)> {
+        let method = reqwest::Method::from_bytes(method.as_bytes())?;
+        let mut req = self.client.request(method, url);
+        if let Some(body) = body {
+            req = req.header("content-type", "application/json").body(body);
+        }
+        let resp = req.send().await?;
+        let status = resp.status().as_u16();
+        let content_type = resp
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        Ok((status, content_type, resp.text().await?))
+    }
+
     pub async fn post(&self, url: &str, body: Value) -> anyhow::Result<Reply> {
         self.request("POST", url, Some(body)).await
     }

@@ -184,6 +184,22 @@ async fn bad_input_is_refused_with_a_named_field_and_changes_nothing() {
         "invalid_argument",
         "key",
     );
+    // A segment that is not UTF-8 once percent-decoded: the same JSON error, naming it.
+    expect(
+        &http
+            .post(&url("/v1/locks/%8a"), json!({"owner": "a", "ttl_ms": 1000}))
+            .await
+            .unwrap(),
+        400,
+        "invalid_argument",
+        "key",
+    );
+    expect(
+        &http.get(&url("/v1/names/%8a")).await.unwrap(),
+        400,
+        "invalid_argument",
+        "name",
+    );
     let long_key = "k".repeat(513);
     expect(
         &http

@@ -118,6 +118,8 @@ fn arb_path() -> impl Strategy<Value = String> {
         Just("/v1/cluster".to_string()),
         Just("/v1/cluster/members".to_string()),
         "/[a-z0-9/]{0,30}",
+        Just("/".to_string()),
+        Just("/metrics".to_string()),
     ]
 }
 
@@ -220,7 +222,7 @@ fn arb_method() -> impl Strategy<Value = &'static str> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 150, max_shrink_iters: 64, failure_persistence: None, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(150), max_shrink_iters: 64, failure_persistence: None, ..ProptestConfig::default() })]
 
     #[test]
     fn every_reply_is_documented_and_rejections_change_nothing(
@@ -233,6 +235,28 @@ proptest! {
         let env = env();
         let base = env.cluster.url(node);
         let url = if query.is_empty() { format!("{base}{path}") } else { format!("{base}{path}?{query}") };
+        // The two documented pages that are not JSON: the status page and the Prometheus
+        // exposition. A GET gets 200 with their own content type and changes nothing.
+        if method == "GET" && (path == "/" || path == "/metrics") {
+            let (before, reply, after) = env.rt.block_on(async {
+                let before = visible_state(&env.http, &base).await;
+                let reply = env.http.text(method, &url, body.clone()).await;
+                let after = visible_state(&env.http, &base).await;
+                (before, reply, after)
+            });
+            let (status, content_type, _) = match reply {
+                Ok(r) => r,
+                Err(e) => {
+                    prop_assert!(false, "{method} {url}: {e:#}");
+                    unreachable!()
+                }
+            };
+            prop_assert_eq!(status, 200, "{} {}", method, url);
+            let expected = if path == "/" { "text/html" } else { "text/plain" };
+            prop_assert!(content_type.starts_with(expected), "{method} {url}: content type {content_type}");
+            prop_assert_eq!(&before, &after, "{} {} changed the state", method, url);
+            return Ok(());
+        }
         let (before, reply, after) = env.rt.block_on(async {
             let before = visible_state(&env.http, &base).await;
             let reply = match &body {

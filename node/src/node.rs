@@ -45,6 +45,12 @@ pub enum StartError {
     },
     #[error("raft failed to start: {0}")]
     Raft(String),
+    #[error(
+        "{key} is set, but this version of leasehold does not implement it yet; \
+         refusing to start rather than serve without it (unset {key}, and put the node \
+         behind a proxy that provides it)"
+    )]
+    Unsupported { key: &'static str },
 }
 
 /// Already-bound listeners, for callers (tests, `local-cluster`) that pick ports first.
@@ -87,6 +93,7 @@ impl Node {
     /// Start a node on listeners the caller bound (their addresses win over the config's).
     pub async fn start_on(config: Config, listeners: Listeners) -> Result<Node, StartError> {
         config.validate()?;
+        refuse_unimplemented(&config)?;
         let client_addr = local_addr(&listeners.client, "client_addr", config.client_addr)?;
         let peer_addr = local_addr(&listeners.peer, "peer_addr", config.peer_addr)?;
         let secret = read_secret(&config)?;
@@ -374,6 +381,21 @@ fn local_addr(
     listener
         .local_addr()
         .map_err(|source| StartError::Bind { what, addr, source })
+}
+
+/// `[auth]` and `[tls]` are in the config format (SPEC §5) but not implemented yet. A node
+/// that accepted them and then served plain, unauthenticated HTTP would be worse than one
+/// that does not start.
+fn refuse_unimplemented(config: &Config) -> Result<(), StartError> {
+    if config.auth.tokens_file.is_some() {
+        return Err(StartError::Unsupported {
+            key: "auth.tokens_file",
+        });
+    }
+    if config.tls.cert.is_some() || config.tls.key.is_some() {
+        return Err(StartError::Unsupported { key: "tls.cert" });
+    }
+    Ok(())
 }
 
 fn read_secret(config: &Config) -> Result<Option<Arc<String>>, StartError> {
