@@ -990,11 +990,13 @@ impl LeaseService for NodeService {
                 request_id: req.request_id,
             })
             .await?;
-        // The slot list is read locally: on a follower, first apply the grant's entry.
-        self.core
+        // The slot list is read locally: on a follower, first apply the grant's entry. If
+        // that takes longer than the request timeout the slot is still ours: answer with it
+        // (and a possibly older list) rather than fail an acquire that succeeded.
+        let _ = self
+            .core
             .wait_applied(index, self.core.request_timeout)
-            .await
-            .map_err(core_error)?;
+            .await;
         let holders = self.read(|s| current_holders(s, Kind::Semaphore, key));
         let holders = self.holder_views(holders, false).await;
         Ok(SemaphoreSlot {
