@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 use crate::wire::HolderSummary;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorCode {
     InvalidArgument,
@@ -98,6 +99,7 @@ impl ErrorCode {
 /// An API error, as returned by every service method and sent as
 /// `{"error": {"code", "message", "holder"?, "retry_after_ms"?}}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 #[error("{code}: {message}", code = code.as_str())]
 pub struct ApiError {
     pub code: ErrorCode,
@@ -108,8 +110,11 @@ pub struct ApiError {
     pub retry_after_ms: Option<u64>,
 }
 
+/// The body of every error reply.
 #[derive(Serialize, Deserialize)]
-struct Envelope {
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
+#[cfg_attr(feature = "server", schema(as = ErrorBody))]
+pub(crate) struct Envelope {
     error: ApiError,
 }
 

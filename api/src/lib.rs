@@ -5,7 +5,9 @@
 //! - [`validate`]: input rules shared by every implementation, with [`Limits`].
 //! - [`service`]: the [`LeaseService`] trait the embedded node and the client implement.
 //! - [`router`] (feature `server`): the axum router serving any `LeaseService`.
-//! - [`client`] (feature `client`): [`Client`](client::Client), the HTTP implementation
+//! - [`openapi`] (feature `server`): the OpenAPI description served at `/openapi.json`,
+//!   its schemas derived from the wire types.
+//! - [`client`] (feature `client`): [`Client`], the HTTP implementation
 //!   of `LeaseService`, with endpoint failover and idempotent retries.
 //! - [`guard`]: `Lock`, `Semaphore`, `Election` guards with background renewal, the
 //!   client-deadline rule, `with_lock`, and `Fence` — generic over any `LeaseService`.
@@ -17,6 +19,8 @@
 pub mod client;
 pub mod error;
 pub mod guard;
+#[cfg(feature = "server")]
+pub mod openapi;
 #[cfg(feature = "server")]
 pub mod router;
 pub mod service;

@@ -48,6 +48,7 @@ pub fn router(service: Arc<dyn LeaseService>, limits: Limits) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route("/openapi.json", get(openapi_json))
         .route("/v1/leases", post(create_lease).get(list_leases))
         .route("/v1/leases/{id}", get(get_lease).delete(revoke_lease))
         .route("/v1/leases/{id}/keepalive", post(keepalive))
@@ -258,6 +259,23 @@ async fn readyz(State(s): State<AppState>) -> Response {
 async fn metrics(State(s): State<AppState>) -> Response {
     let text = s.service.metrics_text().await;
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
+}
+
+async fn openapi_json() -> Response {
+    static DOC: std::sync::OnceLock<Result<String, String>> = std::sync::OnceLock::new();
+    let doc = DOC.get_or_init(|| {
+        crate::openapi::openapi()
+            .to_pretty_json()
+            .map_err(|e| e.to_string())
+    });
+    match doc {
+        Ok(doc) => ([(header::CONTENT_TYPE, "application/json")], doc.as_str()).into_response(),
+        Err(e) => ApiError::new(
+            ErrorCode::Internal,
+            format!("the API description does not serialize: {e}"),
+        )
+        .into_response(),
+    }
 }
 
 async fn not_found() -> ApiError {

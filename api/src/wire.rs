@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 // ----- requests -----
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct CreateLeaseRequest {
     pub ttl_ms: u64,
@@ -17,6 +18,7 @@ pub struct CreateLeaseRequest {
 
 /// Acquire a lock: under a new implicit lease (`ttl_ms`) or an existing one (`lease_id`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct AcquireRequest {
     pub owner: String,
@@ -36,6 +38,7 @@ pub struct AcquireRequest {
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct SemaphoreAcquireRequest {
     pub owner: String,
@@ -53,6 +56,7 @@ pub struct SemaphoreAcquireRequest {
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ExtendRequest {
     pub owner: String,
@@ -66,6 +70,8 @@ pub struct ExtendRequest {
 
 /// Query string of a release / unregister.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "server", derive(utoipa::IntoParams))]
+#[cfg_attr(feature = "server", into_params(parameter_in = Query))]
 #[serde(deny_unknown_fields)]
 pub struct ReleaseParams {
     pub owner: String,
@@ -75,6 +81,8 @@ pub struct ReleaseParams {
 /// Query string of a read: a blocking query with `index` + `wait_ms`, a dirty read with
 /// `stale=true`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "server", derive(utoipa::IntoParams))]
+#[cfg_attr(feature = "server", into_params(parameter_in = Query))]
 #[serde(deny_unknown_fields)]
 pub struct ReadParams {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -86,6 +94,8 @@ pub struct ReadParams {
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "server", derive(utoipa::IntoParams))]
+#[cfg_attr(feature = "server", into_params(parameter_in = Query))]
 #[serde(deny_unknown_fields)]
 pub struct WaitReleaseParams {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -95,6 +105,8 @@ pub struct WaitReleaseParams {
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "server", derive(utoipa::IntoParams))]
+#[cfg_attr(feature = "server", into_params(parameter_in = Query))]
 #[serde(deny_unknown_fields)]
 pub struct ListParams {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -106,6 +118,8 @@ pub struct ListParams {
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "server", derive(utoipa::IntoParams))]
+#[cfg_attr(feature = "server", into_params(parameter_in = Query))]
 #[serde(deny_unknown_fields)]
 pub struct LeaseListParams {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -115,6 +129,8 @@ pub struct LeaseListParams {
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "server", derive(utoipa::IntoParams))]
+#[cfg_attr(feature = "server", into_params(parameter_in = Query))]
 #[serde(deny_unknown_fields)]
 pub struct ExpiredParams {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -122,6 +138,7 @@ pub struct ExpiredParams {
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RegisterRequest {
     pub owner: String,
@@ -138,6 +155,7 @@ pub struct RegisterRequest {
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ProclaimRequest {
     pub owner: String,
@@ -147,6 +165,7 @@ pub struct ProclaimRequest {
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct NameExtendRequest {
     pub owner: String,
@@ -154,6 +173,7 @@ pub struct NameExtendRequest {
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct AddMemberRequest {
     pub id: u64,
@@ -165,6 +185,7 @@ pub struct AddMemberRequest {
 // ----- responses -----
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 pub struct LeaseGrant {
     pub lease_id: u64,
     pub ttl_ms: u64,
@@ -172,12 +193,14 @@ pub struct LeaseGrant {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 pub struct KeepaliveResponse {
     pub lease_id: u64,
     pub ttl_ms: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 pub struct RevokeResponse {
     pub revoked: bool,
     /// Keys of the locks, names (`name:` prefix) and semaphores (`semaphore:` prefix)
@@ -186,6 +209,7 @@ pub struct RevokeResponse {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 pub struct LeaseInfo {
     pub lease_id: u64,
     pub ttl_ms: u64,
@@ -198,6 +222,7 @@ pub struct LeaseInfo {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 pub struct LeaseList {
     pub leases: Vec<LeaseInfo>,
     /// Pass as `after` for the next page; absent on the last page.
@@ -207,6 +232,7 @@ pub struct LeaseList {
 
 /// A hold of a lock (or a semaphore slot).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 pub struct LockHolder {
     pub key: String,
     pub owner: String,
@@ -225,6 +251,7 @@ pub struct LockHolder {
 
 /// Who holds a key, in a 409 reply.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 pub struct HolderSummary {
     pub owner: String,
     pub token: u64,
@@ -232,18 +259,21 @@ pub struct HolderSummary {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 pub struct ExtendResponse {
     pub token: u64,
     pub ttl_ms: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 pub struct ReleaseResponse {
     pub released: bool,
 }
 
 /// `GET /v1/locks/{key}`: the holder's fields at top level when held.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 pub struct LockState {
     pub key: String,
     pub held: bool,
@@ -254,17 +284,26 @@ pub struct LockState {
     pub index: u64,
 }
 
-/// The holder fields of a [`LockState`] (its key is the state's key).
+/// The holder fields of a [`LockState`] (its key is the state's key): present when held.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 pub struct HolderFields {
+    #[cfg_attr(feature = "server", schema(required = false))]
     pub owner: String,
+    #[cfg_attr(feature = "server", schema(required = false))]
     pub token: u64,
+    #[cfg_attr(feature = "server", schema(required = false))]
     pub lease_id: u64,
+    #[cfg_attr(feature = "server", schema(required = false))]
     pub ttl_ms: u64,
+    #[cfg_attr(feature = "server", schema(required = false))]
     pub locked_at_ms: u64,
+    #[cfg_attr(feature = "server", schema(required = false))]
     pub expires_in_ms: u64,
+    #[cfg_attr(feature = "server", schema(required = false))]
     pub acquisitions: u64,
     #[serde(default)]
+    #[cfg_attr(feature = "server", schema(required = false))]
     pub value: Option<String>,
 }
 
@@ -284,6 +323,7 @@ impl From<LockHolder> for HolderFields {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum ReleaseReason {
     Released,
@@ -292,6 +332,7 @@ pub enum ReleaseReason {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 pub struct WaitReleaseResponse {
     pub released: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -308,6 +349,7 @@ pub struct WaitReleaseResponse {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum HistoryEventKind {
     Acquired,
@@ -317,6 +359,7 @@ pub enum HistoryEventKind {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 pub struct HistoryEvent {
     pub event: HistoryEventKind,
     pub owner: String,
@@ -329,6 +372,7 @@ pub struct HistoryEvent {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 pub struct HistoryResponse {
     pub key: String,
     /// Newest first.
@@ -336,6 +380,7 @@ pub struct HistoryResponse {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 pub struct LockList {
     pub locks: Vec<LockHolder>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -343,6 +388,7 @@ pub struct LockList {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum ResourceKind {
     Lock,
@@ -351,6 +397,7 @@ pub enum ResourceKind {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 pub struct ExpiredEntry {
     pub kind: ResourceKind,
     pub key: String,
@@ -360,12 +407,14 @@ pub struct ExpiredEntry {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 pub struct ExpiredList {
     /// Newest first.
     pub expired: Vec<ExpiredEntry>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 pub struct SemaphoreSlot {
     pub key: String,
     pub owner: String,
@@ -377,6 +426,7 @@ pub struct SemaphoreSlot {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 pub struct SemaphoreState {
     pub key: String,
     pub limit: u32,
@@ -386,6 +436,7 @@ pub struct SemaphoreState {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 pub struct NameRecord {
     pub name: String,
     pub owner: String,
@@ -400,6 +451,7 @@ pub struct NameRecord {
 /// `GET /v1/names/{name}`. A plain read of a free name is 404 `name_not_found`; a
 /// blocking query reports a vacancy as `registered: false`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 pub struct NameState {
     pub name: String,
     pub registered: bool,
@@ -414,6 +466,7 @@ pub struct NameState {
 
 /// The end of a holder's term.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 pub struct Vacancy {
     pub owner: String,
     pub token: u64,
@@ -421,14 +474,22 @@ pub struct Vacancy {
     pub at_ms: u64,
 }
 
+/// The holder fields of a [`NameState`]: present when registered.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 pub struct NameFields {
+    #[cfg_attr(feature = "server", schema(required = false))]
     pub owner: String,
     #[serde(default)]
+    #[cfg_attr(feature = "server", schema(required = false))]
     pub value: Option<String>,
+    #[cfg_attr(feature = "server", schema(required = false))]
     pub token: u64,
+    #[cfg_attr(feature = "server", schema(required = false))]
     pub lease_id: u64,
+    #[cfg_attr(feature = "server", schema(required = false))]
     pub registered_at_ms: u64,
+    #[cfg_attr(feature = "server", schema(required = false))]
     pub expires_in_ms: u64,
 }
 
@@ -446,6 +507,7 @@ impl From<NameRecord> for NameFields {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 pub struct NameList {
     pub names: Vec<NameRecord>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -453,6 +515,7 @@ pub struct NameList {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 pub struct MemberStatus {
     pub id: u64,
     /// The member's peer (Raft) address.
@@ -469,6 +532,7 @@ pub struct MemberStatus {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 pub struct ClusterStatus {
     pub node_id: u64,
     pub leader_id: Option<u64>,
