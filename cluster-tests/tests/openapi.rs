@@ -4,12 +4,12 @@
 
 use std::collections::BTreeSet;
 
-use leasehold_cluster_tests::TestCluster;
+use leasehold_cluster_tests::{Http, TestCluster};
 use serde_json::{json, Value};
 
 struct Checker {
     doc: Value,
-    http: reqwest::Client,
+    http: Http,
     base: String,
     /// `METHOD template` of every operation exercised.
     seen: BTreeSet<String>,
@@ -25,20 +25,12 @@ impl Checker {
         path: &str,
         body: Option<Value>,
     ) -> (u16, Value) {
-        let m = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
-        let mut req = self.http.request(m, format!("{}{path}", self.base));
-        if let Some(body) = body {
-            req = req.json(&body);
-        }
-        let resp = req.send().await.unwrap();
-        let status = resp.status().as_u16();
-        let content_type = resp
-            .headers()
-            .get("content-type")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .to_string();
-        let text = resp.text().await.unwrap();
+        let body = body.map(|b| serde_json::to_vec(&b).expect("json"));
+        let (status, content_type, text) = self
+            .http
+            .text(method, &format!("{}{path}", self.base), body)
+            .await
+            .unwrap();
         let op = &self.doc["paths"][template][method.to_lowercase()];
         assert!(op.is_object(), "{method} {template} is not documented");
         let documented = &op["responses"][status.to_string()];
@@ -82,15 +74,12 @@ impl Checker {
 async fn the_description_matches_what_the_cluster_serves() {
     let cluster = TestCluster::start3().await.unwrap();
     let base = cluster.url(1);
-    let http = reqwest::Client::new();
-    let doc: Value = http
-        .get(format!("{base}/openapi.json"))
-        .send()
+    let http = Http::new();
+    let doc = http
+        .get(&format!("{base}/openapi.json"))
         .await
         .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .body;
     assert!(doc["openapi"].as_str().unwrap_or("").starts_with("3.1"));
     let mut c = Checker {
         doc,
