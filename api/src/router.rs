@@ -38,7 +38,6 @@ struct AppState {
 
 /// The HTTP API for `service`, enforcing `limits`.
 pub fn router(service: Arc<dyn LeaseService>, limits: Limits) -> Router {
-    let body_limit = limits.max_body_bytes;
     let state = AppState {
         service,
         limits: Arc::new(limits),
@@ -78,7 +77,6 @@ pub fn router(service: Arc<dyn LeaseService>, limits: Limits) -> Router {
         .route("/v1/cluster/members/{id}", delete(remove_member))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(axum::extract::DefaultBodyLimit::max(body_limit))
         .with_state(state)
 }
 
@@ -87,33 +85,83 @@ pub fn router(service: Arc<dyn LeaseService>, limits: Limits) -> Router {
 /// A JSON body: any content type, size-limited, errors as [`ApiError`].
 struct JsonBody<T>(T);
 
-impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
-    type Rejection = ApiError;
+impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
+    type Rejection = Response;
 
-    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
         let BodyBytes(bytes) = BodyBytes::from_request(req, state).await?;
-        parse_json(&bytes).map(JsonBody)
+        parse_json(&bytes)
+            .map(JsonBody)
+            .map_err(IntoResponse::into_response)
     }
 }
 
-/// The raw body, size-limited (refused with 413 before it is read whole).
+/// The raw body, at most `limits.max_body_bytes`. A body over the limit (declared in
+/// `Content-Length` or found while reading) is refused with 413 without buffering it, and
+/// the refusal closes the connection cleanly (see [`refuse_oversized`]).
 struct BodyBytes(Bytes);
 
-impl<S: Send + Sync> FromRequest<S> for BodyBytes {
-    type Rejection = ApiError;
+/// A refused body is read and thrown away up to this many bytes...
+const DRAIN_MAX_BYTES: usize = 16 * 1024 * 1024;
+/// ...or for this long, whichever ends first, before the connection closes.
+const DRAIN_MAX_TIME: Duration = Duration::from_secs(2);
 
-    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        Bytes::from_request(req, state)
-            .await
-            .map(BodyBytes)
-            .map_err(|rejection| {
-                if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                    ApiError::too_large("body", "request body is over limits.max_body_bytes")
-                } else {
-                    ApiError::invalid("body", format!("cannot read the request body: {rejection}"))
+impl FromRequest<AppState> for BodyBytes {
+    type Rejection = Response;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
+        use http_body_util::BodyExt;
+        let limit = state.limits.max_body_bytes;
+        let declared = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        let mut body = req.into_body();
+        if declared.is_some_and(|n| n > limit as u64) {
+            return Err(refuse_oversized(body).await);
+        }
+        let mut buf = Vec::new();
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| {
+                ApiError::invalid("body", format!("cannot read the request body: {e}"))
+                    .into_response()
+            })?;
+            if let Ok(data) = frame.into_data() {
+                if buf.len() + data.len() > limit {
+                    return Err(refuse_oversized(body).await);
                 }
-            })
+                buf.extend_from_slice(&data);
+            }
+        }
+        Ok(BodyBytes(Bytes::from(buf)))
     }
+}
+
+/// Refuse a body over `limits.max_body_bytes` so that a pooled client reads the 413 and
+/// does not reuse the socket: the reply carries `Connection: close` (the server closes
+/// after it), and the rest of the body is first read and dropped (bounded by
+/// [`DRAIN_MAX_BYTES`] and [`DRAIN_MAX_TIME`]). Closing a socket with unread input
+/// makes the kernel send a reset, which can destroy the 413 before the client reads it
+/// or fail the client's next write with a broken pipe.
+async fn refuse_oversized(mut body: axum::body::Body) -> Response {
+    use http_body_util::BodyExt;
+    let drain = async {
+        let mut drained = 0usize;
+        while let Some(Ok(frame)) = body.frame().await {
+            drained += frame.data_ref().map_or(0, |d| d.len());
+            if drained > DRAIN_MAX_BYTES {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(DRAIN_MAX_TIME, drain).await;
+    let mut response =
+        ApiError::too_large("body", "request body is over limits.max_body_bytes").into_response();
+    response
+        .headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    response
 }
 
 fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {

@@ -374,3 +374,47 @@ async fn bad_input_is_refused_with_a_named_field_and_changes_nothing() {
     assert_eq!(still.body["token"].as_u64(), Some(token));
     cluster.shutdown().await;
 }
+
+/// A body refused for its size closes its connection cleanly: the 413 carries
+/// `Connection: close` and reaches the client, and the next request on the same pooled
+/// client gets its answer instead of a broken pipe on a socket the server had closed.
+/// Looped, because the race (server closes while the client still believes the connection
+/// reusable, or while the client is still writing) shows only some of the time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_oversized_body_closes_its_connection_cleanly() {
+    let cluster = TestCluster::start3().await.unwrap();
+    let base = cluster.url(0);
+    let client = reqwest::Client::new();
+    let huge_body = format!(
+        "{{\"owner\":\"a\",\"ttl_ms\":1000,\"value\":\"{}\"}}",
+        "v".repeat(2 * 1024 * 1024)
+    );
+    for round in 0..40 {
+        let refused = client
+            .post(format!("{base}/v1/locks/k"))
+            .header("content-type", "application/json")
+            .body(huge_body.clone())
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("round {round}: the 413 did not reach the client: {e}"));
+        assert_eq!(refused.status().as_u16(), 413, "round {round}");
+        assert_eq!(
+            refused
+                .headers()
+                .get("connection")
+                .and_then(|v| v.to_str().ok()),
+            Some("close"),
+            "round {round}: a refused body must close its connection"
+        );
+        let body: Value = refused.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "payload_too_large", "round {round}");
+        // The very next request on the same pooled client.
+        let next = client
+            .delete(format!("{base}/v1/locks/k?owner=b&token=1"))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("round {round}: the request after a 413 failed: {e}"));
+        assert_eq!(next.status().as_u16(), 409, "round {round}");
+    }
+    cluster.shutdown().await;
+}
