@@ -13,20 +13,22 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::body::Bytes;
-use axum::extract::{FromRequest, FromRequestParts, Path, Request, State};
-use axum::http::request::Parts;
+use axum::extract::State;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
-use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::error::{ApiError, ErrorCode};
 use crate::service::LeaseService;
-use crate::validate::{self, Limits};
+use crate::validate::Limits;
 use crate::wire::*;
+
+mod extract;
+mod trace;
+
+use extract::{parse_json, parse_query, path_id, BodyBytes, JsonBody, PathParam, QueryParams};
 
 pub const INDEX_HEADER: &str = "x-leasehold-index";
 
@@ -77,158 +79,8 @@ pub fn router(service: Arc<dyn LeaseService>, limits: Limits) -> Router {
         .route("/v1/cluster/members/{id}", delete(remove_member))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn(trace::request_span))
         .with_state(state)
-}
-
-// ----- extractors -----
-
-/// A JSON body: any content type, size-limited, errors as [`ApiError`].
-struct JsonBody<T>(T);
-
-impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
-    type Rejection = Response;
-
-    async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
-        let BodyBytes(bytes) = BodyBytes::from_request(req, state).await?;
-        parse_json(&bytes)
-            .map(JsonBody)
-            .map_err(IntoResponse::into_response)
-    }
-}
-
-/// The raw body, at most `limits.max_body_bytes`. A body over the limit (declared in
-/// `Content-Length` or found while reading) is refused with 413 without buffering it, and
-/// the refusal closes the connection cleanly (see [`refuse_oversized`]).
-struct BodyBytes(Bytes);
-
-/// A refused body is read and thrown away up to this many bytes...
-const DRAIN_MAX_BYTES: usize = 16 * 1024 * 1024;
-/// ...or for this long, whichever ends first, before the connection closes.
-const DRAIN_MAX_TIME: Duration = Duration::from_secs(2);
-
-impl FromRequest<AppState> for BodyBytes {
-    type Rejection = Response;
-
-    async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
-        use http_body_util::BodyExt;
-        let limit = state.limits.max_body_bytes;
-        let declared = req
-            .headers()
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
-        let mut body = req.into_body();
-        if declared.is_some_and(|n| n > limit as u64) {
-            return Err(refuse_oversized(body).await);
-        }
-        let mut buf = Vec::new();
-        while let Some(frame) = body.frame().await {
-            let frame = frame.map_err(|e| {
-                ApiError::invalid("body", format!("cannot read the request body: {e}"))
-                    .into_response()
-            })?;
-            if let Ok(data) = frame.into_data() {
-                if buf.len() + data.len() > limit {
-                    return Err(refuse_oversized(body).await);
-                }
-                buf.extend_from_slice(&data);
-            }
-        }
-        Ok(BodyBytes(Bytes::from(buf)))
-    }
-}
-
-/// Refuse a body over `limits.max_body_bytes` so that a pooled client reads the 413 and
-/// does not reuse the socket: the reply carries `Connection: close` (the server closes
-/// after it), and the rest of the body is first read and dropped (bounded by
-/// [`DRAIN_MAX_BYTES`] and [`DRAIN_MAX_TIME`]). Closing a socket with unread input
-/// makes the kernel send a reset, which can destroy the 413 before the client reads it
-/// or fail the client's next write with a broken pipe.
-async fn refuse_oversized(mut body: axum::body::Body) -> Response {
-    use http_body_util::BodyExt;
-    let drain = async {
-        let mut drained = 0usize;
-        while let Some(Ok(frame)) = body.frame().await {
-            drained += frame.data_ref().map_or(0, |d| d.len());
-            if drained > DRAIN_MAX_BYTES {
-                break;
-            }
-        }
-    };
-    let _ = tokio::time::timeout(DRAIN_MAX_TIME, drain).await;
-    let mut response =
-        ApiError::too_large("body", "request body is over limits.max_body_bytes").into_response();
-    response
-        .headers_mut()
-        .insert(header::CONNECTION, HeaderValue::from_static("close"));
-    response
-}
-
-fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
-    if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Err(ApiError::invalid("body", "a JSON object is required"));
-    }
-    let mut de = serde_json::Deserializer::from_slice(bytes);
-    let value: T = serde_path_to_error::deserialize(&mut de).map_err(|e| {
-        let path = e.path().to_string();
-        json_error(Some(path).filter(|p| p != "."), e.inner())
-    })?;
-    de.end().map_err(|e| json_error(None, &e))?;
-    Ok(value)
-}
-
-/// Name the field: the path where a value was wrong, or the field serde names in messages
-/// like "unknown field `x`" / "missing field `owner`".
-fn json_error(path: Option<String>, e: &serde_json::Error) -> ApiError {
-    let message = e.to_string();
-    let named = message
-        .split('`')
-        .nth(1)
-        .filter(|_| message.contains("field"))
-        .map(str::to_string);
-    let field = named.or(path).unwrap_or_else(|| "body".to_string());
-    ApiError::invalid(&field, format!("invalid JSON: {message}"))
-}
-
-/// A strict query string.
-struct QueryParams<T>(T);
-
-impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for QueryParams<T> {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
-        parse_query(parts.uri.query().unwrap_or("")).map(QueryParams)
-    }
-}
-
-/// The one path parameter of a route, percent-decoded. A segment that does not decode to
-/// UTF-8 (`/v1/names/%8a`) is a 400 naming the parameter, in the same JSON shape as every
-/// other error (axum's own rejection is plain text).
-struct PathParam(String);
-
-impl<S: Send + Sync> FromRequestParts<S> for PathParam {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        use axum::extract::{path::ErrorKind, rejection::PathRejection};
-        match Path::<String>::from_request_parts(parts, state).await {
-            Ok(Path(value)) => Ok(PathParam(value)),
-            Err(PathRejection::FailedToDeserializePathParams(e)) => match e.kind() {
-                ErrorKind::InvalidUtf8InPathParam { key } => Err(ApiError::invalid(
-                    key.as_str(),
-                    "must be valid UTF-8 once percent-decoded",
-                )),
-                other => Err(ApiError::invalid("path", other.to_string())),
-            },
-            Err(other) => Err(ApiError::invalid("path", other.body_text())),
-        }
-    }
-}
-
-/// Parse a numeric path segment (`/v1/leases/{id}`).
-fn path_id(field: &str, raw: &str) -> Result<u64, ApiError> {
-    raw.parse()
-        .map_err(|_| ApiError::invalid(field, format!("must be a positive integer, got {raw:?}")))
 }
 
 // ----- replies -----
@@ -258,7 +110,10 @@ async fn deadline<T>(
     wait_ms: Option<u64>,
     fut: impl Future<Output = Result<T, ApiError>>,
 ) -> Result<T, ApiError> {
-    let budget = Duration::from_millis(limits.request_timeout_ms + wait_ms.unwrap_or(0));
+    // `wait_ms` is validated by the service; over the limit it is refused there, so the
+    // allowance never needs to be longer than `max_wait_ms`.
+    let wait = wait_ms.unwrap_or(0).min(limits.max_wait_ms);
+    let budget = Duration::from_millis(limits.request_timeout_ms.saturating_add(wait));
     match tokio::time::timeout(budget, fut).await {
         Ok(result) => result,
         Err(_) => Err(ApiError::new(
@@ -346,9 +201,6 @@ async fn create_lease(
     State(s): State<AppState>,
     JsonBody(req): JsonBody<CreateLeaseRequest>,
 ) -> Response {
-    if let Err(e) = validate::create_lease(&req, &s.limits) {
-        return e.into_response();
-    }
     match deadline(&s.limits, None, s.service.create_lease(req)).await {
         Ok(grant) => ok(StatusCode::CREATED, &grant),
         Err(e) => e.into_response(),
@@ -359,9 +211,6 @@ async fn list_leases(
     State(s): State<AppState>,
     QueryParams(p): QueryParams<LeaseListParams>,
 ) -> Response {
-    if let Err(e) = validate::list_limit(p.limit, &s.limits) {
-        return e.into_response();
-    }
     reply(deadline(&s.limits, None, s.service.list_leases(p)).await)
 }
 
@@ -400,9 +249,6 @@ async fn lock_post(
                 Ok(r) => r,
                 Err(e) => return e.into_response(),
             };
-            if let Err(e) = validate::acquire(key, &req, &s.limits) {
-                return e.into_response();
-            }
             let wait = req.wait_ms;
             return reply(deadline(&s.limits, wait, s.service.acquire_lock(key, req)).await);
         }
@@ -411,9 +257,6 @@ async fn lock_post(
                 Ok(r) => r,
                 Err(e) => return e.into_response(),
             };
-            if let Err(e) = validate::extend(key, &req, &s.limits) {
-                return e.into_response();
-            }
             deadline(&s.limits, None, s.service.extend_lock(key, req)).await
         }
         Some(_) => Err(unknown_action(&path)),
@@ -434,9 +277,6 @@ async fn lock_get(
                 Ok(p) => p,
                 Err(e) => return e.into_response(),
             };
-            if let Err(e) = validate::read(key, &p, &s.limits) {
-                return e.into_response();
-            }
             let wait = p.wait_ms;
             match deadline(&s.limits, wait, s.service.get_lock(key, p)).await {
                 Ok(state) => with_index(&state, state.index),
@@ -448,38 +288,12 @@ async fn lock_get(
                 Ok(p) => p,
                 Err(e) => return e.into_response(),
             };
-            if let Err(e) = validate::wait_release(key, &p, &s.limits) {
-                return e.into_response();
-            }
             let wait = p.wait_ms;
             reply(deadline(&s.limits, wait, s.service.wait_release(key, p)).await)
         }
-        Some("history") => {
-            if let Err(e) = validate::key("key", key, &s.limits) {
-                return e.into_response();
-            }
-            reply(deadline(&s.limits, None, s.service.lock_history(key)).await)
-        }
+        Some("history") => reply(deadline(&s.limits, None, s.service.lock_history(key)).await),
         Some(_) => unknown_action(&path).into_response(),
     }
-}
-
-/// Parse a strict query string; errors name the parameter.
-fn parse_query<T: DeserializeOwned>(query: &str) -> Result<T, ApiError> {
-    let de = serde_urlencoded::Deserializer::new(form_urlencoded::parse(query.as_bytes()));
-    serde_path_to_error::deserialize(de).map_err(|e| {
-        let path = e.path().to_string();
-        let message = e.inner().to_string();
-        let named = message
-            .split('`')
-            .nth(1)
-            .filter(|_| message.contains("field"))
-            .map(str::to_string);
-        let field = named
-            .or(Some(path).filter(|p| p != "."))
-            .unwrap_or_else(|| "query".to_string());
-        ApiError::invalid(&field, format!("invalid query string: {message}"))
-    })
 }
 
 async fn lock_delete(
@@ -487,9 +301,6 @@ async fn lock_delete(
     PathParam(key): PathParam,
     QueryParams(p): QueryParams<ReleaseParams>,
 ) -> Response {
-    if let Err(e) = validate::release(&key, &p, &s.limits) {
-        return e.into_response();
-    }
     reply(deadline(&s.limits, None, s.service.release_lock(&key, p)).await)
 }
 
@@ -497,9 +308,6 @@ async fn list_locks(
     State(s): State<AppState>,
     QueryParams(p): QueryParams<ListParams>,
 ) -> Response {
-    if let Err(e) = validate::list(&p, &s.limits) {
-        return e.into_response();
-    }
     reply(deadline(&s.limits, None, s.service.list_locks(p)).await)
 }
 
@@ -507,9 +315,6 @@ async fn expired(
     State(s): State<AppState>,
     QueryParams(p): QueryParams<ExpiredParams>,
 ) -> Response {
-    if let Err(e) = validate::list_limit(p.limit, &s.limits) {
-        return e.into_response();
-    }
     reply(deadline(&s.limits, None, s.service.expired(p)).await)
 }
 
@@ -527,9 +332,6 @@ async fn semaphore_post(
                 Ok(r) => r,
                 Err(e) => return e.into_response(),
             };
-            if let Err(e) = validate::semaphore_acquire(key, &req, &s.limits) {
-                return e.into_response();
-            }
             let wait = req.wait_ms;
             reply(deadline(&s.limits, wait, s.service.acquire_semaphore(key, req)).await)
         }
@@ -538,9 +340,6 @@ async fn semaphore_post(
                 Ok(r) => r,
                 Err(e) => return e.into_response(),
             };
-            if let Err(e) = validate::extend(key, &req, &s.limits) {
-                return e.into_response();
-            }
             reply(deadline(&s.limits, None, s.service.extend_semaphore(key, req)).await)
         }
         Some(_) => unknown_action(&path).into_response(),
@@ -552,9 +351,6 @@ async fn semaphore_get(
     PathParam(key): PathParam,
     QueryParams(p): QueryParams<ReadParams>,
 ) -> Response {
-    if let Err(e) = validate::read(&key, &p, &s.limits) {
-        return e.into_response();
-    }
     let wait = p.wait_ms;
     match deadline(&s.limits, wait, s.service.get_semaphore(&key, p)).await {
         Ok(state) => with_index(&state, state.index),
@@ -567,9 +363,6 @@ async fn semaphore_delete(
     PathParam(key): PathParam,
     QueryParams(p): QueryParams<ReleaseParams>,
 ) -> Response {
-    if let Err(e) = validate::release(&key, &p, &s.limits) {
-        return e.into_response();
-    }
     reply(deadline(&s.limits, None, s.service.release_semaphore(&key, p)).await)
 }
 
@@ -580,9 +373,6 @@ async fn name_put(
     PathParam(name): PathParam,
     JsonBody(req): JsonBody<RegisterRequest>,
 ) -> Response {
-    if let Err(e) = validate::register(&name, &req, &s.limits) {
-        return e.into_response();
-    }
     let wait = req.wait_ms;
     reply(deadline(&s.limits, wait, s.service.register_name(&name, req)).await)
 }
@@ -592,9 +382,6 @@ async fn name_get(
     PathParam(name): PathParam,
     QueryParams(p): QueryParams<ReadParams>,
 ) -> Response {
-    if let Err(e) = validate::read(&name, &p, &s.limits) {
-        return e.into_response();
-    }
     let wait = p.wait_ms;
     match deadline(&s.limits, wait, s.service.get_name(&name, p)).await {
         Ok(state) => with_index(&state, state.index),
@@ -607,9 +394,6 @@ async fn name_patch(
     PathParam(name): PathParam,
     JsonBody(req): JsonBody<ProclaimRequest>,
 ) -> Response {
-    if let Err(e) = validate::proclaim(&name, &req, &s.limits) {
-        return e.into_response();
-    }
     reply(deadline(&s.limits, None, s.service.proclaim(&name, req)).await)
 }
 
@@ -626,10 +410,6 @@ async fn name_post(
         Ok(r) => r,
         Err(e) => return e.into_response(),
     };
-    if let Err(e) = validate::key("name", name, &s.limits).and_then(|_| validate::owner(&req.owner))
-    {
-        return e.into_response();
-    }
     reply(deadline(&s.limits, None, s.service.extend_name(name, req)).await)
 }
 
@@ -638,9 +418,6 @@ async fn name_delete(
     PathParam(name): PathParam,
     QueryParams(p): QueryParams<ReleaseParams>,
 ) -> Response {
-    if let Err(e) = validate::release(&name, &p, &s.limits) {
-        return e.into_response();
-    }
     reply(deadline(&s.limits, None, s.service.unregister_name(&name, p)).await)
 }
 
@@ -648,9 +425,6 @@ async fn list_names(
     State(s): State<AppState>,
     QueryParams(p): QueryParams<ListParams>,
 ) -> Response {
-    if let Err(e) = validate::list(&p, &s.limits) {
-        return e.into_response();
-    }
     reply(deadline(&s.limits, None, s.service.list_names(p)).await)
 }
 
@@ -664,9 +438,6 @@ async fn add_member(
     State(s): State<AppState>,
     JsonBody(req): JsonBody<AddMemberRequest>,
 ) -> Response {
-    if let Err(e) = validate::add_member(&req) {
-        return e.into_response();
-    }
     // Catching a learner up may take longer than one request deadline.
     reply(
         deadline(

@@ -11,37 +11,9 @@ pub const MAX_REQUEST_ID_BYTES: usize = 128;
 /// Default page size of list requests.
 pub const DEFAULT_LIST_LIMIT: usize = 100;
 
-/// The limits a service enforces (the node fills them from its config; SPEC §5).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Limits {
-    pub max_key_bytes: usize,
-    pub max_value_bytes: usize,
-    pub max_body_bytes: usize,
-    pub min_ttl_ms: u64,
-    pub max_ttl_ms: u64,
-    pub max_wait_ms: u64,
-    pub max_list_limit: usize,
-    pub max_waiters_per_key: u32,
-    pub max_leases: u64,
-    pub request_timeout_ms: u64,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Limits {
-            max_key_bytes: 512,
-            max_value_bytes: 65_536,
-            max_body_bytes: 131_072,
-            min_ttl_ms: 500,
-            max_ttl_ms: 86_400_000,
-            max_wait_ms: 300_000,
-            max_list_limit: 1_000,
-            max_waiters_per_key: 10_000,
-            max_leases: 1_000_000,
-            request_timeout_ms: 10_000,
-        }
-    }
-}
+/// The limits a service enforces: the `[limits]` section of the node's config (SPEC §5),
+/// one type with one set of defaults, defined in `leasehold-config`.
+pub use leasehold_config::Limits;
 
 fn printable(field: &str, s: &str) -> Result<(), ApiError> {
     if let Some(c) = s.chars().find(|c| c.is_control()) {

@@ -870,3 +870,134 @@ async fn a_disconnect_does_not_release_a_grant_a_retry_received() {
     }
     cluster.shutdown().await;
 }
+
+/// The clean-up of a wait whose caller went away runs as one of the node's tracked tasks,
+/// so `Node::shutdown` returns only once it has ended: nothing of the node outlives it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn shutdown_returns_with_no_task_left_running_not_even_an_abandoned_waits_clean_up() {
+    use leasehold_api::wire::AcquireRequest;
+    use leasehold_api::LeaseService;
+
+    let mut cluster = TestCluster::start3().await.unwrap();
+    let http = Http::new();
+    let leader = cluster.leader().unwrap();
+    let follower = cluster.follower().unwrap();
+    let held = acquire(
+        &http,
+        &cluster.url(leader),
+        "sd",
+        json!({"owner": "a", "ttl_ms": 30000}),
+    )
+    .await;
+    assert_eq!(held.status, 200);
+    // A blocking acquire through the follower's embedded service, queued behind "a".
+    let service = cluster.node(follower).service();
+    let waiter = tokio::spawn(async move {
+        let req = AcquireRequest {
+            owner: "b".into(),
+            ttl_ms: Some(30000),
+            wait_ms: Some(60000),
+            ..Default::default()
+        };
+        service.acquire_lock("sd", req).await
+    });
+    let leader_url = cluster.url(leader);
+    wait_until(SECS_10, || async {
+        let g = http.get(&format!("{leader_url}/v1/locks/sd")).await.ok()?;
+        (g.body["waiters"] == 1).then_some(())
+    })
+    .await
+    .expect("the waiter is queued");
+    let tasks = cluster.node(follower).tasks();
+    let before = tasks.len();
+    // Cut the follower off, so that the clean-up's write cannot finish for a while, and
+    // abandon the wait: its clean-up starts.
+    cluster.isolate(follower);
+    waiter.abort();
+    let _ = waiter.await;
+    wait_until(SECS_10, || async { (tasks.len() > before).then_some(()) })
+        .await
+        .expect("the clean-up runs as one of the node's tracked tasks");
+    cluster.kill(follower).await;
+    assert!(
+        tasks.is_closed() && tasks.is_empty(),
+        "shutdown returned with {} tasks still running",
+        tasks.len()
+    );
+    cluster.shutdown().await;
+}
+
+/// A log buffer for the tracing test.
+#[derive(Clone, Default)]
+struct LogBuffer(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogBuffer {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogBuffer {
+    type Writer = LogBuffer;
+    fn make_writer(&'a self) -> Self::Writer {
+        self.clone()
+    }
+}
+
+/// One request can be followed through the logs: the node that serves it logs it under
+/// `node{id}:request{method route key request_id}`, and the leader it forwarded the write
+/// to logs the peer RPC under its own node id with the same request id.
+/// (Single-threaded, so the thread-local subscriber sees every task of every node.)
+#[tokio::test(flavor = "current_thread")]
+async fn one_request_can_be_followed_through_the_logs_by_node_route_key_and_request_id() {
+    let logs = LogBuffer::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(
+            "leasehold_api=debug,leasehold_node=trace",
+        ))
+        .with_ansi(false)
+        .with_writer(logs.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let cluster = TestCluster::start3().await.unwrap();
+    let leader = cluster.leader().unwrap();
+    let follower = cluster.follower().unwrap();
+    let http = Http::new();
+    let r = acquire(
+        &http,
+        &cluster.url(follower),
+        "traced/key",
+        json!({"owner": "a", "ttl_ms": 5000, "request_id": "rid-follow-me"}),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    cluster.shutdown().await;
+
+    let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("rid-follow-me"))
+        .collect();
+    let follower_id = follower + 1;
+    let leader_id = leader + 1;
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains(&format!("node{{id={follower_id}}}"))
+                && l.contains("request{method=POST route=/v1/locks/{*key} key=traced/key")
+                && l.contains("served status=200")),
+        "no line of the serving node names the request: {lines:#?}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains(&format!("node{{id={leader_id}}}"))
+                && l.contains("peer_rpc{rpc=\"forward\"")),
+        "no line of the leader names the forwarded write: {lines:#?}"
+    );
+}

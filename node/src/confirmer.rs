@@ -12,6 +12,7 @@ use openraft::ServerState;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 
 use crate::error::CoreError;
 
@@ -39,7 +40,7 @@ impl ConfirmerHandle {
         cancel: CancellationToken,
     ) -> Self {
         let (tx, rx) = mpsc::channel(INBOX_CAPACITY);
-        tracker.spawn(run(raft, round_timeout, rx, cancel));
+        tracker.spawn(run(raft, round_timeout, rx, cancel).in_current_span());
         ConfirmerHandle { tx }
     }
 

@@ -1,104 +1,95 @@
 //! The node's core: routes each write, read barrier and keepalive to the leader.
 //!
 //! On the leader a write goes to the proposer, a keepalive to the confirmer and the lease
-//! actor. On a follower the same request is forwarded over the peer link (`forward`), and
-//! a linearizable read asks the leader for a read index and waits until the local state
-//! machine has applied it (a follower read), so reads are served locally.
+//! actor. On a follower the same request is forwarded to the leader over the peer layer
+//! (`peer::forward`), and a linearizable read asks the leader for a read index and waits
+//! until the local state machine has applied it (a follower read), so reads are served
+//! locally.
+//!
+//! `Core` is a façade: its parts are private, and callers (the service, the node, the
+//! peer listener) use its methods.
 
+use std::collections::BTreeSet;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use leasehold_config::Config;
 use leasehold_raft::command::{CommandResult, Kind, LeaseId, Proposal, SmError, Token};
-use leasehold_raft::network::PeerClientPool;
 use leasehold_raft::sm_store::SharedState;
+use leasehold_raft::state::LeaseState;
 use leasehold_raft::typ::{NodeId, Raft};
 use openraft::ServerState;
-use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
 use tokio::time::Instant;
-use tracing::debug;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, Instrument};
 
+use crate::clock::Clock;
 use crate::confirmer::ConfirmerHandle;
 use crate::error::CoreError;
 use crate::lease_actor::LeaseHandle;
-use crate::proposer::ProposerHandle;
+use crate::peer::{ForwardRequest, ForwardResponse, MembershipChange, PeerClient};
+use crate::proposer::{ProposerHandle, ProposerSettings};
 
 /// Longest pause between retries while no leader is known (or it could not be reached).
 const MAX_BACKOFF: Duration = Duration::from_millis(100);
 
-/// Requests a follower forwards to the leader over the peer link.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub enum ForwardRequest {
-    Propose(Proposal),
-    ReadIndex,
-    KeepaliveLease(LeaseId),
-    KeepaliveHold {
-        kind: Kind,
-        key: String,
-        owner: String,
-        token: Token,
-    },
-    RemainingMs(Vec<LeaseId>),
-    ChangeMembership(MembershipChange),
-    /// Used at bootstrap: is the asked node part of an initialized cluster?
-    Initialized,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub enum ForwardResponse {
-    /// A command's result and the log index it was applied at.
-    Result {
-        index: u64,
-        result: CommandResult,
-    },
-    ReadIndex(u64),
-    Kept {
-        lease_id: LeaseId,
-        ttl_ms: u64,
-    },
-    RemainingMs(Vec<Option<u64>>),
-    Initialized(bool),
-    Done,
-}
-
-/// An admin change of the voting members.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub enum MembershipChange {
-    /// Add a learner, wait for it to catch up, then make it a voter.
-    Add {
-        id: NodeId,
-        peer_addr: String,
-        client_addr: String,
-    },
-    /// Remove a member (voter or learner).
-    Remove { id: NodeId },
-}
-
-pub const FORWARD_PATH: &str = "/forward";
-
-pub struct Core {
-    pub node_id: NodeId,
-    pub raft: Raft,
-    pub shared: Arc<SharedState>,
-    pub proposer: ProposerHandle,
-    pub confirmer: ConfirmerHandle,
-    pub leases: LeaseHandle,
-    pub peers: PeerClientPool,
+pub(crate) struct Core {
+    node_id: NodeId,
+    raft: Raft,
+    shared: Arc<SharedState>,
+    proposer: ProposerHandle,
+    confirmer: ConfirmerHandle,
+    leases: LeaseHandle,
+    peers: PeerClient,
     /// The deadline of one proposal or read barrier.
-    pub request_timeout: Duration,
+    request_timeout: Duration,
     /// How long a request waits for a leader to appear before answering 503.
-    pub leader_wait: Duration,
-    pub request_ids: RequestIds,
+    leader_wait: Duration,
+    request_ids: RequestIds,
+    /// Every task the core (or the service on its behalf) spawns; `Node::shutdown` waits.
+    tracker: TaskTracker,
+    /// Cancelled when the node shuts down.
+    cancel: CancellationToken,
+}
+
+/// One member as this node sees the cluster.
+#[derive(Debug, Clone)]
+pub(crate) struct MemberView {
+    pub id: NodeId,
+    pub peer_addr: String,
+    pub client_addr: String,
+    pub voter: bool,
+    /// The last log index known to be replicated to it (leader only; own last log index
+    /// for this node).
+    pub matched_index: Option<u64>,
+    /// Leader only: does it keep up (within 64 entries of the leader's log)?
+    pub reachable: Option<bool>,
+}
+
+/// This node's view of the cluster, read from openraft's metrics in one go.
+#[derive(Debug, Clone)]
+pub(crate) struct ClusterView {
+    pub node_id: NodeId,
+    pub leader_id: Option<NodeId>,
+    pub leading: bool,
+    pub term: u64,
+    pub last_log_index: u64,
+    pub applied_index: u64,
+    pub members: Vec<MemberView>,
 }
 
 /// Node-unique request ids for proposals that came without one, so internal retries
 /// (after a leader change) are deduplicated by the state machine.
-pub struct RequestIds {
+struct RequestIds {
     prefix: String,
     next: std::sync::atomic::AtomicU64,
 }
 
 impl RequestIds {
-    pub fn new(node_id: NodeId) -> Self {
+    fn new(node_id: NodeId) -> Self {
         // The boot time tells this run's ids from a previous run's.
         let boot = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -110,13 +101,150 @@ impl RequestIds {
         }
     }
 
-    pub fn next(&self) -> String {
+    fn next(&self) -> String {
         let n = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         format!("{}{n}", self.prefix)
     }
 }
 
 impl Core {
+    /// Spawn the actors (proposer, confirmer, lease actor) on `tracker` and build the core.
+    pub(crate) fn start(
+        config: &Config,
+        raft: Raft,
+        shared: Arc<SharedState>,
+        peers: PeerClient,
+        clock: Clock,
+        tracker: &TaskTracker,
+        cancel: &CancellationToken,
+    ) -> Core {
+        let election_timeout_max = Duration::from_millis(config.raft.election_timeout_max_ms);
+        let proposer = ProposerHandle::spawn(
+            raft.clone(),
+            ProposerSettings {
+                max_batch: config.raft.max_batch,
+                proposal_timeout: Duration::from_millis(config.raft.proposal_timeout_ms),
+                quorum_stale_after: election_timeout_max,
+                clock,
+            },
+            tracker,
+            cancel.clone(),
+        );
+        let confirmer = ConfirmerHandle::spawn(
+            raft.clone(),
+            election_timeout_max * 2,
+            tracker,
+            cancel.clone(),
+        );
+        let leases = LeaseHandle::spawn(
+            raft.clone(),
+            shared.clone(),
+            proposer.clone(),
+            clock,
+            tracker,
+            cancel.clone(),
+        );
+        Core {
+            node_id: config.node_id,
+            raft,
+            shared,
+            proposer,
+            confirmer,
+            leases,
+            peers,
+            request_timeout: config.limits.request_timeout(),
+            leader_wait: election_timeout_max * 3,
+            request_ids: RequestIds::new(config.node_id),
+            tracker: tracker.clone(),
+            cancel: cancel.clone(),
+        }
+    }
+
+    pub(crate) fn node_id(&self) -> NodeId {
+        self.node_id
+    }
+
+    pub(crate) fn raft(&self) -> &Raft {
+        &self.raft
+    }
+
+    pub(crate) fn peers(&self) -> &PeerClient {
+        &self.peers
+    }
+
+    pub(crate) fn shared(&self) -> &Arc<SharedState> {
+        &self.shared
+    }
+
+    /// The deadline of one proposal or read barrier.
+    pub(crate) fn request_timeout(&self) -> Duration {
+        self.request_timeout
+    }
+
+    /// Read the local state machine (a short closure; never across an await).
+    pub(crate) fn read<R>(&self, f: impl FnOnce(&LeaseState) -> R) -> R {
+        self.shared.read(f)
+    }
+
+    /// The local state machine's applied index, as a watch.
+    pub(crate) fn subscribe_applied(&self) -> watch::Receiver<u64> {
+        self.shared.subscribe_applied()
+    }
+
+    /// Run `task` in the background, in the caller's span, tracked so that
+    /// `Node::shutdown` waits for it. Shutdown drops it where it is (no write can
+    /// complete once Raft has stopped).
+    pub(crate) fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) {
+        let cancel = self.cancel.clone();
+        self.tracker.spawn(
+            async move {
+                tokio::select! {
+                    _ = cancel.cancelled() => {}
+                    _ = task => {}
+                }
+            }
+            .in_current_span(),
+        );
+    }
+
+    /// This node's view of the cluster (members, leader, replication progress).
+    pub(crate) fn cluster_view(&self) -> ClusterView {
+        let m = self.raft.metrics().borrow().clone();
+        let leading = m.state == ServerState::Leader;
+        let last_log_index = m.last_log_index.unwrap_or(0);
+        let membership = m.membership_config.membership();
+        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        let members = membership
+            .nodes()
+            .map(|(id, node)| {
+                let matched = m
+                    .replication
+                    .as_ref()
+                    .and_then(|r| r.get(id))
+                    .map(|l| l.map_or(0, |l| l.index));
+                let is_self = *id == self.node_id;
+                MemberView {
+                    id: *id,
+                    peer_addr: node.peer_addr.clone(),
+                    client_addr: node.client_addr.clone(),
+                    voter: voters.contains(id),
+                    reachable: leading
+                        .then(|| is_self || matched.is_some_and(|i| i + 64 >= last_log_index)),
+                    matched_index: if is_self { m.last_log_index } else { matched },
+                }
+            })
+            .collect();
+        ClusterView {
+            node_id: self.node_id,
+            leader_id: m.current_leader,
+            leading,
+            term: m.current_term,
+            last_log_index,
+            applied_index: m.last_applied.map_or(0, |l| l.index),
+            members,
+        }
+    }
+
     /// The leader as this node sees it: `Ok(None)` means "this node".
     fn leader_route(&self) -> Result<Option<(NodeId, String)>, Option<NodeId>> {
         let m = self.raft.metrics();
@@ -138,11 +266,14 @@ impl Core {
     }
 
     /// Run `req` on the leader: locally if this node leads, else over the peer link.
-    pub async fn on_leader(&self, req: ForwardRequest) -> Result<ForwardResponse, CoreError> {
+    pub(crate) async fn on_leader(
+        &self,
+        req: ForwardRequest,
+    ) -> Result<ForwardResponse, CoreError> {
         self.on_leader_within(req, self.request_timeout).await
     }
 
-    pub async fn on_leader_within(
+    pub(crate) async fn on_leader_within(
         &self,
         req: ForwardRequest,
         timeout: Duration,
@@ -161,16 +292,7 @@ impl Core {
                 Ok(None) => self.serve_locally(req.clone()).await,
                 Ok(Some((leader, peer_addr))) => {
                     let remaining = deadline.saturating_duration_since(Instant::now());
-                    let call = self
-                        .peers
-                        .call::<ForwardRequest, Result<ForwardResponse, CoreError>>(
-                            &peer_addr,
-                            FORWARD_PATH,
-                            &req,
-                            remaining,
-                        )
-                        .await;
-                    match call {
+                    match self.peers.forward(&peer_addr, req.clone(), remaining).await {
                         Ok(result) => result,
                         Err(e) => {
                             debug!(leader, error = %e, "forwarding to the leader failed");
@@ -205,7 +327,10 @@ impl Core {
     }
 
     /// Serve a forwarded (or local) request on this node, which believes it leads.
-    pub async fn serve_locally(&self, req: ForwardRequest) -> Result<ForwardResponse, CoreError> {
+    pub(crate) async fn serve_locally(
+        &self,
+        req: ForwardRequest,
+    ) -> Result<ForwardResponse, CoreError> {
         match req {
             ForwardRequest::Propose(proposal) => {
                 let (index, result) = self.proposer.propose(proposal).await?;
@@ -249,7 +374,10 @@ impl Core {
 
     /// Propose one command on the leader; return the log index it was applied at and its
     /// result.
-    pub async fn write(&self, mut proposal: Proposal) -> Result<(u64, CommandResult), CoreError> {
+    pub(crate) async fn write(
+        &self,
+        mut proposal: Proposal,
+    ) -> Result<(u64, CommandResult), CoreError> {
         if proposal.request_id.is_none() {
             proposal.request_id = Some(self.request_ids.next());
         }
@@ -261,7 +389,7 @@ impl Core {
 
     /// Wait until this node's state machine reflects everything the leader had committed
     /// when this call began (a linearizable read barrier).
-    pub async fn read_barrier(&self) -> Result<(), CoreError> {
+    pub(crate) async fn read_barrier(&self) -> Result<(), CoreError> {
         let started = Instant::now();
         let index = match self.on_leader(ForwardRequest::ReadIndex).await? {
             ForwardResponse::ReadIndex(index) => index,
@@ -272,7 +400,11 @@ impl Core {
     }
 
     /// Wait until the local state machine has applied `index`.
-    pub async fn wait_applied(&self, index: u64, timeout: Duration) -> Result<(), CoreError> {
+    pub(crate) async fn wait_applied(
+        &self,
+        index: u64,
+        timeout: Duration,
+    ) -> Result<(), CoreError> {
         let mut applied = self.shared.subscribe_applied();
         let result =
             tokio::time::timeout(timeout, applied.wait_for(|applied| *applied >= index)).await;
@@ -283,7 +415,7 @@ impl Core {
         }
     }
 
-    pub async fn keepalive_lease(&self, lease_id: LeaseId) -> Result<u64, CoreError> {
+    pub(crate) async fn keepalive_lease(&self, lease_id: LeaseId) -> Result<u64, CoreError> {
         match self
             .on_leader(ForwardRequest::KeepaliveLease(lease_id))
             .await?
@@ -294,7 +426,7 @@ impl Core {
     }
 
     /// Keep the lease of a current hold alive; `not_owner` if it is not current.
-    pub async fn keepalive_hold(
+    pub(crate) async fn keepalive_hold(
         &self,
         kind: Kind,
         key: &str,
@@ -314,7 +446,7 @@ impl Core {
     }
 
     /// Time left on each lease as the leader tracks it (`None` where unknown).
-    pub async fn remaining_ms(&self, lease_ids: Vec<LeaseId>) -> Vec<Option<u64>> {
+    pub(crate) async fn remaining_ms(&self, lease_ids: Vec<LeaseId>) -> Vec<Option<u64>> {
         if lease_ids.is_empty() {
             return Vec::new();
         }
@@ -330,7 +462,10 @@ impl Core {
     }
 
     /// Change the voting members through the leader.
-    pub async fn change_membership(&self, change: MembershipChange) -> Result<(), CoreError> {
+    pub(crate) async fn change_membership(
+        &self,
+        change: MembershipChange,
+    ) -> Result<(), CoreError> {
         // Catching a learner up can take a while; allow more than one request deadline.
         let timeout = self.request_timeout * 5;
         match self
@@ -369,14 +504,14 @@ impl Core {
                     .add_learner(id, node, true)
                     .await
                     .map_err(map_err)?;
-                let voters = std::collections::BTreeSet::from([id]);
+                let voters = BTreeSet::from([id]);
                 self.raft
                     .change_membership(ChangeMembers::AddVoterIds(voters), false)
                     .await
                     .map_err(map_err)?;
             }
             MembershipChange::Remove { id } => {
-                let ids = std::collections::BTreeSet::from([id]);
+                let ids = BTreeSet::from([id]);
                 let (is_member, is_voter) = {
                     let m = self.raft.metrics();
                     let m = m.borrow();
@@ -403,7 +538,7 @@ impl Core {
     }
 
     /// The commit index as this node knows it.
-    pub async fn commit_index(&self) -> Option<u64> {
+    pub(crate) async fn commit_index(&self) -> Option<u64> {
         self.raft
             .with_raft_state(|st| st.committed.map(|l| l.index))
             .await
@@ -411,7 +546,7 @@ impl Core {
             .flatten()
     }
 
-    pub fn is_leader(&self) -> bool {
+    pub(crate) fn is_leader(&self) -> bool {
         self.raft.metrics().borrow().state == ServerState::Leader
     }
 }

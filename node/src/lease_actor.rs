@@ -23,10 +23,11 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{debug, info, warn};
+use tracing::{debug, info, warn, Instrument};
 
+use crate::clock::Clock;
 use crate::error::CoreError;
-use crate::proposer::{wall_clock_ms, ProposerHandle};
+use crate::proposer::ProposerHandle;
 
 const INBOX_CAPACITY: usize = 4096;
 /// After a failed expiry proposal (while still leading), try again this much later.
@@ -62,6 +63,7 @@ impl LeaseHandle {
         raft: Raft,
         shared: Arc<SharedState>,
         proposer: ProposerHandle,
+        clock: Clock,
         tracker: &TaskTracker,
         cancel: CancellationToken,
     ) -> Self {
@@ -71,6 +73,7 @@ impl LeaseHandle {
             raft,
             shared,
             proposer,
+            clock,
             tracker: tracker.clone(),
             done_tx,
             deadlines: HashMap::new(),
@@ -81,7 +84,7 @@ impl LeaseHandle {
             takeover_term: None,
             pending_refresh: Vec::new(),
         };
-        tracker.spawn(actor.run(rx, done_rx, cancel));
+        tracker.spawn(actor.run(rx, done_rx, cancel).in_current_span());
         LeaseHandle { tx }
     }
 
@@ -128,6 +131,7 @@ struct LeaseActor {
     raft: Raft,
     shared: Arc<SharedState>,
     proposer: ProposerHandle,
+    clock: Clock,
     tracker: TaskTracker,
     done_tx: mpsc::Sender<Done>,
     deadlines: HashMap<LeaseId, Instant>,
@@ -184,7 +188,7 @@ impl LeaseActor {
                 wake = wake.min(*at);
             }
             if let Some((until_ms, _, _)) = self.delays.first() {
-                let wall = wall_clock_ms();
+                let wall = self.clock.wall_ms();
                 let wait = Duration::from_millis(until_ms.saturating_sub(wall));
                 wake = wake.min(now + wait);
             }
@@ -321,10 +325,13 @@ impl LeaseActor {
         self.takeover_term = Some(term);
         let raft = self.raft.clone();
         let done_tx = self.done_tx.clone();
-        self.tracker.spawn(async move {
-            let ok = raft.ensure_linearizable().await.is_ok();
-            let _ = done_tx.send(Done::TakeoverReady { term, ok }).await;
-        });
+        self.tracker.spawn(
+            async move {
+                let ok = raft.ensure_linearizable().await.is_ok();
+                let _ = done_tx.send(Done::TakeoverReady { term, ok }).await;
+            }
+            .in_current_span(),
+        );
     }
 
     fn finish_takeover(&mut self, term: u64) {
@@ -406,29 +413,32 @@ impl LeaseActor {
             debug!(lease_id, "lease deadline passed; proposing expiry");
             let proposer = self.proposer.clone();
             let done_tx = self.done_tx.clone();
-            self.tracker.spawn(async move {
-                let result = proposer
-                    .propose(Proposal {
-                        request_id: None,
-                        command: Command::ExpireLease { lease_id },
-                    })
-                    .await;
-                let ok = match result {
-                    Ok((_, CommandResult::LeaseEnded { .. })) => true,
-                    Ok((_, CommandResult::Error(SmError::LeaseNotFound { .. }))) => true,
-                    Ok((_, other)) => {
-                        warn!(lease_id, ?other, "unexpected result of an expiry");
-                        true
-                    }
-                    Err(e) => {
-                        debug!(lease_id, error = %e, "expiry proposal failed");
-                        false
-                    }
-                };
-                let _ = done_tx.send(Done::Expired { lease_id, ok }).await;
-            });
+            self.tracker.spawn(
+                async move {
+                    let result = proposer
+                        .propose(Proposal {
+                            request_id: None,
+                            command: Command::ExpireLease { lease_id },
+                        })
+                        .await;
+                    let ok = match result {
+                        Ok((_, CommandResult::LeaseEnded { .. })) => true,
+                        Ok((_, CommandResult::Error(SmError::LeaseNotFound { .. }))) => true,
+                        Ok((_, other)) => {
+                            warn!(lease_id, ?other, "unexpected result of an expiry");
+                            true
+                        }
+                        Err(e) => {
+                            debug!(lease_id, error = %e, "expiry proposal failed");
+                            false
+                        }
+                    };
+                    let _ = done_tx.send(Done::Expired { lease_id, ok }).await;
+                }
+                .in_current_span(),
+            );
         }
-        let wall = wall_clock_ms();
+        let wall = self.clock.wall_ms();
         while let Some((until_ms, _, _)) = self.delays.first() {
             if *until_ms > wall {
                 break;
@@ -438,15 +448,18 @@ impl LeaseActor {
             };
             let proposer = self.proposer.clone();
             let done_tx = self.done_tx.clone();
-            self.tracker.spawn(async move {
-                let _ = proposer
-                    .propose(Proposal {
-                        request_id: None,
-                        command: Command::Promote { kind, key },
-                    })
-                    .await;
-                let _ = done_tx.send(Done::Promoted).await;
-            });
+            self.tracker.spawn(
+                async move {
+                    let _ = proposer
+                        .propose(Proposal {
+                            request_id: None,
+                            command: Command::Promote { kind, key },
+                        })
+                        .await;
+                    let _ = done_tx.send(Done::Promoted).await;
+                }
+                .in_current_span(),
+            );
         }
     }
 }

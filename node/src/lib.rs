@@ -1,25 +1,37 @@
 //! The leasehold node: the composition root.
 //!
-//! - [`node`]: `Node::start` wires config, storage, Raft, the actors and both listeners.
-//! - [`service`]: `NodeService`, the node's implementation of `leasehold_api::LeaseService`.
-//! - [`core`]: routes writes, read barriers and keepalives to the leader (or forwards them).
-//! - [`proposer`]: gathers concurrent commands into one Raft entry (group commit).
-//! - [`confirmer`]: batched leadership confirmation (read-index rounds).
-//! - [`lease_actor`]: lease deadlines, expiry and lock-delay on the leader.
-//! - [`forward`]: the leader side of forwarding, on the peer listener.
-//! - [`error`]: the core's typed errors.
+//! - `node`: [`Node::start`] wires config, storage, Raft, the actors and both listeners.
+//! - `service`: [`NodeService`], the node's implementation of
+//!   `leasehold_api::LeaseService`, split by concern (leases, the shared resource path,
+//!   locks, names, semaphores, waiting, cluster), and the one place input is validated.
+//! - `core`: the façade the service and the peer listener use: routes writes, read
+//!   barriers and keepalives to the leader (or forwards them), reads the local state.
+//! - `peer`: everything nodes say to one another: the versioned envelope, the pooled peer
+//!   client, openraft's transport, forwarding, the bootstrap probe and the peer listener.
+//! - `proposer`: gathers concurrent commands into one Raft entry (group commit).
+//! - `confirmer`: batched leadership confirmation (read-index rounds).
+//! - `lease_actor`: lease deadlines, expiry and lock-delay on the leader.
+//! - `clock`: the wall clock the actors are given.
+//! - `error`: the core's typed errors ([`CoreError`]).
 //!
-//! Only this crate opens sockets and spawns long-lived tasks.
+//! Only this crate opens sockets and spawns long-lived tasks, and every task it spawns
+//! is tracked so that [`Node::shutdown`] waits for it.
 
-pub mod confirmer;
-pub mod core;
-pub mod error;
-pub mod forward;
-pub mod lease_actor;
-pub mod node;
-pub mod proposer;
-pub mod service;
+mod clock;
+mod confirmer;
+mod core;
+mod error;
+mod lease_actor;
+mod node;
+mod peer;
+mod proposer;
+mod service;
 
+#[cfg(test)]
+mod paused_time_tests;
+
+pub use crate::error::CoreError;
 pub use crate::node::{Listeners, Node, StartError};
+pub use crate::peer::{Faults, PEER_PROTOCOL_VERSION};
 pub use crate::service::NodeService;
 pub use leasehold_config::Config;

@@ -4,9 +4,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::extract::{Request, State};
+use axum::middleware::Next;
 use leasehold_config::Config;
 use leasehold_raft::log_store::{MemLogStore, SledLogStore};
-use leasehold_raft::network::{Faults, PeerClientPool, PeerNetworkFactory};
 use leasehold_raft::sm_store::{SharedState, StateMachineStore};
 use leasehold_raft::typ::{NodeId, PeerNode, Raft};
 use openraft::SnapshotPolicy;
@@ -14,13 +15,12 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{info, warn};
+use tracing::{info, warn, Instrument, Span};
 
-use crate::confirmer::ConfirmerHandle;
-use crate::core::{Core, ForwardRequest, ForwardResponse, RequestIds, FORWARD_PATH};
-use crate::forward;
-use crate::lease_actor::LeaseHandle;
-use crate::proposer::{ProposerHandle, ProposerSettings};
+use crate::clock::Clock;
+use crate::core::Core;
+use crate::peer::network::RaftTransport;
+use crate::peer::{Faults, PeerClient};
 use crate::service::NodeService;
 
 /// How long shutdown waits for open requests (long-polls) before dropping them.
@@ -91,7 +91,21 @@ impl Node {
     }
 
     /// Start a node on listeners the caller bound (their addresses win over the config's).
+    ///
+    /// Everything the node does runs in a `node{id}` span: its actors, its listeners and
+    /// every request they serve, so each log line names the node.
     pub async fn start_on(config: Config, listeners: Listeners) -> Result<Node, StartError> {
+        let span = tracing::info_span!("node", id = config.node_id);
+        Self::start_in_span(config, listeners, span.clone())
+            .instrument(span)
+            .await
+    }
+
+    async fn start_in_span(
+        config: Config,
+        listeners: Listeners,
+        span: Span,
+    ) -> Result<Node, StartError> {
         config.validate()?;
         refuse_unimplemented(&config)?;
         let client_addr = local_addr(&listeners.client, "client_addr", config.client_addr)?;
@@ -113,8 +127,8 @@ impl Node {
                 .map_err(|e| StartError::Raft(e.to_string()))?,
         );
         let faults = Arc::new(Faults::default());
-        let peers = PeerClientPool::new(secret.clone(), faults.clone(), config.cluster.peer_proxy);
-        let network = PeerNetworkFactory::new(peers.clone());
+        let peers = PeerClient::new(secret.clone(), faults.clone(), config.cluster.peer_proxy);
+        let network = RaftTransport::new(peers.clone());
         let (raft, shared) = match &config.data_dir {
             Some(dir) => {
                 let storage_err = |message: String| StartError::Storage {
@@ -144,23 +158,25 @@ impl Node {
 
         let cancel = CancellationToken::new();
         let tracker = TaskTracker::new();
-        let core = Arc::new(build_core(
+        let core = Arc::new(Core::start(
             &config,
-            raft.clone(),
+            raft,
             shared,
             peers,
+            Clock::System,
             &tracker,
             &cancel,
         ));
 
         let mut servers = Vec::new();
-        let peer_router = leasehold_raft::network::peer_router(raft.clone(), secret.clone())
-            .merge(forward::router(core.clone(), secret.clone()));
+        let peer_router = in_span(crate::peer::server::router(core.clone(), secret), &span);
         servers.push(serve(listeners.peer, peer_router, cancel.clone()));
 
-        let service = NodeService::new(core.clone(), &config);
-        let client_router =
-            leasehold_api::router::router(Arc::new(service.clone()), service.limits().clone());
+        let service = NodeService::new(core.clone(), config.limits.clone());
+        let client_router = in_span(
+            leasehold_api::router::router(Arc::new(service.clone()), service.limits().clone()),
+            &span,
+        );
         servers.push(serve(listeners.client, client_router, cancel.clone()));
 
         let node = Node {
@@ -191,7 +207,7 @@ impl Node {
         client_addr: SocketAddr,
         peer_addr: SocketAddr,
     ) -> Result<(), StartError> {
-        let raft = &self.core.raft;
+        let raft = self.core.raft();
         if raft.is_initialized().await.unwrap_or(true) {
             return Ok(());
         }
@@ -212,17 +228,13 @@ impl Node {
                     if member.id == config.node_id {
                         continue;
                     }
+                    let peer_addr = member.peer_addr.to_string();
                     let asked = self
                         .core
-                        .peers
-                        .call::<ForwardRequest, Result<ForwardResponse, crate::error::CoreError>>(
-                            &member.peer_addr.to_string(),
-                            FORWARD_PATH,
-                            &ForwardRequest::Initialized,
-                            Duration::from_millis(500),
-                        )
+                        .peers()
+                        .is_initialized(&peer_addr, Duration::from_millis(500))
                         .await;
-                    if let Ok(Ok(ForwardResponse::Initialized(true))) = asked {
+                    if asked {
                         warn!(
                             peer = member.id,
                             "storage is empty but the cluster already exists: not bootstrapping; \
@@ -270,20 +282,26 @@ impl Node {
     }
 
     pub fn node_id(&self) -> NodeId {
-        self.core.node_id
+        self.core.node_id()
     }
 
     pub fn raft(&self) -> &Raft {
-        &self.core.raft
+        self.core.raft()
+    }
+
+    /// The tracker of every task this node runs (its actors and background clean-ups):
+    /// for diagnostics and tests. After [`Node::shutdown`] returns it is empty.
+    pub fn tasks(&self) -> TaskTracker {
+        self.tracker.clone()
     }
 
     /// The fault-injection switch of this node's peer links (tests cut links with it).
     pub fn faults(&self) -> &Arc<Faults> {
-        self.core.peers.faults()
+        self.core.peers().faults()
     }
 
     pub fn shared_state(&self) -> &Arc<SharedState> {
-        &self.core.shared
+        self.core.shared()
     }
 
     /// Wait until some node leads and this node has applied the leader's first entry.
@@ -291,7 +309,7 @@ impl Node {
         &self,
         timeout: Duration,
     ) -> Result<NodeId, crate::error::CoreError> {
-        let mut metrics = self.core.raft.metrics();
+        let mut metrics = self.core.raft().metrics();
         let wait = metrics.wait_for(|m| m.current_leader.is_some());
         let leader = match tokio::time::timeout(timeout, wait).await {
             Ok(Ok(m)) => m.current_leader,
@@ -304,72 +322,30 @@ impl Node {
     /// Stop serving, stop Raft and every task; returns when all of them have ended.
     pub async fn shutdown(self) {
         self.cancel.cancel();
-        if let Err(e) = self.core.raft.shutdown().await {
+        if let Err(e) = self.core.raft().shutdown().await {
             warn!(error = %e, "raft did not shut down cleanly");
         }
         self.tracker.close();
         let aborts: Vec<_> = self.servers.iter().map(|s| s.abort_handle()).collect();
         let servers = futures::future::join_all(self.servers);
-        if tokio::time::timeout(SHUTDOWN_GRACE, async {
-            servers.await;
-            self.tracker.wait().await;
-        })
-        .await
-        .is_err()
-        {
+        if tokio::time::timeout(SHUTDOWN_GRACE, servers).await.is_err() {
             warn!("shutdown grace passed with requests still open; dropping them");
             // Close the listeners now, so the addresses can be bound again at once.
-            for abort in aborts {
+            for abort in &aborts {
                 abort.abort();
             }
         }
-    }
-}
-
-fn build_core(
-    config: &Config,
-    raft: Raft,
-    shared: Arc<SharedState>,
-    peers: PeerClientPool,
-    tracker: &TaskTracker,
-    cancel: &CancellationToken,
-) -> Core {
-    let election_timeout_max = Duration::from_millis(config.raft.election_timeout_max_ms);
-    let request_timeout = Duration::from_millis(config.limits.request_timeout_ms);
-    let proposer = ProposerHandle::spawn(
-        raft.clone(),
-        ProposerSettings {
-            max_batch: config.raft.max_batch,
-            proposal_timeout: Duration::from_millis(config.raft.proposal_timeout_ms),
-            quorum_stale_after: election_timeout_max,
-        },
-        tracker,
-        cancel.clone(),
-    );
-    let confirmer = ConfirmerHandle::spawn(
-        raft.clone(),
-        election_timeout_max * 2,
-        tracker,
-        cancel.clone(),
-    );
-    let leases = LeaseHandle::spawn(
-        raft.clone(),
-        shared.clone(),
-        proposer.clone(),
-        tracker,
-        cancel.clone(),
-    );
-    Core {
-        node_id: config.node_id,
-        raft,
-        shared,
-        proposer,
-        confirmer,
-        leases,
-        peers,
-        request_timeout,
-        leader_wait: election_timeout_max * 3,
-        request_ids: RequestIds::new(config.node_id),
+        // Every tracked task ends on the cancellation (or fails at once now that Raft has
+        // stopped); the bound only keeps a bug from hanging shutdown.
+        if tokio::time::timeout(SHUTDOWN_GRACE, self.tracker.wait())
+            .await
+            .is_err()
+        {
+            warn!(
+                running = self.tracker.len(),
+                "tasks still running after shutdown; this is a bug"
+            );
+        }
     }
 }
 
@@ -409,13 +385,25 @@ fn read_secret(config: &Config) -> Result<Option<Arc<String>>, StartError> {
     Ok(Some(Arc::new(secret.trim().to_string())))
 }
 
+/// Serve every request of `router` in `span`. axum runs each connection in a task of its
+/// own, which does not inherit the caller's span, so the span is entered per request.
+fn in_span(router: axum::Router, span: &Span) -> axum::Router {
+    router.layer(axum::middleware::from_fn_with_state(
+        span.clone(),
+        |State(span): State<Span>, req: Request, next: Next| next.run(req).instrument(span),
+    ))
+}
+
 fn serve(listener: TcpListener, router: axum::Router, cancel: CancellationToken) -> JoinHandle<()> {
-    tokio::spawn(async move {
-        let result = axum::serve(listener, router)
-            .with_graceful_shutdown(cancel.cancelled_owned())
-            .await;
-        if let Err(e) = result {
-            warn!(error = %e, "listener stopped with an error");
+    tokio::spawn(
+        async move {
+            let result = axum::serve(listener, router)
+                .with_graceful_shutdown(cancel.cancelled_owned())
+                .await;
+            if let Err(e) = result {
+                warn!(error = %e, "listener stopped with an error");
+            }
         }
-    })
+        .in_current_span(),
+    )
 }

@@ -6,7 +6,7 @@
 //! caller its own result. At most `MAX_IN_FLIGHT` entries are in flight at once.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use leasehold_raft::command::{Batch, CommandResult, Proposal};
 use leasehold_raft::typ::Raft;
@@ -15,7 +15,9 @@ use openraft::ServerState;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 
+use crate::clock::Clock;
 use crate::error::CoreError;
 
 /// Entries proposed concurrently; more would only queue inside openraft.
@@ -38,6 +40,8 @@ pub struct ProposerSettings {
     pub proposal_timeout: Duration,
     /// A leader that has not heard from a quorum for this long refuses writes (rule 7).
     pub quorum_stale_after: Duration,
+    /// Stamps each entry (the state machine's clock is the leader's wall clock).
+    pub clock: Clock,
 }
 
 impl ProposerHandle {
@@ -48,7 +52,7 @@ impl ProposerHandle {
         cancel: CancellationToken,
     ) -> Self {
         let (tx, rx) = mpsc::channel(INBOX_CAPACITY);
-        tracker.spawn(run(raft, settings, rx, tracker.clone(), cancel));
+        tracker.spawn(run(raft, settings, rx, tracker.clone(), cancel).in_current_span());
         ProposerHandle { tx }
     }
 
@@ -101,10 +105,13 @@ async fn run(
         }
         let raft = raft.clone();
         let settings = settings.clone();
-        tracker.spawn(async move {
-            propose_batch(&raft, &settings, batch).await;
-            drop(permit);
-        });
+        tracker.spawn(
+            async move {
+                propose_batch(&raft, &settings, batch).await;
+                drop(permit);
+            }
+            .in_current_span(),
+        );
     }
 }
 
@@ -120,7 +127,7 @@ async fn propose_batch(raft: &Raft, settings: &ProposerSettings, batch: Vec<Subm
         .map(|s| (s.proposal, s.respond_to))
         .unzip();
     let count = proposals.len();
-    let entry = Batch::new(wall_clock_ms(), proposals);
+    let entry = Batch::new(settings.clock.wall_ms(), proposals);
     let outcome = tokio::time::timeout(settings.proposal_timeout, raft.client_write(entry)).await;
     let results: Result<(u64, Vec<CommandResult>), CoreError> = match outcome {
         Err(_) => Err(CoreError::Timeout),
@@ -182,12 +189,4 @@ fn check_leadership(raft: &Raft, settings: &ProposerSettings) -> Result<(), Core
         }
     }
     Ok(())
-}
-
-/// Milliseconds since the Unix epoch: the timestamp stamped into each entry.
-pub fn wall_clock_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }

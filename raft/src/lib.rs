@@ -1,11 +1,11 @@
-//! The replicated core of leasehold.
+//! The replicated core of leasehold. It knows nothing of HTTP or sockets: the peer
+//! transport lives in the node crate (`node::peer`).
 //!
 //! - [`typ`]: openraft's generic parameters, pinned once.
 //! - [`command`]: the replicated command set (what a log entry carries and returns).
 //! - [`state`]: the deterministic lease state machine and its snapshot encoding.
 //! - [`sm_store`]: the openraft state-machine storage wrapping [`state::LeaseState`].
 //! - [`log_store`]: the durable sled log store and the in-memory one.
-//! - [`network`]: the peer (Raft) transport: client side and the peer listener's router.
 
 // openraft's storage traits return its `StorageError` (200+ bytes) by value; our helpers
 // return the same type rather than boxing and unboxing at every trait boundary.
@@ -13,7 +13,6 @@
 
 pub mod command;
 pub mod log_store;
-pub mod network;
 pub mod sm_store;
 pub mod state;
 pub mod typ;

@@ -3,6 +3,10 @@ use std::collections::BTreeMap;
 use proptest::prelude::*;
 
 use super::*;
+use crate::command::{
+    Acquire, Batch, BusyReason, Command, CommandResult, EndReason, HoldView, Kind, LeaseSpec,
+    Proposal, SmError,
+};
 
 const MAX_LEASES: u64 = 1_000;
 const MAX_WAITERS: u32 = 100;

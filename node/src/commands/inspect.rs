@@ -1,0 +1,305 @@
+//! The commands that read or change cluster state without holding anything: `status`,
+//! `locks ls|get`, `names ls|get [--watch]`, `leases ls`, `members add|remove`.
+
+use std::time::Duration;
+
+use clap::Subcommand;
+use leasehold_api::wire::*;
+use leasehold_api::{Client, ErrorCode, LeaseService};
+
+use super::{client, fail, print, wait_for_signal, ClientArgs, EXIT_ERROR};
+
+#[derive(Subcommand, Debug)]
+pub enum LocksCommand {
+    /// List held locks.
+    Ls {
+        #[arg(long)]
+        prefix: Option<String>,
+        #[arg(long)]
+        limit: Option<usize>,
+    },
+    /// Show one lock.
+    Get { key: String },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum NamesCommand {
+    /// List registered names.
+    Ls {
+        #[arg(long)]
+        prefix: Option<String>,
+        #[arg(long)]
+        limit: Option<usize>,
+    },
+    /// Show who holds a name; with --watch, print every change (new holder or vacancy).
+    Get {
+        name: String,
+        #[arg(long)]
+        watch: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum LeasesCommand {
+    /// List live leases.
+    Ls {
+        #[arg(long)]
+        limit: Option<usize>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum MembersCommand {
+    /// Add a node: it joins as a learner, catches up, then becomes a voter.
+    Add {
+        id: u64,
+        peer_addr: String,
+        #[arg(default_value = "")]
+        client_addr: String,
+    },
+    /// Remove a node.
+    Remove { id: u64 },
+}
+
+pub async fn status(client_args: &ClientArgs) -> i32 {
+    let client = match client(client_args) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    match client.cluster_status().await {
+        Ok(s) => {
+            print(client_args.json, &s, |s| {
+                println!(
+                    "node {} · leader {} · term {} · commit {} · applied {}",
+                    s.node_id,
+                    s.leader_id.map_or("none".to_string(), |l| l.to_string()),
+                    s.term,
+                    s.commit_index,
+                    s.applied_index
+                );
+                for m in &s.members {
+                    println!(
+                        "  member {:<3} {:<22} {:<8} {}",
+                        m.id,
+                        m.addr,
+                        if m.voter { "voter" } else { "learner" },
+                        match m.reachable {
+                            Some(true) => "reachable",
+                            Some(false) => "lagging",
+                            None => "",
+                        }
+                    );
+                }
+            });
+            0
+        }
+        Err(e) => fail("cannot read the cluster status", &e),
+    }
+}
+
+pub async fn locks(client_args: &ClientArgs, cmd: LocksCommand) -> i32 {
+    let client = match client(client_args) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    match cmd {
+        LocksCommand::Ls { prefix, limit } => {
+            match client
+                .list_locks(ListParams {
+                    prefix,
+                    limit,
+                    after: None,
+                })
+                .await
+            {
+                Ok(list) => {
+                    print(client_args.json, &list, |list| {
+                        if list.locks.is_empty() {
+                            println!("no locks held");
+                        }
+                        for l in &list.locks {
+                            println!(
+                                "{}  owner={} token={} expires_in={}ms",
+                                l.key, l.owner, l.token, l.expires_in_ms
+                            );
+                        }
+                    });
+                    0
+                }
+                Err(e) => fail("cannot list locks", &e),
+            }
+        }
+        LocksCommand::Get { key } => match client.get_lock(&key, ReadParams::default()).await {
+            Ok(state) => {
+                print(client_args.json, &state, |s| match &s.holder {
+                    Some(h) => println!(
+                        "{} held by {} (token {}, expires in {} ms, {} waiting, acquired {} times)",
+                        s.key, h.owner, h.token, h.expires_in_ms, s.waiters, h.acquisitions
+                    ),
+                    None => println!("{} is free", s.key),
+                });
+                0
+            }
+            Err(e) => fail(&format!("cannot read lock {key}"), &e),
+        },
+    }
+}
+
+pub async fn names(client_args: &ClientArgs, cmd: NamesCommand) -> i32 {
+    let client = match client(client_args) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    match cmd {
+        NamesCommand::Ls { prefix, limit } => {
+            match client
+                .list_names(ListParams {
+                    prefix,
+                    limit,
+                    after: None,
+                })
+                .await
+            {
+                Ok(list) => {
+                    print(client_args.json, &list, |list| {
+                        if list.names.is_empty() {
+                            println!("no names registered");
+                        }
+                        for n in &list.names {
+                            println!(
+                                "{}  owner={} value={} token={}",
+                                n.name,
+                                n.owner,
+                                n.value.as_deref().unwrap_or(""),
+                                n.token
+                            );
+                        }
+                    });
+                    0
+                }
+                Err(e) => fail("cannot list names", &e),
+            }
+        }
+        NamesCommand::Get { name, watch: false } => {
+            match client.get_name(&name, ReadParams::default()).await {
+                Ok(state) => {
+                    print(client_args.json, &state, print_name);
+                    0
+                }
+                Err(e) if e.code == ErrorCode::NameNotFound => {
+                    eprintln!("leasehold: {name} is not registered");
+                    EXIT_ERROR
+                }
+                Err(e) => fail(&format!("cannot read name {name}"), &e),
+            }
+        }
+        NamesCommand::Get { name, watch: true } => {
+            watch_name(&client, client_args.json, &name).await
+        }
+    }
+}
+
+fn print_name(state: &NameState) {
+    match &state.record {
+        Some(r) => println!(
+            "{} = {} (owner {}, token {})",
+            state.name,
+            r.value.as_deref().unwrap_or(""),
+            r.owner,
+            r.token
+        ),
+        None => println!("{} is vacant", state.name),
+    }
+}
+
+/// Print the name's state, then every change, until interrupted.
+async fn watch_name(client: &Client, json: bool, name: &str) -> i32 {
+    let mut index = 0;
+    let mut first = true;
+    loop {
+        let params = ReadParams {
+            index: Some(index),
+            wait_ms: Some(if first { 0 } else { 60_000 }),
+            stale: None,
+        };
+        let read = tokio::select! {
+            r = client.get_name(name, params) => r,
+            _ = wait_for_signal() => return 0,
+        };
+        match read {
+            Ok(state) => {
+                if first || state.index > index {
+                    print(json, &state, print_name);
+                }
+                first = false;
+                index = state.index;
+            }
+            Err(e) if matches!(e.code, ErrorCode::Unavailable | ErrorCode::Timeout) => {
+                eprintln!("leasehold: {}; retrying", e.message);
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => return fail(&format!("cannot watch {name}"), &e),
+        }
+    }
+}
+
+pub async fn leases(client_args: &ClientArgs, cmd: LeasesCommand) -> i32 {
+    let client = match client(client_args) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let LeasesCommand::Ls { limit } = cmd;
+    match client
+        .list_leases(LeaseListParams { limit, after: None })
+        .await
+    {
+        Ok(list) => {
+            print(client_args.json, &list, |list| {
+                if list.leases.is_empty() {
+                    println!("no live leases");
+                }
+                for l in &list.leases {
+                    println!(
+                        "lease {} owner={} ttl={}ms remaining={}ms locks={:?} names={:?}",
+                        l.lease_id, l.owner, l.ttl_ms, l.remaining_ms, l.locks, l.names
+                    );
+                }
+            });
+            0
+        }
+        Err(e) => fail("cannot list leases", &e),
+    }
+}
+
+pub async fn members(client_args: &ClientArgs, cmd: MembersCommand) -> i32 {
+    let client = match client(client_args) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let result = match cmd {
+        MembersCommand::Add {
+            id,
+            peer_addr,
+            client_addr,
+        } => {
+            client
+                .add_member(AddMemberRequest {
+                    id,
+                    peer_addr,
+                    client_addr,
+                })
+                .await
+        }
+        MembersCommand::Remove { id } => client.remove_member(id).await,
+    };
+    match result {
+        Ok(status) => {
+            print(client_args.json, &status, |s| {
+                let ids: Vec<String> = s.members.iter().map(|m| m.id.to_string()).collect();
+                println!("members: {}", ids.join(", "));
+            });
+            0
+        }
+        Err(e) => fail("cannot change the members", &e),
+    }
+}

@@ -1,0 +1,152 @@
+//! [`PeerClient`]: one pooled HTTP client for every outgoing peer call.
+//!
+//! Every call is `POST http://{peer}/peer/v1` with an enveloped [`PeerRequest`]; the reply
+//! is an enveloped [`PeerReply`]. reqwest keeps connections per peer. When a cluster
+//! secret is set, every call carries it in [`SECRET_HEADER`].
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tracing::Instrument;
+
+use super::envelope::{self, EnvelopeError, PeerReply, PeerRequest};
+use super::faults::Faults;
+
+/// The one route of the peer listener.
+pub(crate) const PEER_PATH: &str = "/peer/v1";
+/// The header carrying the cluster secret.
+pub(crate) const SECRET_HEADER: &str = "x-leasehold-secret";
+
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum PeerCallError {
+    #[error("link to {0} is cut (fault injection)")]
+    Cut(String),
+    #[error("cannot connect to {addr}: {source}")]
+    Connect {
+        addr: String,
+        source: reqwest::Error,
+    },
+    #[error("request to {addr} timed out")]
+    Timeout { addr: String },
+    #[error("request to {addr} failed: {source}")]
+    Http {
+        addr: String,
+        source: reqwest::Error,
+    },
+    #[error("{addr} answered {status}: {body}")]
+    Status {
+        addr: String,
+        status: u16,
+        body: String,
+    },
+    #[error("peer message to or from {addr}: {source}")]
+    Envelope { addr: String, source: EnvelopeError },
+    #[error("{addr} answered a {got} request with another kind of reply")]
+    Mismatch { addr: String, got: &'static str },
+}
+
+impl PeerCallError {
+    /// True if the request certainly did not reach the peer.
+    pub(crate) fn not_sent(&self) -> bool {
+        matches!(self, PeerCallError::Cut(_) | PeerCallError::Connect { .. })
+    }
+}
+
+/// One pooled HTTP client for all peer calls, with the secret and the fault switch.
+#[derive(Clone)]
+pub(crate) struct PeerClient {
+    client: reqwest::Client,
+    secret: Option<Arc<String>>,
+    faults: Arc<Faults>,
+}
+
+impl PeerClient {
+    /// `proxy`: send every peer request through this HTTP forward proxy; without one,
+    /// connect directly (and ignore `HTTP_PROXY` and friends from the environment).
+    pub(crate) fn new(
+        secret: Option<Arc<String>>,
+        faults: Arc<Faults>,
+        proxy: Option<SocketAddr>,
+    ) -> Self {
+        let builder = reqwest::Client::builder()
+            .pool_idle_timeout(Duration::from_secs(30))
+            .tcp_nodelay(true)
+            .connect_timeout(Duration::from_millis(500));
+        let builder = match proxy.and_then(|p| reqwest::Proxy::http(format!("http://{p}")).ok()) {
+            Some(proxy) => builder.proxy(proxy),
+            None => builder.no_proxy(),
+        };
+        // Building a client with these plain options does not fail.
+        let client = builder.build().expect("reqwest client builds");
+        PeerClient {
+            client,
+            secret,
+            faults,
+        }
+    }
+
+    pub(crate) fn faults(&self) -> &Arc<Faults> {
+        &self.faults
+    }
+
+    /// Send `request` to the peer at `peer_addr` and decode its reply.
+    pub(crate) async fn call(
+        &self,
+        peer_addr: &str,
+        request: &PeerRequest,
+        timeout: Duration,
+    ) -> Result<PeerReply, PeerCallError> {
+        let span = tracing::debug_span!("peer_call", peer = %peer_addr, rpc = request.kind());
+        self.call_inner(peer_addr, request, timeout)
+            .instrument(span)
+            .await
+    }
+
+    async fn call_inner(
+        &self,
+        peer_addr: &str,
+        request: &PeerRequest,
+        timeout: Duration,
+    ) -> Result<PeerReply, PeerCallError> {
+        if self.faults.is_blocked(peer_addr) {
+            return Err(PeerCallError::Cut(peer_addr.to_string()));
+        }
+        let addr = || peer_addr.to_string();
+        let envelope_err = |source| PeerCallError::Envelope {
+            addr: addr(),
+            source,
+        };
+        let body = envelope::encode(request).map_err(envelope_err)?;
+        let mut http = self
+            .client
+            .post(format!("http://{peer_addr}{PEER_PATH}"))
+            .timeout(timeout)
+            .header("content-type", "application/octet-stream")
+            .body(body);
+        if let Some(secret) = &self.secret {
+            http = http.header(SECRET_HEADER, secret.as_str());
+        }
+        let response = http.send().await.map_err(|e| classify(addr(), e))?;
+        let status = response.status();
+        let bytes = response.bytes().await.map_err(|e| classify(addr(), e))?;
+        if !status.is_success() {
+            return Err(PeerCallError::Status {
+                addr: addr(),
+                status: status.as_u16(),
+                body: String::from_utf8_lossy(&bytes).into_owned(),
+            });
+        }
+        envelope::decode(&bytes).map_err(envelope_err)
+    }
+}
+
+fn classify(addr: String, e: reqwest::Error) -> PeerCallError {
+    if e.is_connect() {
+        PeerCallError::Connect { addr, source: e }
+    } else if e.is_timeout() {
+        PeerCallError::Timeout { addr }
+    } else {
+        PeerCallError::Http { addr, source: e }
+    }
+}

@@ -1,0 +1,141 @@
+//! The one envelope of every peer message.
+//!
+//! On the wire a message is one byte of protocol version, then the bincode 2 (standard
+//! configuration) encoding of a [`PeerRequest`] or a [`PeerReply`]. A node refuses a
+//! message of another version with a clear error rather than misreading it, so a mixed
+//! cluster fails loudly instead of corrupting anything. Bump [`PEER_PROTOCOL_VERSION`]
+//! whenever either enum, or a type inside it, changes shape.
+
+use leasehold_raft::typ::{NodeId, TypeConfig};
+use openraft::error::{InstallSnapshotError, RaftError};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use super::forward::{ForwardRequest, ForwardResponse};
+use crate::error::CoreError;
+
+/// The version of the peer protocol this build speaks.
+pub const PEER_PROTOCOL_VERSION: u8 = 1;
+
+/// Every request one node sends another.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum PeerRequest {
+    Append(AppendEntriesRequest<TypeConfig>),
+    Vote(VoteRequest<NodeId>),
+    Snapshot(InstallSnapshotRequest<TypeConfig>),
+    /// A request a follower forwards to the leader (or the bootstrap probe).
+    Forward(ForwardRequest),
+}
+
+type RaftResult<T, E = openraft::error::Infallible> = Result<T, RaftError<NodeId, E>>;
+
+/// The reply to each [`PeerRequest`], variant for variant.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum PeerReply {
+    Append(RaftResult<AppendEntriesResponse<NodeId>>),
+    Vote(RaftResult<VoteResponse<NodeId>>),
+    Snapshot(RaftResult<InstallSnapshotResponse<NodeId>, InstallSnapshotError>),
+    Forward(Result<ForwardResponse, CoreError>),
+}
+
+impl PeerRequest {
+    /// A short name for logs and spans.
+    pub(crate) fn kind(&self) -> &'static str {
+        match self {
+            PeerRequest::Append(_) => "append",
+            PeerRequest::Vote(_) => "vote",
+            PeerRequest::Snapshot(_) => "snapshot",
+            PeerRequest::Forward(_) => "forward",
+        }
+    }
+
+    /// The client's request id of a forwarded write, so that the leader's log names it.
+    pub(crate) fn request_id(&self) -> Option<&str> {
+        match self {
+            PeerRequest::Forward(ForwardRequest::Propose(p)) => p.request_id.as_deref(),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum EnvelopeError {
+    #[error("empty peer message")]
+    Empty,
+    #[error(
+        "peer protocol version {got}, but this node speaks version {PEER_PROTOCOL_VERSION}; \
+         run the same leasehold version on every member"
+    )]
+    Version { got: u8 },
+    #[error("cannot decode the peer message: {0}")]
+    Decode(#[from] bincode::error::DecodeError),
+    #[error("cannot encode the peer message: {0}")]
+    Encode(#[from] bincode::error::EncodeError),
+    #[error("{0} trailing bytes after the peer message")]
+    Trailing(usize),
+}
+
+/// The version byte, then the message.
+pub(crate) fn encode<T: Serialize>(message: &T) -> Result<Vec<u8>, EnvelopeError> {
+    let mut out = vec![PEER_PROTOCOL_VERSION];
+    bincode::serde::encode_into_std_write(message, &mut out, bincode::config::standard())?;
+    Ok(out)
+}
+
+/// Check the version byte and decode the message; garbage is an error, never a panic.
+pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, EnvelopeError> {
+    let (&version, body) = bytes.split_first().ok_or(EnvelopeError::Empty)?;
+    if version != PEER_PROTOCOL_VERSION {
+        return Err(EnvelopeError::Version { got: version });
+    }
+    let (message, used) = bincode::serde::decode_from_slice(body, bincode::config::standard())?;
+    if used != body.len() {
+        return Err(EnvelopeError::Trailing(body.len() - used));
+    }
+    Ok(message)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_message_round_trips_behind_its_version_byte() {
+        let request = PeerRequest::Forward(ForwardRequest::ReadIndex);
+        let bytes = encode(&request).unwrap();
+        assert_eq!(bytes[0], PEER_PROTOCOL_VERSION);
+        let back: PeerRequest = decode(&bytes).unwrap();
+        assert!(matches!(
+            back,
+            PeerRequest::Forward(ForwardRequest::ReadIndex)
+        ));
+    }
+
+    #[test]
+    fn another_version_is_refused_by_name() {
+        let mut bytes = encode(&PeerRequest::Forward(ForwardRequest::ReadIndex)).unwrap();
+        bytes[0] = PEER_PROTOCOL_VERSION + 1;
+        let err = decode::<PeerRequest>(&bytes).unwrap_err();
+        assert!(matches!(err, EnvelopeError::Version { .. }), "{err}");
+        assert!(err.to_string().contains("same leasehold version"));
+    }
+
+    #[test]
+    fn garbage_and_trailing_bytes_are_errors() {
+        assert!(matches!(
+            decode::<PeerRequest>(&[]),
+            Err(EnvelopeError::Empty)
+        ));
+        assert!(decode::<PeerRequest>(&[PEER_PROTOCOL_VERSION, 0xff, 0xff, 0xff]).is_err());
+        let mut bytes = encode(&PeerRequest::Forward(ForwardRequest::ReadIndex)).unwrap();
+        bytes.push(0);
+        assert!(matches!(
+            decode::<PeerRequest>(&bytes),
+            Err(EnvelopeError::Trailing(1))
+        ));
+    }
+}

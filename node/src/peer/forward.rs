@@ -1,0 +1,94 @@
+//! Request forwarding: what a follower asks of the leader, and the bootstrap probe.
+//!
+//! A follower sends a [`ForwardRequest`] in a [`PeerRequest::Forward`]; the peer listener
+//! serves it with `Core::serve_locally` (which answers `NotLeader` on a node that does not
+//! lead) and replies with `Result<ForwardResponse, CoreError>`.
+
+use std::time::Duration;
+
+use leasehold_raft::command::{CommandResult, Kind, LeaseId, Proposal, Token};
+use leasehold_raft::typ::NodeId;
+use serde::{Deserialize, Serialize};
+
+use super::client::{PeerCallError, PeerClient};
+use super::envelope::{PeerReply, PeerRequest};
+use crate::error::CoreError;
+
+/// Requests a follower forwards to the leader over the peer link.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) enum ForwardRequest {
+    Propose(Proposal),
+    ReadIndex,
+    KeepaliveLease(LeaseId),
+    KeepaliveHold {
+        kind: Kind,
+        key: String,
+        owner: String,
+        token: Token,
+    },
+    RemainingMs(Vec<LeaseId>),
+    ChangeMembership(MembershipChange),
+    /// Used at bootstrap: is the asked node part of an initialized cluster?
+    Initialized,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) enum ForwardResponse {
+    /// A command's result and the log index it was applied at.
+    Result {
+        index: u64,
+        result: CommandResult,
+    },
+    ReadIndex(u64),
+    Kept {
+        lease_id: LeaseId,
+        ttl_ms: u64,
+    },
+    RemainingMs(Vec<Option<u64>>),
+    Initialized(bool),
+    Done,
+}
+
+/// An admin change of the voting members.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) enum MembershipChange {
+    /// Add a learner, wait for it to catch up, then make it a voter.
+    Add {
+        id: NodeId,
+        peer_addr: String,
+        client_addr: String,
+    },
+    /// Remove a member (voter or learner).
+    Remove { id: NodeId },
+}
+
+impl PeerClient {
+    /// Forward `request` to the node at `peer_addr` (the leader, as this node believes).
+    pub(crate) async fn forward(
+        &self,
+        peer_addr: &str,
+        request: ForwardRequest,
+        timeout: Duration,
+    ) -> Result<Result<ForwardResponse, CoreError>, PeerCallError> {
+        match self
+            .call(peer_addr, &PeerRequest::Forward(request), timeout)
+            .await?
+        {
+            PeerReply::Forward(result) => Ok(result),
+            _ => Err(PeerCallError::Mismatch {
+                addr: peer_addr.to_string(),
+                got: "forward",
+            }),
+        }
+    }
+
+    /// The bootstrap probe: does the node at `peer_addr` belong to an initialized cluster?
+    /// `false` when it says no or cannot be asked.
+    pub(crate) async fn is_initialized(&self, peer_addr: &str, timeout: Duration) -> bool {
+        matches!(
+            self.forward(peer_addr, ForwardRequest::Initialized, timeout)
+                .await,
+            Ok(Ok(ForwardResponse::Initialized(true)))
+        )
+    }
+}

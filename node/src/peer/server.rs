@@ -1,0 +1,107 @@
+//! The peer listener: `POST /peer/v1`, one enveloped [`PeerRequest`] per call.
+//!
+//! The cluster secret (when set) is checked first, in constant time; a missing or wrong
+//! one is 401 and nothing is decoded. A message that does not decode (or speaks another
+//! protocol version) is 400 naming why. Raft RPCs go to openraft, forwarded requests to
+//! the core, each under a `peer_rpc` span.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::Router;
+use tracing::Instrument;
+
+use super::client::{PEER_PATH, SECRET_HEADER};
+use super::envelope::{self, PeerReply, PeerRequest};
+use crate::core::Core;
+
+/// Upper bound on a peer request body (snapshot chunks are smaller by default).
+pub(crate) const MAX_PEER_BODY_BYTES: usize = 64 * 1024 * 1024;
+
+#[derive(Clone)]
+struct PeerState {
+    core: Arc<Core>,
+    secret: Option<Arc<String>>,
+}
+
+/// The peer listener's routes.
+pub(crate) fn router(core: Arc<Core>, secret: Option<Arc<String>>) -> Router {
+    Router::new()
+        .route(PEER_PATH, post(handle))
+        .layer(DefaultBodyLimit::max(MAX_PEER_BODY_BYTES))
+        .with_state(PeerState { core, secret })
+}
+
+async fn handle(State(state): State<PeerState>, headers: HeaderMap, body: Bytes) -> Response {
+    if !secret_matches(state.secret.as_deref().map(String::as_str), &headers) {
+        return (StatusCode::UNAUTHORIZED, "missing or wrong cluster secret").into_response();
+    }
+    let request: PeerRequest = match envelope::decode(&body) {
+        Ok(request) => request,
+        Err(e) => return (StatusCode::BAD_REQUEST, e.to_string()).into_response(),
+    };
+    let span = tracing::debug_span!(
+        "peer_rpc",
+        rpc = request.kind(),
+        request_id = tracing::field::Empty
+    );
+    if let Some(id) = request.request_id() {
+        span.record("request_id", id);
+    }
+    let reply = dispatch(&state.core, request)
+        .instrument(span.clone())
+        .await;
+    span.in_scope(|| tracing::trace!("served"));
+    match envelope::encode(&reply) {
+        Ok(bytes) => (StatusCode::OK, bytes).into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
+}
+
+async fn dispatch(core: &Core, request: PeerRequest) -> PeerReply {
+    let raft = core.raft();
+    match request {
+        PeerRequest::Append(rpc) => PeerReply::Append(raft.append_entries(rpc).await),
+        PeerRequest::Vote(rpc) => PeerReply::Vote(raft.vote(rpc).await),
+        PeerRequest::Snapshot(rpc) => PeerReply::Snapshot(raft.install_snapshot(rpc).await),
+        PeerRequest::Forward(forwarded) => PeerReply::Forward(core.serve_locally(forwarded).await),
+    }
+}
+
+/// Does the request carry the cluster secret (or is none configured)?
+fn secret_matches(secret: Option<&str>, headers: &HeaderMap) -> bool {
+    let Some(secret) = secret else {
+        return true;
+    };
+    let Some(given) = headers.get(SECRET_HEADER) else {
+        return false;
+    };
+    constant_time_eq(secret.as_bytes(), given.as_bytes())
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_secret_is_required_when_set() {
+        let mut headers = HeaderMap::new();
+        assert!(secret_matches(None, &headers));
+        assert!(!secret_matches(Some("s3cret"), &headers));
+        headers.insert(SECRET_HEADER, "wrong!".parse().unwrap());
+        assert!(!secret_matches(Some("s3cret"), &headers));
+        headers.insert(SECRET_HEADER, "s3cret".parse().unwrap());
+        assert!(secret_matches(Some("s3cret"), &headers));
+    }
+}

@@ -1,0 +1,286 @@
+//! What locks, names and semaphores share: each is a resource with a limit (1 for locks
+//! and names), FIFO waiters and holders under leases. One path acquires, extends,
+//! releases, reads, lists and shows the history of any of them; the `Kind` says which
+//! key space, and the callers in `locks`, `names` and `semaphores` shape the replies.
+
+use std::time::Duration;
+
+use leasehold_api::error::ApiError;
+use leasehold_api::validate;
+use leasehold_api::wire::*;
+use leasehold_raft::command::{Acquire, Command, CommandResult, HoldView, Kind, LeaseSpec, Token};
+use leasehold_raft::state::{EndRecord, LeaseState};
+use tokio::time::Instant;
+
+use super::convert::{
+    busy_error, core_error, history_event, lease_spec, lock_holder, sm_error, unexpected,
+};
+use super::NodeService;
+use crate::error::CoreError;
+
+/// What an acquire asks for, for any kind of resource.
+pub(super) struct AcquireArgs {
+    pub kind: Kind,
+    pub key: String,
+    pub owner: String,
+    pub lease: LeaseSpec,
+    pub wait_ms: u64,
+    pub value: Option<String>,
+    pub lock_delay_ms: u64,
+    pub limit: u32,
+    pub request_id: Option<String>,
+}
+
+impl AcquireArgs {
+    /// The fields every acquire request has; `limit` 1 and no lock-delay unless set.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn new(
+        kind: Kind,
+        key: &str,
+        owner: String,
+        ttl_ms: Option<u64>,
+        lease_id: Option<u64>,
+        wait_ms: Option<u64>,
+        value: Option<String>,
+        request_id: Option<String>,
+    ) -> Self {
+        AcquireArgs {
+            kind,
+            key: key.to_string(),
+            owner,
+            lease: lease_spec(ttl_ms, lease_id),
+            wait_ms: wait_ms.unwrap_or(0),
+            value,
+            lock_delay_ms: 0,
+            limit: 1,
+            request_id,
+        }
+    }
+}
+
+/// One resource as the local state shows it.
+pub(super) struct ResourceView {
+    pub holders: Vec<HoldView>,
+    pub waiters: u32,
+    pub limit: u32,
+    pub index: u64,
+    /// How the last hold ended, if one did.
+    pub last_end: Option<EndRecord>,
+}
+
+/// The holders of `kind/key`, in grant order.
+pub(super) fn current_holders(s: &LeaseState, kind: Kind, key: &str) -> Vec<HoldView> {
+    s.resource(kind, key)
+        .map(|r| {
+            r.holders
+                .iter()
+                .map(|h| s.hold_view(kind, key, h))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+impl NodeService {
+    pub(super) async fn acquire(&self, args: AcquireArgs) -> Result<HoldView, ApiError> {
+        self.acquire_indexed(args).await.map(|(_, hold)| hold)
+    }
+
+    /// Acquire, and return with the hold a log index this node has to apply before its
+    /// local state shows the hold (the write may have been forwarded to the leader).
+    pub(super) async fn acquire_indexed(
+        &self,
+        args: AcquireArgs,
+    ) -> Result<(u64, HoldView), ApiError> {
+        let started = Instant::now();
+        let command = Command::Acquire(Acquire {
+            kind: args.kind,
+            key: args.key.clone(),
+            owner: args.owner.clone(),
+            lease: args.lease.clone(),
+            wait: args.wait_ms > 0,
+            value: args.value.clone(),
+            lock_delay_ms: args.lock_delay_ms,
+            limit: args.limit,
+            max_waiters: self.limits.max_waiters_per_key,
+            max_leases: self.limits.max_leases,
+        });
+        let (index, result) = self.write_indexed(args.request_id.clone(), command).await?;
+        match result {
+            CommandResult::Granted(hold) => Ok((index, hold)),
+            CommandResult::Busy { holders, reason } => {
+                Err(busy_error(args.kind, &args.key, &holders, &reason))
+            }
+            CommandResult::Queued { lease_id, .. } => {
+                let deadline = started + Duration::from_millis(args.wait_ms);
+                // A grant seen while waiting is already in the local state: index 0.
+                self.wait_for_grant(&args, index, lease_id, deadline)
+                    .await
+                    .map(|hold| (0, hold))
+            }
+            CommandResult::Error(e) => Err(sm_error(args.kind, &args.key, e)),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Validate and release a hold of any kind.
+    pub(super) async fn release_checked(
+        &self,
+        kind: Kind,
+        key: &str,
+        params: ReleaseParams,
+    ) -> Result<ReleaseResponse, ApiError> {
+        validate::release(key, &params, &self.limits)?;
+        self.release(kind, key, &params.owner, params.token).await
+    }
+
+    async fn release(
+        &self,
+        kind: Kind,
+        key: &str,
+        owner: &str,
+        token: Token,
+    ) -> Result<ReleaseResponse, ApiError> {
+        let command = Command::Release {
+            kind,
+            key: key.to_string(),
+            owner: owner.to_string(),
+            token,
+        };
+        match self.write(None, command).await? {
+            CommandResult::Released => Ok(ReleaseResponse { released: true }),
+            CommandResult::Error(e) => Err(sm_error(kind, key, e)),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Validate and extend a hold of any kind.
+    pub(super) async fn extend_checked(
+        &self,
+        kind: Kind,
+        key: &str,
+        req: ExtendRequest,
+    ) -> Result<ExtendResponse, ApiError> {
+        validate::extend(key, &req, &self.limits)?;
+        self.extend(kind, key, &req).await
+    }
+
+    /// With `ttl_ms` a replicated extend (a new TTL); without, a keepalive of the hold's
+    /// lease (no log entry).
+    pub(super) async fn extend(
+        &self,
+        kind: Kind,
+        key: &str,
+        req: &ExtendRequest,
+    ) -> Result<ExtendResponse, ApiError> {
+        let Some(ttl_ms) = req.ttl_ms else {
+            let (_, ttl_ms) = self
+                .core
+                .keepalive_hold(kind, key, &req.owner, req.token)
+                .await
+                .map_err(|e| match e {
+                    CoreError::Refused(e) => sm_error(kind, key, e),
+                    e => core_error(e),
+                })?;
+            return Ok(ExtendResponse {
+                token: req.token,
+                ttl_ms,
+            });
+        };
+        let command = Command::Extend {
+            kind,
+            key: key.to_string(),
+            owner: req.owner.clone(),
+            token: req.token,
+            ttl_ms: Some(ttl_ms),
+        };
+        match self.write(req.request_id.clone(), command).await? {
+            CommandResult::Extended { token, ttl_ms, .. } => Ok(ExtendResponse { token, ttl_ms }),
+            CommandResult::Error(e) => Err(sm_error(kind, key, e)),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Validate a read, take the barrier (unless stale), wait for a change past `index`
+    /// when asked, and return the resource as the local state shows it.
+    pub(super) async fn read_resource(
+        &self,
+        kind: Kind,
+        key: &str,
+        params: &ReadParams,
+    ) -> Result<ResourceView, ApiError> {
+        validate::read(key, params, &self.limits)?;
+        self.barrier(params.stale.unwrap_or(false)).await?;
+        if let (Some(index), Some(wait_ms)) = (params.index, params.wait_ms) {
+            self.wait_for_change(kind, key, index, wait_ms).await;
+        }
+        Ok(self.read(|s| {
+            let r = s.resource(kind, key);
+            ResourceView {
+                holders: current_holders(s, kind, key),
+                waiters: r.map_or(0, |r| r.waiters.len() as u32),
+                limit: r.map_or(0, |r| r.limit),
+                index: r.map_or(0, |r| r.mod_index),
+                last_end: r.and_then(|r| r.last_end.clone()),
+            }
+        }))
+    }
+
+    /// Validate a list request and return one page of holds of `kind` (in key order)
+    /// and the key to continue after, if there is more.
+    pub(super) async fn list_held(
+        &self,
+        kind: Kind,
+        params: &ListParams,
+    ) -> Result<(Vec<HoldView>, Option<String>), ApiError> {
+        let limit = validate::list(params, &self.limits)?;
+        self.barrier(false).await?;
+        let prefix = params.prefix.clone().unwrap_or_default();
+        let (views, more) = self.read(|s| {
+            let mut views = Vec::new();
+            let mut more = false;
+            for (key, r) in s.held_after(kind, &prefix, params.after.as_deref()) {
+                for hold in &r.holders {
+                    views.push(s.hold_view(kind, key, hold));
+                }
+                if views.len() >= limit {
+                    more = true;
+                    break;
+                }
+            }
+            (views, more)
+        });
+        let next_after = if more {
+            views.last().map(|v| v.key.clone())
+        } else {
+            None
+        };
+        Ok((views, next_after))
+    }
+
+    /// Holders as the API shows them, with the time left on each one's lease.
+    pub(super) async fn holder_views(&self, views: Vec<HoldView>, stale: bool) -> Vec<LockHolder> {
+        let remaining = self
+            .expires_in(views.iter().map(|v| v.lease_id).collect(), stale)
+            .await;
+        views
+            .into_iter()
+            .zip(remaining)
+            .map(|(v, rem)| lock_holder(v, rem))
+            .collect()
+    }
+
+    /// The recent grants and ends of `kind/key`, newest first.
+    pub(super) async fn history(&self, kind: Kind, key: &str) -> Result<HistoryResponse, ApiError> {
+        validate::key("key", key, &self.limits)?;
+        self.barrier(false).await?;
+        let events = self.read(|s| {
+            s.resource(kind, key)
+                .map(|r| r.history.iter().rev().map(history_event).collect())
+                .unwrap_or_default()
+        });
+        Ok(HistoryResponse {
+            key: key.to_string(),
+            events,
+        })
+    }
+}

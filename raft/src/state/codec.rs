@@ -1,0 +1,45 @@
+//! Snapshot encoding: the versioned bincode form of [`LeaseState`] and [`DecodeError`].
+
+use super::LeaseState;
+
+/// The snapshot encoding's version; bump it when [`LeaseState`]'s layout changes.
+pub const STATE_FORMAT_VERSION: u8 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error("snapshot format version {0} is not supported (this build reads version {STATE_FORMAT_VERSION})")]
+    Version(u8),
+    #[error("snapshot is empty")]
+    Empty,
+    #[error("snapshot is corrupt: {0}")]
+    Corrupt(String),
+}
+
+impl LeaseState {
+    /// Encode the whole state, versioned, as bincode bytes (byte-identical for equal states).
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = vec![STATE_FORMAT_VERSION];
+        // Encoding plain owned data into a Vec cannot fail.
+        let body = bincode::serde::encode_to_vec(self, bincode::config::standard())
+            .expect("encoding the state into memory cannot fail");
+        out.extend_from_slice(&body);
+        out
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        let (&version, body) = bytes.split_first().ok_or(DecodeError::Empty)?;
+        if version != STATE_FORMAT_VERSION {
+            return Err(DecodeError::Version(version));
+        }
+        let (state, read) =
+            bincode::serde::decode_from_slice::<Self, _>(body, bincode::config::standard())
+                .map_err(|e| DecodeError::Corrupt(e.to_string()))?;
+        if read != body.len() {
+            return Err(DecodeError::Corrupt(format!(
+                "{} trailing bytes after the state",
+                body.len() - read
+            )));
+        }
+        Ok(state)
+    }
+}

@@ -1,0 +1,78 @@
+//! Bookkeeping that keeps the state bounded and on time: ending elapsed lock-delays, pruning
+//! the request-id dedupe window, and the idle-resource index that forgets the oldest idle keys.
+
+use std::collections::BTreeSet;
+
+use crate::command::ResourceId;
+
+use super::apply::Effects;
+use super::{LeaseState, StateEvent, DEDUPE_MAX_ENTRIES, DEDUPE_WINDOW_MS, MAX_IDLE_RESOURCES};
+
+impl LeaseState {
+    /// Grant the waiters of keys whose lock-delay has ended by this entry's time.
+    pub(super) fn end_elapsed_delays(&mut self, index: u64, events: &mut Vec<StateEvent>) {
+        while let Some((until_ms, _)) = self.delayed.first() {
+            if *until_ms > self.now_ms {
+                break;
+            }
+            let Some((_, rid)) = self.delayed.pop_first() else {
+                break;
+            };
+            let mut fx = Effects {
+                index,
+                now_ms: self.now_ms,
+                events: &mut *events,
+                touched: BTreeSet::new(),
+            };
+            self.promote(&rid, &mut fx);
+            for rid in std::mem::take(&mut fx.touched) {
+                self.reindex_idle(&rid);
+            }
+        }
+    }
+
+    pub(super) fn prune_dedupe(&mut self) {
+        while let Some((at_ms, _)) = self.dedupe_order.front() {
+            let too_many = self.dedupe_order.len() > DEDUPE_MAX_ENTRIES;
+            let too_old = at_ms.saturating_add(DEDUPE_WINDOW_MS) < self.now_ms;
+            if !(too_many || too_old) {
+                break;
+            }
+            if let Some((at_ms, id)) = self.dedupe_order.pop_front() {
+                // A later retry of the same id may have re-inserted it; only drop our own.
+                if self.dedupe.get(&id).is_some_and(|e| e.at_ms == at_ms) {
+                    self.dedupe.remove(&id);
+                }
+            }
+        }
+    }
+
+    pub(super) fn reindex_idle(&mut self, rid: &ResourceId) {
+        let Some(resource) = self.resources.get_mut(rid) else {
+            return;
+        };
+        let idle = resource.is_idle();
+        match (idle, resource.idle_since) {
+            (true, Some(since)) if since == resource.mod_index => {}
+            (true, since) => {
+                if let Some(since) = since {
+                    self.idle.remove(&(since, rid.clone()));
+                }
+                resource.idle_since = Some(resource.mod_index);
+                self.idle.insert((resource.mod_index, rid.clone()));
+            }
+            (false, Some(since)) => {
+                self.idle.remove(&(since, rid.clone()));
+                resource.idle_since = None;
+            }
+            (false, None) => {}
+        }
+        while self.idle.len() > MAX_IDLE_RESOURCES {
+            if let Some((_, oldest)) = self.idle.pop_first() {
+                if let Some(gone) = self.resources.remove(&oldest) {
+                    self.delayed.remove(&(gone.delay_until_ms, oldest));
+                }
+            }
+        }
+    }
+}

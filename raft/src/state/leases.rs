@@ -1,0 +1,76 @@
+//! Lease lifecycle: creating a lease (explicit or implicit for a single acquire) and ending
+//! one (revoke or expiry), which releases every hold and waiter under it in the same step.
+
+use std::collections::BTreeSet;
+
+use crate::command::{CommandResult, EndReason, LeaseId, SmError};
+
+use super::apply::Effects;
+use super::{Lease, LeaseState, StateEvent};
+
+impl LeaseState {
+    pub(super) fn create_lease(
+        &mut self,
+        ttl_ms: u64,
+        owner: &str,
+        implicit: bool,
+        max_leases: u64,
+        fx: &mut Effects<'_>,
+    ) -> Result<LeaseId, SmError> {
+        if self.leases.len() as u64 >= max_leases {
+            return Err(SmError::TooManyLeases { max: max_leases });
+        }
+        self.last_lease_id += 1;
+        let lease_id = self.last_lease_id;
+        self.leases.insert(
+            lease_id,
+            Lease {
+                id: lease_id,
+                ttl_ms,
+                owner: owner.to_string(),
+                created_at_ms: fx.now_ms,
+                implicit,
+                holds: BTreeSet::new(),
+                waits: BTreeSet::new(),
+            },
+        );
+        fx.events.push(StateEvent::LeaseArmed { lease_id, ttl_ms });
+        Ok(lease_id)
+    }
+
+    pub(super) fn end_lease(
+        &mut self,
+        lease_id: LeaseId,
+        reason: EndReason,
+        fx: &mut Effects<'_>,
+    ) -> CommandResult {
+        let Some(lease) = self.leases.remove(&lease_id) else {
+            return CommandResult::Error(SmError::LeaseNotFound { lease_id });
+        };
+        fx.events.push(StateEvent::LeaseGone { lease_id });
+        for rid in &lease.waits {
+            if let Some(resource) = self.resources.get_mut(rid) {
+                resource.waiters.retain(|w| w.lease_id != lease_id);
+                resource.mod_index = fx.index;
+                fx.touched.insert(rid.clone());
+            }
+        }
+        let mut released = Vec::with_capacity(lease.holds.len());
+        for rid in &lease.holds {
+            let token = self
+                .resources
+                .get(rid)
+                .and_then(|r| r.holders.iter().find(|h| h.lease_id == lease_id))
+                .map(|h| h.token);
+            if let Some(token) = token {
+                self.end_hold(rid, token, reason, fx);
+                released.push(rid.clone());
+            }
+        }
+        // Promote after every hold of the lease is gone, so waiters see all freed slots.
+        for rid in lease.holds.iter().chain(lease.waits.iter()) {
+            self.promote(rid, fx);
+        }
+        CommandResult::LeaseEnded { released }
+    }
+}

@@ -1,0 +1,204 @@
+//! The replicated data: tuning constants, the records the state is built from ([`Lease`],
+//! [`Resource`] with its [`Hold`]s, [`Waiter`]s and history), the [`StateEvent`]s an apply
+//! emits, and the [`LeaseState`] struct itself.
+//!
+//! Field order in every serialized struct here is part of the snapshot format: do not
+//! reorder fields without bumping [`STATE_FORMAT_VERSION`](super::STATE_FORMAT_VERSION).
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use serde::{Deserialize, Serialize};
+
+use crate::command::{CommandResult, EndReason, Kind, LeaseId, ResourceId, Token};
+
+/// Capacity of the replicated ring of recent expirations (`GET /v1/expired`).
+pub const EXPIRED_RING_CAPACITY: usize = 1024;
+/// Events kept per key (`GET /v1/locks/{key}/history`).
+pub const HISTORY_RING_CAPACITY: usize = 32;
+/// Most `request_id`s remembered for idempotent retries.
+pub const DEDUPE_MAX_ENTRIES: usize = 65_536;
+/// How long a `request_id` is remembered, by the entries' clock.
+pub const DEDUPE_WINDOW_MS: u64 = 10 * 60 * 1000;
+/// Idle keys (no holder, no waiter) kept for their history and acquisition count; the
+/// least recently changed beyond this are forgotten.
+pub const MAX_IDLE_RESOURCES: usize = 100_000;
+
+/// Side effects of applying an entry that the node's actors need to hear about.
+/// They are not part of the replicated state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StateEvent {
+    /// A lease was created or its TTL changed: (re)arm its deadline.
+    LeaseArmed { lease_id: LeaseId, ttl_ms: u64 },
+    /// A lease ended: forget its deadline.
+    LeaseGone { lease_id: LeaseId },
+    /// A key is under lock-delay until `until_ms` (wall clock) and has waiters.
+    DelayUntil {
+        kind: Kind,
+        key: String,
+        until_ms: u64,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lease {
+    pub id: LeaseId,
+    pub ttl_ms: u64,
+    pub owner: String,
+    pub created_at_ms: u64,
+    /// Created by an acquire for a single hold; ends with that hold.
+    pub implicit: bool,
+    pub holds: BTreeSet<ResourceId>,
+    pub waits: BTreeSet<ResourceId>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hold {
+    pub owner: String,
+    pub token: Token,
+    pub lease_id: LeaseId,
+    pub locked_at_ms: u64,
+    pub value: Option<String>,
+    pub lock_delay_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Waiter {
+    pub owner: String,
+    pub lease_id: LeaseId,
+    pub value: Option<String>,
+    pub lock_delay_ms: u64,
+    pub enqueued_at_ms: u64,
+    pub implicit_lease: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum HistoryKind {
+    Acquired,
+    Released,
+    Expired,
+    Revoked,
+}
+
+impl HistoryKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HistoryKind::Acquired => "acquired",
+            HistoryKind::Released => "released",
+            HistoryKind::Expired => "expired",
+            HistoryKind::Revoked => "revoked",
+        }
+    }
+}
+
+impl From<EndReason> for HistoryKind {
+    fn from(reason: EndReason) -> Self {
+        match reason {
+            EndReason::Released => HistoryKind::Released,
+            EndReason::Expired => HistoryKind::Expired,
+            EndReason::Revoked => HistoryKind::Revoked,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryRecord {
+    pub event: HistoryKind,
+    pub owner: String,
+    pub token: Token,
+    pub at_ms: u64,
+    /// For ends: how long the hold lasted.
+    pub held_ms: Option<u64>,
+    /// For grants: how long the new holder waited in the queue.
+    pub waited_ms: Option<u64>,
+}
+
+/// How the most recent hold of a resource ended (for wait-for-release).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndRecord {
+    pub reason: EndReason,
+    pub owner: String,
+    pub token: Token,
+    pub at_ms: u64,
+    pub index: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Resource {
+    pub limit: u32,
+    /// In grant order.
+    pub holders: Vec<Hold>,
+    pub waiters: VecDeque<Waiter>,
+    /// How many times this key was granted since it was first seen.
+    pub acquisitions: u64,
+    /// Log index of the last change (blocking queries compare against it).
+    pub mod_index: u64,
+    /// No grant before this wall-clock time (lock-delay after an expiry).
+    pub delay_until_ms: u64,
+    /// Newest last.
+    pub history: VecDeque<HistoryRecord>,
+    pub last_end: Option<EndRecord>,
+    /// Set while the resource has no holder and no waiter: its key in the idle index.
+    pub(super) idle_since: Option<u64>,
+}
+
+impl Resource {
+    pub(super) fn new(limit: u32) -> Self {
+        Resource {
+            limit,
+            holders: Vec::new(),
+            waiters: VecDeque::new(),
+            acquisitions: 0,
+            mod_index: 0,
+            delay_until_ms: 0,
+            history: VecDeque::new(),
+            last_end: None,
+            idle_since: None,
+        }
+    }
+
+    pub fn is_idle(&self) -> bool {
+        self.holders.is_empty() && self.waiters.is_empty()
+    }
+
+    pub(super) fn record(&mut self, record: HistoryRecord) {
+        if self.history.len() == HISTORY_RING_CAPACITY {
+            self.history.pop_front();
+        }
+        self.history.push_back(record);
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExpiredRecord {
+    pub kind: Kind,
+    pub key: String,
+    pub owner: String,
+    pub token: Token,
+    pub expired_at_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(super) struct DedupeEntry {
+    pub(super) at_ms: u64,
+    pub(super) result: CommandResult,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct LeaseState {
+    /// The newest entry timestamp seen; entry clocks never run backwards here.
+    pub(super) now_ms: u64,
+    pub(super) last_index: u64,
+    pub(super) last_lease_id: LeaseId,
+    /// The last fencing token issued (cluster-wide, never repeats).
+    pub(super) last_token: Token,
+    pub(super) leases: BTreeMap<LeaseId, Lease>,
+    pub(super) resources: BTreeMap<ResourceId, Resource>,
+    /// Idle resources by the index at which they became idle, oldest first.
+    pub(super) idle: BTreeSet<(u64, ResourceId)>,
+    /// Resources under lock-delay, by the time it ends.
+    pub(super) delayed: BTreeSet<(u64, ResourceId)>,
+    pub(super) expired: VecDeque<ExpiredRecord>,
+    pub(super) dedupe: BTreeMap<String, DedupeEntry>,
+    /// `request_id`s in arrival order, for pruning the window.
+    pub(super) dedupe_order: VecDeque<(u64, String)>,
+}
