@@ -7,7 +7,7 @@ use leasehold_api::wire::*;
 use leasehold_raft::command::Kind;
 
 use super::convert::{lock_holder, resource_kind};
-use super::resources::AcquireArgs;
+use super::resources::IntoAcquire;
 use super::NodeService;
 
 impl NodeService {
@@ -17,18 +17,7 @@ impl NodeService {
         req: AcquireRequest,
     ) -> Result<LockHolder, ApiError> {
         validate::acquire(key, &req, &self.limits)?;
-        let mut args = AcquireArgs::new(
-            Kind::Lock,
-            key,
-            req.owner,
-            req.ttl_ms,
-            req.lease_id,
-            req.wait_ms,
-            req.value,
-            req.request_id,
-        );
-        args.lock_delay_ms = req.lock_delay_ms.unwrap_or(0);
-        let hold = self.acquire(args).await?;
+        let hold = self.acquire(req.into_acquire(key)).await?;
         let ttl = hold.ttl_ms;
         Ok(lock_holder(hold, Some(ttl)))
     }

@@ -7,7 +7,7 @@ use leasehold_api::wire::*;
 use leasehold_raft::command::{Command, CommandResult, Kind};
 
 use super::convert::{name_record, release_reason, sm_error, unexpected};
-use super::resources::AcquireArgs;
+use super::resources::IntoAcquire;
 use super::NodeService;
 
 impl NodeService {
@@ -17,18 +17,7 @@ impl NodeService {
         req: RegisterRequest,
     ) -> Result<NameRecord, ApiError> {
         validate::register(name, &req, &self.limits)?;
-        let hold = self
-            .acquire(AcquireArgs::new(
-                Kind::Name,
-                name,
-                req.owner,
-                req.ttl_ms,
-                req.lease_id,
-                req.wait_ms,
-                req.value,
-                req.request_id,
-            ))
-            .await?;
+        let hold = self.acquire(req.into_acquire(name)).await?;
         let ttl = hold.ttl_ms;
         Ok(name_record(hold, Some(ttl)))
     }

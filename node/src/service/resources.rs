@@ -32,28 +32,59 @@ pub(super) struct AcquireArgs {
 }
 
 impl AcquireArgs {
-    /// The fields every acquire request has; `limit` 1 and no lock-delay unless set.
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn new(
-        kind: Kind,
-        key: &str,
-        owner: String,
-        ttl_ms: Option<u64>,
-        lease_id: Option<u64>,
-        wait_ms: Option<u64>,
-        value: Option<String>,
-        request_id: Option<String>,
-    ) -> Self {
+    fn new(kind: Kind, key: &str, owner: String, lease: LeaseSpec, wait_ms: Option<u64>) -> Self {
         AcquireArgs {
             kind,
             key: key.to_string(),
             owner,
-            lease: lease_spec(ttl_ms, lease_id),
+            lease,
             wait_ms: wait_ms.unwrap_or(0),
-            value,
+            value: None,
             lock_delay_ms: 0,
             limit: 1,
-            request_id,
+            request_id: None,
+        }
+    }
+}
+
+/// The acquire request of each kind of resource, as one [`AcquireArgs`]: the three share
+/// owner, lease, wait, value and request id, and differ in the lock-delay (locks) and the
+/// limit (semaphores).
+pub(super) trait IntoAcquire {
+    fn into_acquire(self, key: &str) -> AcquireArgs;
+}
+
+impl IntoAcquire for AcquireRequest {
+    fn into_acquire(self, key: &str) -> AcquireArgs {
+        let lease = lease_spec(self.ttl_ms, self.lease_id);
+        AcquireArgs {
+            value: self.value,
+            lock_delay_ms: self.lock_delay_ms.unwrap_or(0),
+            request_id: self.request_id,
+            ..AcquireArgs::new(Kind::Lock, key, self.owner, lease, self.wait_ms)
+        }
+    }
+}
+
+impl IntoAcquire for RegisterRequest {
+    fn into_acquire(self, key: &str) -> AcquireArgs {
+        let lease = lease_spec(self.ttl_ms, self.lease_id);
+        AcquireArgs {
+            value: self.value,
+            request_id: self.request_id,
+            ..AcquireArgs::new(Kind::Name, key, self.owner, lease, self.wait_ms)
+        }
+    }
+}
+
+impl IntoAcquire for SemaphoreAcquireRequest {
+    fn into_acquire(self, key: &str) -> AcquireArgs {
+        let lease = lease_spec(self.ttl_ms, self.lease_id);
+        AcquireArgs {
+            value: self.value,
+            limit: self.limit,
+            request_id: self.request_id,
+            ..AcquireArgs::new(Kind::Semaphore, key, self.owner, lease, self.wait_ms)
         }
     }
 }

@@ -6,7 +6,7 @@ use leasehold_api::validate;
 use leasehold_api::wire::*;
 use leasehold_raft::command::Kind;
 
-use super::resources::{current_holders, AcquireArgs};
+use super::resources::{current_holders, IntoAcquire};
 use super::NodeService;
 
 impl NodeService {
@@ -16,18 +16,7 @@ impl NodeService {
         req: SemaphoreAcquireRequest,
     ) -> Result<SemaphoreSlot, ApiError> {
         validate::semaphore_acquire(key, &req, &self.limits)?;
-        let mut args = AcquireArgs::new(
-            Kind::Semaphore,
-            key,
-            req.owner,
-            req.ttl_ms,
-            req.lease_id,
-            req.wait_ms,
-            req.value,
-            req.request_id,
-        );
-        args.limit = req.limit;
-        let (index, hold) = self.acquire_indexed(args).await?;
+        let (index, hold) = self.acquire_indexed(req.into_acquire(key)).await?;
         // The slot list is read locally: on a follower, first apply the grant's entry. If
         // that takes longer than the request timeout the slot is still ours: answer with it
         // (and a possibly older list) rather than fail an acquire that succeeded.
