@@ -101,11 +101,21 @@ keys! {
     "auth.tokens_file", "LEASEHOLD_AUTH_TOKENS_FILE", "--auth-tokens-file", PATH, "(none)", "bearer tokens and their key prefixes";
     "tls.cert", "LEASEHOLD_TLS_CERT", "--tls-cert", PATH, "(none)", "TLS certificate chain (PEM)";
     "tls.key", "LEASEHOLD_TLS_KEY", "--tls-key", PATH, "(none)", "TLS private key (PEM)";
+    "tls.ca", "LEASEHOLD_TLS_CA", "--tls-ca", PATH, "(none)", "CA (PEM) that signs every node's certificate (mutual TLS between peers)";
+    "tls.client_ca", "LEASEHOLD_TLS_CLIENT_CA", "--tls-client-ca", PATH, "(none)", "CA (PEM) that client certificates must be signed by (optional)";
 }
 
 /// `LEASEHOLD_*` variables that are not settings but belong to the binary or the clients
 /// (SPEC §4); [`crate::Config::load`] skips them instead of rejecting them as unknown.
-pub const OTHER_ENV: &[&str] = &["LEASEHOLD_ENDPOINTS", "LEASEHOLD_LOG"];
+pub const OTHER_ENV: &[&str] = &[
+    "LEASEHOLD_ENDPOINTS",
+    "LEASEHOLD_LOG",
+    "LEASEHOLD_AUTH_TOKEN",
+    "LEASEHOLD_CACERT",
+    "LEASEHOLD_CLIENT_CERT",
+    "LEASEHOLD_CLIENT_KEY",
+    "LEASEHOLD_TOKEN",
+];
 
 impl KeyInfo {
     /// The setting with this dotted key.
@@ -211,6 +221,8 @@ mod tests {
         c.auth.tokens_file = Some("/t".into());
         c.tls.cert = Some("/c".into());
         c.tls.key = Some("/k".into());
+        c.tls.ca = Some("/ca".into());
+        c.tls.client_ca = Some("/cca".into());
         let table = toml::Table::try_from(&c).unwrap();
         let mut fields = BTreeSet::new();
         leaves(&table, "", &mut fields);

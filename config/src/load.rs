@@ -134,6 +134,8 @@ tokens_file = "/etc/leasehold/tokens.toml"   # token → allowed key prefixes
 [tls]                              # optional, for client and peer listeners
 cert = "/etc/leasehold/cert.pem"
 key = "/etc/leasehold/key.pem"
+ca = "/etc/leasehold/ca.crt"
+client_ca = "/etc/leasehold/clients-ca.crt"
 "#;
 
     #[test]

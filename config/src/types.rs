@@ -138,14 +138,28 @@ pub struct AuthConfig {
     pub tokens_file: Option<PathBuf>,
 }
 
-/// TLS for the client and peer listeners (optional; set both or neither).
+/// TLS for the client and peer listeners (optional; `cert`, `key` and `ca` together).
+/// With it set, both listeners speak only HTTPS, and peers authenticate each other with
+/// their certificates (mutual TLS).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TlsConfig {
-    /// Certificate chain (PEM).
+    /// This node's certificate chain (PEM), served on both listeners and presented to
+    /// peers as the client certificate.
     pub cert: Option<PathBuf>,
-    /// Private key (PEM).
+    /// Private key (PEM) of `cert`.
     pub key: Option<PathBuf>,
+    /// The CA (PEM) that signs every node's certificate: peers verify each other with it.
+    pub ca: Option<PathBuf>,
+    /// Optional CA (PEM): when set, clients must present a certificate signed by it.
+    pub client_ca: Option<PathBuf>,
+}
+
+impl TlsConfig {
+    /// Is TLS on (validation guarantees `cert`, `key` and `ca` are then all set)?
+    pub fn enabled(&self) -> bool {
+        self.cert.is_some()
+    }
 }
 
 /// One member of the initial cluster, written `"<id>=<ip:port>"` in the file, env and flags.
@@ -250,13 +264,15 @@ impl Config {
     }
 
     /// Every optional path with its dotted key, for rules that apply to all of them.
-    pub(crate) fn paths(&self) -> [(&'static str, Option<&Path>); 5] {
+    pub(crate) fn paths(&self) -> [(&'static str, Option<&Path>); 7] {
         [
             ("data_dir", self.data_dir.as_deref()),
             ("cluster.secret_file", self.cluster.secret_file.as_deref()),
             ("auth.tokens_file", self.auth.tokens_file.as_deref()),
             ("tls.cert", self.tls.cert.as_deref()),
             ("tls.key", self.tls.key.as_deref()),
+            ("tls.ca", self.tls.ca.as_deref()),
+            ("tls.client_ca", self.tls.client_ca.as_deref()),
         ]
     }
 

@@ -48,11 +48,24 @@ impl Config {
         validate_raft(&self.raft)?;
         validate_limits(&self.limits)?;
         self.validate_members()?;
-        match (&self.tls.cert, &self.tls.key) {
-            (Some(_), None) => Err(invalid("tls.key", "must be set when tls.cert is set")),
-            (None, Some(_)) => Err(invalid("tls.cert", "must be set when tls.key is set")),
-            _ => Ok(()),
+        let tls = &self.tls;
+        let any =
+            tls.cert.is_some() || tls.key.is_some() || tls.ca.is_some() || tls.client_ca.is_some();
+        if any {
+            for (key, value) in [
+                ("tls.cert", &tls.cert),
+                ("tls.key", &tls.key),
+                ("tls.ca", &tls.ca),
+            ] {
+                if value.is_none() {
+                    return Err(invalid(
+                        key,
+                        "must be set when any tls key is set (tls.cert, tls.key and tls.ca go together)",
+                    ));
+                }
+            }
         }
+        Ok(())
     }
 
     fn validate_members(&self) -> Result<(), ConfigError> {
@@ -423,13 +436,28 @@ mod tests {
                 "cert without key",
                 |c| c.tls.cert = Some("/c.pem".into()),
                 "tls.key",
-                "must be set when tls.cert is set",
+                "must be set when any tls key is set (tls.cert, tls.key and tls.ca go together)",
             ),
             (
                 "key without cert",
                 |c| c.tls.key = Some("/k.pem".into()),
                 "tls.cert",
-                "must be set when tls.key is set",
+                "must be set when any tls key is set (tls.cert, tls.key and tls.ca go together)",
+            ),
+            (
+                "cert and key without a ca",
+                |c| {
+                    c.tls.cert = Some("/c.pem".into());
+                    c.tls.key = Some("/k.pem".into());
+                },
+                "tls.ca",
+                "must be set when any tls key is set (tls.cert, tls.key and tls.ca go together)",
+            ),
+            (
+                "a client ca alone",
+                |c| c.tls.client_ca = Some("/cca.pem".into()),
+                "tls.cert",
+                "must be set when any tls key is set (tls.cert, tls.key and tls.ca go together)",
             ),
         ];
         for (name, break_it, want_key, want_rule) in cases {
