@@ -1,6 +1,8 @@
 //! leasehold's API: the one service trait and everything around it.
 //!
 //! - [`wire`]: the HTTP/JSON request and response types (SPEC §3).
+//! - [`auth`]: bearer tokens ([`auth::Authenticator`]) and the rules a
+//!   [`auth::Principal`] is held to.
 //! - [`error`]: [`ApiError`] and the error table (status codes, codes, messages).
 //! - [`validate`]: input rules shared by every implementation, with [`Limits`].
 //! - [`service`]: the [`LeaseService`] trait the embedded node and the client implement.
@@ -17,6 +19,7 @@
 
 #[cfg(feature = "client")]
 pub mod client;
+pub mod auth;
 pub mod error;
 pub mod guard;
 #[cfg(feature = "server")]
@@ -28,7 +31,7 @@ pub mod validate;
 pub mod wire;
 
 #[cfg(feature = "client")]
-pub use crate::client::Client;
+pub use crate::client::{Client, ClientBuilder};
 pub use crate::error::{ApiError, ErrorCode};
 pub use crate::guard::{
     with_lock, Election, Fence, GuardError, GuardOptions, GuardState, Lock, LockGuard, LossReason,

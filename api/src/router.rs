@@ -8,18 +8,26 @@
 //! - Every request runs under a deadline: `limits.request_timeout_ms`, plus `wait_ms` for
 //!   long-polls; past it the reply is 504.
 //! - Unknown routes and methods get JSON errors, like everything else.
+//! - With auth on ([`router_with_auth`]), every request but the open endpoints (`/`,
+//!   `/healthz`, `/readyz`, `/metrics`, `/openapi.json`) needs `Authorization: Bearer`; a
+//!   missing, malformed or unknown token is 401 with `WWW-Authenticate: Bearer`. The
+//!   handlers then call the service acting for the request's [`Principal`], which checks
+//!   the role, the key prefixes and lease ownership (403) and the quota (429).
 
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::State;
+use axum::extract::{FromRequestParts, Request, State};
+use axum::http::request::Parts;
 use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware::Next;
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use serde::Serialize;
 
+use crate::auth::{Authenticator, Principal};
 use crate::error::{ApiError, ErrorCode};
 use crate::service::LeaseService;
 use crate::validate::Limits;
@@ -32,17 +40,70 @@ use extract::{parse_json, parse_query, path_id, BodyBytes, JsonBody, PathParam, 
 
 pub const INDEX_HEADER: &str = "x-leasehold-index";
 
+/// The service acting for one principal.
+pub type ScopeFn = dyn Fn(Arc<Principal>) -> Arc<dyn LeaseService> + Send + Sync;
+
+/// Bearer-token authentication for the router.
+#[derive(Clone)]
+pub struct Auth {
+    pub authenticator: Arc<Authenticator>,
+    /// Makes the service that acts for an authenticated principal.
+    pub scope: Arc<ScopeFn>,
+}
+
+/// Paths served without a token (SPEC §5): probes, scrapes, the API description and the
+/// status page's HTML (which asks for a token before it shows anything).
+const OPEN_PATHS: &[&str] = &["/", "/healthz", "/readyz", "/metrics", "/openapi.json"];
+
 #[derive(Clone)]
 struct AppState {
     service: Arc<dyn LeaseService>,
     limits: Arc<Limits>,
+    auth: Option<Auth>,
 }
 
-/// The HTTP API for `service`, enforcing `limits`.
+/// A handler's view of the state: the service acting for this request's principal.
+struct Api(AppState);
+
+impl FromRequestParts<AppState> for Api {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let Some(auth) = &state.auth else {
+            return Ok(Api(state.clone()));
+        };
+        match parts.extensions.get::<Arc<Principal>>() {
+            Some(principal) => Ok(Api(AppState {
+                service: (auth.scope)(principal.clone()),
+                limits: state.limits.clone(),
+                auth: None,
+            })),
+            // Open paths use the node's own (trusted) service; only they get here without
+            // a principal.
+            None if OPEN_PATHS.contains(&parts.uri.path()) => Ok(Api(state.clone())),
+            None => Err(ApiError::new(
+                ErrorCode::Unauthorized,
+                "this request needs a bearer token",
+            )),
+        }
+    }
+}
+
+/// The HTTP API for `service`, enforcing `limits`, without auth.
 pub fn router(service: Arc<dyn LeaseService>, limits: Limits) -> Router {
+    router_with_auth(service, limits, None)
+}
+
+/// The HTTP API for `service`, enforcing `limits`, and with `auth`, bearer tokens.
+pub fn router_with_auth(
+    service: Arc<dyn LeaseService>,
+    limits: Limits,
+    auth: Option<Auth>,
+) -> Router {
     let state = AppState {
         service,
         limits: Arc::new(limits),
+        auth,
     };
     Router::new()
         .route("/", get(status_page))
@@ -79,8 +140,49 @@ pub fn router(service: Arc<dyn LeaseService>, limits: Limits) -> Router {
         .route("/v1/cluster/members/{id}", delete(remove_member))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            authenticate,
+        ))
         .layer(axum::middleware::from_fn(trace::request_span))
         .with_state(state)
+}
+
+/// With auth on: resolve the bearer token to a principal (401 without one) and put it in
+/// the request for [`Api`].
+async fn authenticate(State(s): State<AppState>, mut req: Request, next: Next) -> Response {
+    let Some(auth) = &s.auth else {
+        return next.run(req).await;
+    };
+    if OPEN_PATHS.contains(&req.uri().path()) {
+        return next.run(req).await;
+    }
+    let header = req.headers().get(header::AUTHORIZATION);
+    let sent = header.is_some();
+    match auth
+        .authenticator
+        .authenticate(header.map(HeaderValue::as_bytes))
+    {
+        Ok(principal) => {
+            tracing::Span::current().record("principal", principal.name.as_str());
+            req.extensions_mut().insert(principal);
+            next.run(req).await
+        }
+        Err(e) => {
+            let mut response = e.into_response();
+            // RFC 6750 §3: the scheme, and `invalid_token` when one was sent but is no good.
+            let challenge = if sent {
+                r#"Bearer realm="leasehold", error="invalid_token""#
+            } else {
+                r#"Bearer realm="leasehold""#
+            };
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static(challenge),
+            );
+            response
+        }
+    }
 }
 
 // ----- replies -----
@@ -152,14 +254,14 @@ async fn healthz() -> Response {
     ok(StatusCode::OK, &serde_json::json!({"status": "ok"}))
 }
 
-async fn readyz(State(s): State<AppState>) -> Response {
+async fn readyz(Api(s): Api) -> Response {
     match deadline(&s.limits, None, s.service.ready()).await {
         Ok(()) => ok(StatusCode::OK, &serde_json::json!({"ready": true})),
         Err(e) => e.into_response(),
     }
 }
 
-async fn metrics(State(s): State<AppState>) -> Response {
+async fn metrics(Api(s): Api) -> Response {
     let text = s.service.metrics_text().await;
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
@@ -197,38 +299,32 @@ async fn method_not_allowed() -> ApiError {
 
 // ----- leases -----
 
-async fn create_lease(
-    State(s): State<AppState>,
-    JsonBody(req): JsonBody<CreateLeaseRequest>,
-) -> Response {
+async fn create_lease(Api(s): Api, JsonBody(req): JsonBody<CreateLeaseRequest>) -> Response {
     match deadline(&s.limits, None, s.service.create_lease(req)).await {
         Ok(grant) => ok(StatusCode::CREATED, &grant),
         Err(e) => e.into_response(),
     }
 }
 
-async fn list_leases(
-    State(s): State<AppState>,
-    QueryParams(p): QueryParams<LeaseListParams>,
-) -> Response {
+async fn list_leases(Api(s): Api, QueryParams(p): QueryParams<LeaseListParams>) -> Response {
     reply(deadline(&s.limits, None, s.service.list_leases(p)).await)
 }
 
-async fn get_lease(State(s): State<AppState>, PathParam(id): PathParam) -> Response {
+async fn get_lease(Api(s): Api, PathParam(id): PathParam) -> Response {
     match path_id("lease_id", &id) {
         Ok(id) => reply(deadline(&s.limits, None, s.service.get_lease(id)).await),
         Err(e) => e.into_response(),
     }
 }
 
-async fn revoke_lease(State(s): State<AppState>, PathParam(id): PathParam) -> Response {
+async fn revoke_lease(Api(s): Api, PathParam(id): PathParam) -> Response {
     match path_id("lease_id", &id) {
         Ok(id) => reply(deadline(&s.limits, None, s.service.revoke_lease(id)).await),
         Err(e) => e.into_response(),
     }
 }
 
-async fn keepalive(State(s): State<AppState>, PathParam(id): PathParam) -> Response {
+async fn keepalive(Api(s): Api, PathParam(id): PathParam) -> Response {
     match path_id("lease_id", &id) {
         Ok(id) => reply(deadline(&s.limits, None, s.service.keepalive(id)).await),
         Err(e) => e.into_response(),
@@ -238,7 +334,7 @@ async fn keepalive(State(s): State<AppState>, PathParam(id): PathParam) -> Respo
 // ----- locks -----
 
 async fn lock_post(
-    State(s): State<AppState>,
+    Api(s): Api,
     PathParam(path): PathParam,
     BodyBytes(body): BodyBytes,
 ) -> Response {
@@ -264,11 +360,7 @@ async fn lock_post(
     reply(result)
 }
 
-async fn lock_get(
-    State(s): State<AppState>,
-    PathParam(path): PathParam,
-    uri: axum::http::Uri,
-) -> Response {
+async fn lock_get(Api(s): Api, PathParam(path): PathParam, uri: axum::http::Uri) -> Response {
     let (key, action) = split_action(&path);
     let query = uri.query().unwrap_or("");
     match action {
@@ -297,31 +389,25 @@ async fn lock_get(
 }
 
 async fn lock_delete(
-    State(s): State<AppState>,
+    Api(s): Api,
     PathParam(key): PathParam,
     QueryParams(p): QueryParams<ReleaseParams>,
 ) -> Response {
     reply(deadline(&s.limits, None, s.service.release_lock(&key, p)).await)
 }
 
-async fn list_locks(
-    State(s): State<AppState>,
-    QueryParams(p): QueryParams<ListParams>,
-) -> Response {
+async fn list_locks(Api(s): Api, QueryParams(p): QueryParams<ListParams>) -> Response {
     reply(deadline(&s.limits, None, s.service.list_locks(p)).await)
 }
 
-async fn expired(
-    State(s): State<AppState>,
-    QueryParams(p): QueryParams<ExpiredParams>,
-) -> Response {
+async fn expired(Api(s): Api, QueryParams(p): QueryParams<ExpiredParams>) -> Response {
     reply(deadline(&s.limits, None, s.service.expired(p)).await)
 }
 
 // ----- semaphores -----
 
 async fn semaphore_post(
-    State(s): State<AppState>,
+    Api(s): Api,
     PathParam(path): PathParam,
     BodyBytes(body): BodyBytes,
 ) -> Response {
@@ -347,7 +433,7 @@ async fn semaphore_post(
 }
 
 async fn semaphore_get(
-    State(s): State<AppState>,
+    Api(s): Api,
     PathParam(key): PathParam,
     QueryParams(p): QueryParams<ReadParams>,
 ) -> Response {
@@ -359,7 +445,7 @@ async fn semaphore_get(
 }
 
 async fn semaphore_delete(
-    State(s): State<AppState>,
+    Api(s): Api,
     PathParam(key): PathParam,
     QueryParams(p): QueryParams<ReleaseParams>,
 ) -> Response {
@@ -369,7 +455,7 @@ async fn semaphore_delete(
 // ----- names -----
 
 async fn name_put(
-    State(s): State<AppState>,
+    Api(s): Api,
     PathParam(name): PathParam,
     JsonBody(req): JsonBody<RegisterRequest>,
 ) -> Response {
@@ -378,7 +464,7 @@ async fn name_put(
 }
 
 async fn name_get(
-    State(s): State<AppState>,
+    Api(s): Api,
     PathParam(name): PathParam,
     QueryParams(p): QueryParams<ReadParams>,
 ) -> Response {
@@ -390,7 +476,7 @@ async fn name_get(
 }
 
 async fn name_patch(
-    State(s): State<AppState>,
+    Api(s): Api,
     PathParam(name): PathParam,
     JsonBody(req): JsonBody<ProclaimRequest>,
 ) -> Response {
@@ -398,7 +484,7 @@ async fn name_patch(
 }
 
 async fn name_post(
-    State(s): State<AppState>,
+    Api(s): Api,
     PathParam(path): PathParam,
     BodyBytes(body): BodyBytes,
 ) -> Response {
@@ -414,30 +500,24 @@ async fn name_post(
 }
 
 async fn name_delete(
-    State(s): State<AppState>,
+    Api(s): Api,
     PathParam(name): PathParam,
     QueryParams(p): QueryParams<ReleaseParams>,
 ) -> Response {
     reply(deadline(&s.limits, None, s.service.unregister_name(&name, p)).await)
 }
 
-async fn list_names(
-    State(s): State<AppState>,
-    QueryParams(p): QueryParams<ListParams>,
-) -> Response {
+async fn list_names(Api(s): Api, QueryParams(p): QueryParams<ListParams>) -> Response {
     reply(deadline(&s.limits, None, s.service.list_names(p)).await)
 }
 
 // ----- cluster -----
 
-async fn cluster(State(s): State<AppState>) -> Response {
+async fn cluster(Api(s): Api) -> Response {
     reply(deadline(&s.limits, None, s.service.cluster_status()).await)
 }
 
-async fn add_member(
-    State(s): State<AppState>,
-    JsonBody(req): JsonBody<AddMemberRequest>,
-) -> Response {
+async fn add_member(Api(s): Api, JsonBody(req): JsonBody<AddMemberRequest>) -> Response {
     // Catching a learner up may take longer than one request deadline.
     reply(
         deadline(
@@ -449,7 +529,7 @@ async fn add_member(
     )
 }
 
-async fn remove_member(State(s): State<AppState>, PathParam(id): PathParam) -> Response {
+async fn remove_member(Api(s): Api, PathParam(id): PathParam) -> Response {
     match path_id("id", &id) {
         Ok(id) => reply(deadline(&s.limits, None, s.service.remove_member(id)).await),
         Err(e) => e.into_response(),

@@ -219,6 +219,9 @@ pub struct LeaseInfo {
     pub locks: Vec<String>,
     pub names: Vec<String>,
     pub semaphores: Vec<String>,
+    /// The principal the lease belongs to (auth on).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub principal: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -369,6 +372,9 @@ pub struct HistoryEvent {
     pub held_ms: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub waited_ms: Option<u64>,
+    /// The principal of the hold's lease (auth on).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub principal: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use leasehold_config::Config;
-use leasehold_raft::command::{CommandResult, Kind, LeaseId, Proposal, SmError, Token};
+use leasehold_raft::command::{Caller, CommandResult, Kind, LeaseId, Proposal, SmError, Token};
 use leasehold_raft::sm_store::SharedState;
 use leasehold_raft::state::LeaseState;
 use leasehold_raft::typ::{NodeId, Raft};
@@ -340,8 +340,13 @@ impl Core {
                 let confirmed = self.confirmer.confirm().await?;
                 Ok(ForwardResponse::ReadIndex(confirmed.read_index))
             }
-            ForwardRequest::KeepaliveLease(lease_id) => {
+            ForwardRequest::KeepaliveLease { lease_id, caller } => {
                 let confirmed = self.confirmer.confirm().await?;
+                if let Some(caller) = &caller {
+                    self.shared
+                        .read(|s| s.lease_access(lease_id, caller))
+                        .map_err(CoreError::Refused)?;
+                }
                 let ttl_ms = self.leases.refresh(lease_id, confirmed.term).await?;
                 Ok(ForwardResponse::Kept { lease_id, ttl_ms })
             }
@@ -350,12 +355,21 @@ impl Core {
                 key,
                 owner,
                 token,
+                caller,
             } => {
                 let confirmed = self.confirmer.confirm().await?;
                 let lease_id = self
                     .shared
-                    .read(|s| s.find_hold(kind, &key, &owner, token).map(|h| h.lease_id))
-                    .ok_or(CoreError::Refused(SmError::NotOwner))?;
+                    .read(|s| {
+                        let hold = s.find_hold(kind, &key, &owner, token)?;
+                        let access = match &caller {
+                            Some(caller) => s.lease_access(hold.lease_id, caller),
+                            None => Ok(()),
+                        };
+                        Some(access.map(|()| hold.lease_id))
+                    })
+                    .ok_or(CoreError::Refused(SmError::NotOwner))?
+                    .map_err(CoreError::Refused)?;
                 let ttl_ms = self.leases.refresh(lease_id, confirmed.term).await?;
                 Ok(ForwardResponse::Kept { lease_id, ttl_ms })
             }
@@ -415,9 +429,14 @@ impl Core {
         }
     }
 
-    pub(crate) async fn keepalive_lease(&self, lease_id: LeaseId) -> Result<u64, CoreError> {
+    /// Keep a lease alive on the leader; `caller`, when set, must be allowed to use it.
+    pub(crate) async fn keepalive_lease(
+        &self,
+        lease_id: LeaseId,
+        caller: Option<Caller>,
+    ) -> Result<u64, CoreError> {
         match self
-            .on_leader(ForwardRequest::KeepaliveLease(lease_id))
+            .on_leader(ForwardRequest::KeepaliveLease { lease_id, caller })
             .await?
         {
             ForwardResponse::Kept { ttl_ms, .. } => Ok(ttl_ms),
@@ -432,12 +451,14 @@ impl Core {
         key: &str,
         owner: &str,
         token: Token,
+        caller: Option<Caller>,
     ) -> Result<(LeaseId, u64), CoreError> {
         let req = ForwardRequest::KeepaliveHold {
             kind,
             key: key.to_string(),
             owner: owner.to_string(),
             token,
+            caller,
         };
         match self.on_leader(req).await? {
             ForwardResponse::Kept { lease_id, ttl_ms } => Ok((lease_id, ttl_ms)),

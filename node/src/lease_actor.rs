@@ -418,6 +418,7 @@ impl LeaseActor {
                     let result = proposer
                         .propose(Proposal {
                             request_id: None,
+                            caller: None,
                             command: Command::ExpireLease { lease_id },
                         })
                         .await;
@@ -453,6 +454,7 @@ impl LeaseActor {
                     let _ = proposer
                         .propose(Proposal {
                             request_id: None,
+                            caller: None,
                             command: Command::Promote { kind, key },
                         })
                         .await;

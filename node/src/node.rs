@@ -22,6 +22,8 @@ use crate::core::Core;
 use crate::peer::network::RaftTransport;
 use crate::peer::{Faults, PeerClient};
 use crate::service::NodeService;
+use leasehold_api::auth::Authenticator;
+use leasehold_api::LeaseService;
 
 /// How long shutdown waits for open requests (long-polls) before dropping them.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
@@ -45,6 +47,8 @@ pub enum StartError {
     },
     #[error("raft failed to start: {0}")]
     Raft(String),
+    #[error("{0}")]
+    Auth(String),
     #[error(
         "{key} is set, but this version of leasehold does not implement it yet; \
          refusing to start rather than serve without it (unset {key}, and put the node \
@@ -63,6 +67,8 @@ pub struct Listeners {
 pub struct Node {
     core: Arc<Core>,
     service: NodeService,
+    /// The bearer tokens in force, when `[auth]` is set.
+    auth: Option<Arc<Authenticator>>,
     client_addr: SocketAddr,
     peer_addr: SocketAddr,
     cancel: CancellationToken,
@@ -173,8 +179,27 @@ impl Node {
         servers.push(serve(listeners.peer, peer_router, cancel.clone()));
 
         let service = NodeService::new(core.clone(), config.limits.clone());
+        let auth = match &config.auth.tokens_file {
+            Some(path) => Some(Arc::new(
+                Authenticator::from_file(path).map_err(StartError::Auth)?,
+            )),
+            None => None,
+        };
+        let router_auth = auth.as_ref().map(|authenticator| {
+            let service = service.clone();
+            leasehold_api::router::Auth {
+                authenticator: authenticator.clone(),
+                scope: Arc::new(move |principal| {
+                    Arc::new(service.for_principal(principal)) as Arc<dyn LeaseService>
+                }),
+            }
+        });
         let client_router = in_span(
-            leasehold_api::router::router(Arc::new(service.clone()), service.limits().clone()),
+            leasehold_api::router::router_with_auth(
+                Arc::new(service.clone()),
+                service.limits().clone(),
+                router_auth,
+            ),
             &span,
         );
         servers.push(serve(listeners.client, client_router, cancel.clone()));
@@ -182,6 +207,7 @@ impl Node {
         let node = Node {
             core,
             service,
+            auth,
             client_addr,
             peer_addr,
             cancel,
@@ -265,6 +291,15 @@ impl Node {
                 openraft::error::InitializeError::NotAllowed(_),
             )) => Ok(()),
             Err(e) => Err(StartError::Raft(e.to_string())),
+        }
+    }
+
+    /// Re-read `auth.tokens_file` (SIGHUP): the new tokens serve every later request. A
+    /// bad file keeps the tokens in force and the error says why. `Ok(None)` without auth.
+    pub fn reload_tokens(&self) -> Result<Option<usize>, String> {
+        match &self.auth {
+            Some(auth) => auth.reload().map(Some),
+            None => Ok(None),
         }
     }
 
@@ -363,11 +398,6 @@ fn local_addr(
 /// that accepted them and then served plain, unauthenticated HTTP would be worse than one
 /// that does not start.
 fn refuse_unimplemented(config: &Config) -> Result<(), StartError> {
-    if config.auth.tokens_file.is_some() {
-        return Err(StartError::Unsupported {
-            key: "auth.tokens_file",
-        });
-    }
     if config.tls.cert.is_some() || config.tls.key.is_some() {
         return Err(StartError::Unsupported { key: "tls.cert" });
     }

@@ -78,6 +78,7 @@ async fn shut(core: Arc<Core>, tracker: TaskTracker, cancel: CancellationToken) 
 fn acquire(owner: &str, lock_delay_ms: u64) -> Proposal {
     Proposal {
         request_id: None,
+        caller: None,
         command: Command::Acquire(Acquire {
             kind: Kind::Lock,
             key: "k".into(),

@@ -33,9 +33,17 @@ pub type ResourceId = (Kind, String);
 /// One log entry's payload: the commands gathered by the proposer into one Raft entry.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Batch {
+    /// Before auth: proposals without a [`Caller`]. Still read (entries in old logs), never
+    /// written.
     V1 {
         /// The leader's wall clock (ms since the Unix epoch) when it proposed the entry.
         /// The only time the state machine ever sees (SPEC §2 rule 6).
+        proposed_at_ms: u64,
+        proposals: Vec<ProposalV1>,
+    },
+    /// Proposals carry the [`Caller`] they were made for.
+    V2 {
+        /// As in `V1`.
         proposed_at_ms: u64,
         proposals: Vec<Proposal>,
     },
@@ -43,7 +51,7 @@ pub enum Batch {
 
 impl Batch {
     pub fn new(proposed_at_ms: u64, proposals: Vec<Proposal>) -> Self {
-        Batch::V1 {
+        Batch::V2 {
             proposed_at_ms,
             proposals,
         }
@@ -52,6 +60,7 @@ impl Batch {
     pub fn len(&self) -> usize {
         match self {
             Batch::V1 { proposals, .. } => proposals.len(),
+            Batch::V2 { proposals, .. } => proposals.len(),
         }
     }
 
@@ -68,13 +77,49 @@ pub struct BatchResult {
     pub results: Vec<CommandResult>,
 }
 
-/// One client command with its optional idempotency key.
+/// One client command with its optional idempotency key and the caller it is made for.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Proposal {
     /// A retry carrying the same `request_id` within the dedupe window gets the
     /// original result instead of acting twice.
     pub request_id: Option<String>,
     pub command: Command,
+    /// The authenticated principal the command acts for; `None` for a trusted caller (auth
+    /// off, an embedding application, or the node itself). Set only by the node that
+    /// authenticated the client, and carried to the leader over the authenticated peer
+    /// channel, never taken from client-supplied data.
+    pub caller: Option<Caller>,
+}
+
+impl Proposal {
+    /// A proposal for a trusted caller.
+    pub fn trusted(request_id: Option<String>, command: Command) -> Self {
+        Proposal {
+            request_id,
+            command,
+            caller: None,
+        }
+    }
+}
+
+/// A [`Batch::V1`] proposal: a trusted caller's.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProposalV1 {
+    pub request_id: Option<String>,
+    pub command: Command,
+}
+
+/// Who a command acts for, when auth is on (SPEC §5 "Auth").
+///
+/// The state machine records `principal` with every lease it creates, refuses commands on
+/// another principal's lease unless `admin`, and holds the principal to `max_leases`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Caller {
+    pub principal: String,
+    /// Admins act on every principal's leases.
+    pub admin: bool,
+    /// The most live leases this principal may have (`max_leases` in the tokens file).
+    pub max_leases: Option<u64>,
 }
 
 /// How an acquire names the lease its hold lives under.
@@ -221,6 +266,18 @@ pub enum SmError {
     },
     /// The lease already waits for this key.
     AlreadyWaiting,
+    /// The caller may not act on this lease: it belongs to another principal.
+    Forbidden {
+        lease_id: LeaseId,
+        principal: String,
+        /// The lease's principal (`None`: created without auth).
+        lease_principal: Option<String>,
+    },
+    /// The caller's principal has `max` live leases already.
+    PrincipalQuota {
+        principal: String,
+        max: u64,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

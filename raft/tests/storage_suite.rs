@@ -56,6 +56,7 @@ fn entry(term: u64, index: u64) -> Entry {
             1_000 + index,
             vec![Proposal {
                 request_id: None,
+                caller: None,
                 command: Command::CreateLease {
                     ttl_ms: 5_000,
                     owner: format!("o{index}"),

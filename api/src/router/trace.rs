@@ -26,6 +26,7 @@ pub(super) async fn request_span(req: Request, next: Next) -> Response {
         route = %route.as_deref().unwrap_or("unmatched"),
         key = field::Empty,
         request_id = field::Empty,
+        principal = field::Empty,
     );
     if let Some(key) = resource_key(req.uri().path()) {
         span.record("key", field::display(key));

@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use leasehold_raft::command::{CommandResult, Kind, LeaseId, Proposal, Token};
+use leasehold_raft::command::{Caller, CommandResult, Kind, LeaseId, Proposal, Token};
 use leasehold_raft::typ::NodeId;
 use serde::{Deserialize, Serialize};
 
@@ -19,12 +19,17 @@ use crate::error::CoreError;
 pub(crate) enum ForwardRequest {
     Propose(Proposal),
     ReadIndex,
-    KeepaliveLease(LeaseId),
+    /// Keep a lease alive for `caller` (the principal the forwarding node authenticated).
+    KeepaliveLease {
+        lease_id: LeaseId,
+        caller: Option<Caller>,
+    },
     KeepaliveHold {
         kind: Kind,
         key: String,
         owner: String,
         token: Token,
+        caller: Option<Caller>,
     },
     RemainingMs(Vec<LeaseId>),
     ChangeMembership(MembershipChange),

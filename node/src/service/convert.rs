@@ -108,6 +108,27 @@ pub(super) fn sm_error(kind: Kind, key: &str, e: SmError) -> ApiError {
             ErrorCode::InvalidArgument,
             format!("lease_id: this lease already waits for {} {key:?}", kind.as_str()),
         ),
+        SmError::Forbidden {
+            lease_id,
+            principal,
+            lease_principal,
+        } => ApiError::new(
+            ErrorCode::Forbidden,
+            match lease_principal {
+                Some(owner) => format!(
+                    "principal {principal:?} may not use lease {lease_id}: it belongs to principal {owner:?} (only its principal or an admin may)"
+                ),
+                None => format!(
+                    "principal {principal:?} may not use lease {lease_id}: it was created without a principal (only an admin may)"
+                ),
+            },
+        ),
+        SmError::PrincipalQuota { principal, max } => ApiError::new(
+            ErrorCode::TooManyRequests,
+            format!(
+                "principal {principal:?} already has {max} live leases (max_leases in its tokens file entry); revoke unused leases or raise its quota"
+            ),
+        ),
     }
 }
 
@@ -200,6 +221,7 @@ pub(super) fn lease_info(l: &Lease) -> LeaseInfo {
         locks: of(Kind::Lock),
         names: of(Kind::Name),
         semaphores: of(Kind::Semaphore),
+        principal: l.principal.clone(),
     }
 }
 
@@ -211,5 +233,6 @@ pub(super) fn history_event(e: &HistoryRecord) -> HistoryEvent {
         at_ms: e.at_ms,
         held_ms: e.held_ms,
         waited_ms: e.waited_ms,
+        principal: e.principal.clone(),
     }
 }

@@ -41,7 +41,7 @@ impl NodeService {
     ) -> Result<KeepaliveResponse, ApiError> {
         let ttl_ms = self
             .core
-            .keepalive_lease(lease_id)
+            .keepalive_lease(lease_id, self.caller())
             .await
             .map_err(core_error)?;
         Ok(KeepaliveResponse { lease_id, ttl_ms })
@@ -66,7 +66,11 @@ impl NodeService {
 
     pub(super) async fn get_lease_impl(&self, lease_id: u64) -> Result<LeaseInfo, ApiError> {
         self.barrier(false).await?;
-        let Some(mut info) = self.read(|s| s.lease(lease_id).map(lease_info)) else {
+        let found = self.read(|s| {
+            s.lease(lease_id)
+                .map(|l| self.lease_access(l).map(|()| lease_info(l)))
+        });
+        let Some(mut info) = found.transpose()? else {
             return Err(sm_error(
                 Kind::Lock,
                 "",
@@ -87,7 +91,7 @@ impl NodeService {
         self.barrier(false).await?;
         let after = params.after.unwrap_or(0);
         let (mut leases, more) = self.read(|s| {
-            let mut it = s.leases_after(after);
+            let mut it = s.leases_after(after).filter(|l| self.may_use_lease(l));
             let page: Vec<LeaseInfo> = it.by_ref().take(limit).map(lease_info).collect();
             (page, it.next().is_some())
         });

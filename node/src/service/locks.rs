@@ -57,7 +57,9 @@ impl NodeService {
         let limit = validate::list_limit(params.limit, &self.limits)?;
         self.barrier(false).await?;
         let expired = self.read(|s| {
-            s.expired_recent(limit)
+            s.expired_recent(usize::MAX)
+                .filter(|e| self.may_see(&e.key))
+                .take(limit)
                 .map(|e| ExpiredEntry {
                     kind: resource_kind(e.kind),
                     key: e.key.clone(),

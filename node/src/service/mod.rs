@@ -27,20 +27,24 @@ mod waiting;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use leasehold_api::auth::{Principal, Role};
 use leasehold_api::error::ApiError;
 use leasehold_api::service::LeaseService;
 use leasehold_api::wire::*;
 use leasehold_api::Limits;
-use leasehold_raft::command::{Command, CommandResult, LeaseId, Proposal};
-use leasehold_raft::state::LeaseState;
+use leasehold_raft::command::{Caller, Command, CommandResult, Kind, LeaseId, Proposal};
+use leasehold_raft::state::{Lease, LeaseState};
 
 use crate::core::Core;
 use convert::core_error;
 
+/// The node's service, acting for one caller: trusted (auth off, or an embedding
+/// application) or one authenticated [`Principal`].
 #[derive(Clone)]
 pub struct NodeService {
     core: Arc<Core>,
     limits: Arc<Limits>,
+    principal: Option<Arc<Principal>>,
 }
 
 impl NodeService {
@@ -48,6 +52,68 @@ impl NodeService {
         NodeService {
             core,
             limits: Arc::new(limits),
+            principal: None,
+        }
+    }
+
+    /// The same service acting for `principal`: held to its role, its key prefixes, its
+    /// own leases and its quota (SPEC §5 "Auth").
+    pub fn for_principal(&self, principal: Arc<Principal>) -> NodeService {
+        NodeService {
+            principal: Some(principal),
+            ..self.clone()
+        }
+    }
+
+    /// The principal this service acts for (`None`: trusted).
+    pub fn principal(&self) -> Option<&Principal> {
+        self.principal.as_deref()
+    }
+
+    /// The caller as the replicated state sees it (carried with every proposal).
+    fn caller(&self) -> Option<Caller> {
+        self.principal.as_ref().map(|p| Caller {
+            principal: p.name.clone(),
+            admin: p.is_admin(),
+            max_leases: p.max_leases,
+        })
+    }
+
+    /// 403 unless the caller has `needed` (trusted callers may do anything).
+    fn allow(&self, needed: Role, what: &str) -> Result<(), ApiError> {
+        match &self.principal {
+            Some(p) => p.require_role(needed, what),
+            None => Ok(()),
+        }
+    }
+
+    /// 403 unless the caller has `needed` and `key` of `kind` is within its prefixes.
+    fn allow_key(&self, needed: Role, what: &str, kind: Kind, key: &str) -> Result<(), ApiError> {
+        let Some(p) = &self.principal else {
+            return Ok(());
+        };
+        p.require_role(needed, what)?;
+        p.require_key(kind.as_str(), key)
+    }
+
+    /// May the caller see `key` (lists and the expired ring show only those)?
+    fn may_see(&self, key: &str) -> bool {
+        match &self.principal {
+            Some(p) => p.may_touch(key),
+            None => true,
+        }
+    }
+
+    /// May the caller use (see, keep alive, revoke, attach to) `lease`?
+    fn may_use_lease(&self, lease: &Lease) -> bool {
+        self.lease_access(lease).is_ok()
+    }
+
+    fn lease_access(&self, lease: &Lease) -> Result<(), ApiError> {
+        match self.caller() {
+            Some(caller) => LeaseState::lease_owner_check(lease, &caller)
+                .map_err(|e| convert::sm_error(Kind::Lock, "", e)),
+            None => Ok(()),
         }
     }
 
@@ -80,6 +146,7 @@ impl NodeService {
             .write(Proposal {
                 request_id,
                 command,
+                caller: self.caller(),
             })
             .await
             .map_err(core_error)
@@ -107,25 +174,32 @@ impl NodeService {
 #[async_trait]
 impl LeaseService for NodeService {
     async fn create_lease(&self, req: CreateLeaseRequest) -> Result<LeaseGrant, ApiError> {
+        self.allow(Role::Write, "creating a lease")?;
         self.create_lease_impl(req).await
     }
     async fn keepalive(&self, lease_id: u64) -> Result<KeepaliveResponse, ApiError> {
+        self.allow(Role::Write, "keeping a lease alive")?;
         self.keepalive_impl(lease_id).await
     }
     async fn revoke_lease(&self, lease_id: u64) -> Result<RevokeResponse, ApiError> {
+        self.allow(Role::Write, "revoking a lease")?;
         self.revoke_lease_impl(lease_id).await
     }
     async fn get_lease(&self, lease_id: u64) -> Result<LeaseInfo, ApiError> {
+        self.allow(Role::Read, "reading a lease")?;
         self.get_lease_impl(lease_id).await
     }
     async fn list_leases(&self, params: LeaseListParams) -> Result<LeaseList, ApiError> {
+        self.allow(Role::Read, "listing leases")?;
         self.list_leases_impl(params).await
     }
 
     async fn acquire_lock(&self, key: &str, req: AcquireRequest) -> Result<LockHolder, ApiError> {
+        self.allow_key(Role::Write, "acquiring a lock", Kind::Lock, key)?;
         self.acquire_lock_impl(key, req).await
     }
     async fn extend_lock(&self, key: &str, req: ExtendRequest) -> Result<ExtendResponse, ApiError> {
+        self.allow_key(Role::Write, "extending a lock", Kind::Lock, key)?;
         self.extend_checked(leasehold_raft::command::Kind::Lock, key, req)
             .await
     }
@@ -134,10 +208,12 @@ impl LeaseService for NodeService {
         key: &str,
         params: ReleaseParams,
     ) -> Result<ReleaseResponse, ApiError> {
+        self.allow_key(Role::Write, "releasing a lock", Kind::Lock, key)?;
         self.release_checked(leasehold_raft::command::Kind::Lock, key, params)
             .await
     }
     async fn get_lock(&self, key: &str, params: ReadParams) -> Result<LockState, ApiError> {
+        self.allow_key(Role::Read, "reading a lock", Kind::Lock, key)?;
         self.get_lock_impl(key, params).await
     }
     async fn wait_release(
@@ -145,15 +221,19 @@ impl LeaseService for NodeService {
         key: &str,
         params: WaitReleaseParams,
     ) -> Result<WaitReleaseResponse, ApiError> {
+        self.allow_key(Role::Read, "waiting for a release", Kind::Lock, key)?;
         self.wait_release_impl(key, params).await
     }
     async fn lock_history(&self, key: &str) -> Result<HistoryResponse, ApiError> {
+        self.allow_key(Role::Read, "reading a lock's history", Kind::Lock, key)?;
         self.history(leasehold_raft::command::Kind::Lock, key).await
     }
     async fn list_locks(&self, params: ListParams) -> Result<LockList, ApiError> {
+        self.allow(Role::Read, "listing locks")?;
         self.list_locks_impl(params).await
     }
     async fn expired(&self, params: ExpiredParams) -> Result<ExpiredList, ApiError> {
+        self.allow(Role::Read, "listing expired holds")?;
         self.expired_impl(params).await
     }
 
@@ -162,6 +242,12 @@ impl LeaseService for NodeService {
         key: &str,
         req: SemaphoreAcquireRequest,
     ) -> Result<SemaphoreSlot, ApiError> {
+        self.allow_key(
+            Role::Write,
+            "acquiring a semaphore slot",
+            Kind::Semaphore,
+            key,
+        )?;
         self.acquire_semaphore_impl(key, req).await
     }
     async fn extend_semaphore(
@@ -169,6 +255,12 @@ impl LeaseService for NodeService {
         key: &str,
         req: ExtendRequest,
     ) -> Result<ExtendResponse, ApiError> {
+        self.allow_key(
+            Role::Write,
+            "extending a semaphore slot",
+            Kind::Semaphore,
+            key,
+        )?;
         self.extend_checked(leasehold_raft::command::Kind::Semaphore, key, req)
             .await
     }
@@ -177,6 +269,12 @@ impl LeaseService for NodeService {
         key: &str,
         params: ReleaseParams,
     ) -> Result<ReleaseResponse, ApiError> {
+        self.allow_key(
+            Role::Write,
+            "releasing a semaphore slot",
+            Kind::Semaphore,
+            key,
+        )?;
         self.release_checked(leasehold_raft::command::Kind::Semaphore, key, params)
             .await
     }
@@ -185,6 +283,7 @@ impl LeaseService for NodeService {
         key: &str,
         params: ReadParams,
     ) -> Result<SemaphoreState, ApiError> {
+        self.allow_key(Role::Read, "reading a semaphore", Kind::Semaphore, key)?;
         self.get_semaphore_impl(key, params).await
     }
 
@@ -193,12 +292,15 @@ impl LeaseService for NodeService {
         name: &str,
         req: RegisterRequest,
     ) -> Result<NameRecord, ApiError> {
+        self.allow_key(Role::Write, "registering a name", Kind::Name, name)?;
         self.register_name_impl(name, req).await
     }
     async fn get_name(&self, name: &str, params: ReadParams) -> Result<NameState, ApiError> {
+        self.allow_key(Role::Read, "reading a name", Kind::Name, name)?;
         self.get_name_impl(name, params).await
     }
     async fn proclaim(&self, name: &str, req: ProclaimRequest) -> Result<NameRecord, ApiError> {
+        self.allow_key(Role::Write, "proclaiming a name's value", Kind::Name, name)?;
         self.proclaim_impl(name, req).await
     }
     async fn extend_name(
@@ -206,6 +308,7 @@ impl LeaseService for NodeService {
         name: &str,
         req: NameExtendRequest,
     ) -> Result<ExtendResponse, ApiError> {
+        self.allow_key(Role::Write, "extending a name", Kind::Name, name)?;
         self.extend_name_impl(name, req).await
     }
     async fn unregister_name(
@@ -213,20 +316,25 @@ impl LeaseService for NodeService {
         name: &str,
         params: ReleaseParams,
     ) -> Result<ReleaseResponse, ApiError> {
+        self.allow_key(Role::Write, "unregistering a name", Kind::Name, name)?;
         self.release_checked(leasehold_raft::command::Kind::Name, name, params)
             .await
     }
     async fn list_names(&self, params: ListParams) -> Result<NameList, ApiError> {
+        self.allow(Role::Read, "listing names")?;
         self.list_names_impl(params).await
     }
 
     async fn cluster_status(&self) -> Result<ClusterStatus, ApiError> {
+        self.allow(Role::Read, "reading the cluster status")?;
         self.cluster_status_impl().await
     }
     async fn add_member(&self, req: AddMemberRequest) -> Result<ClusterStatus, ApiError> {
+        self.allow(Role::Admin, "adding a member")?;
         self.add_member_impl(req).await
     }
     async fn remove_member(&self, id: u64) -> Result<ClusterStatus, ApiError> {
+        self.allow(Role::Admin, "removing a member")?;
         self.remove_member_impl(id).await
     }
     async fn ready(&self) -> Result<(), ApiError> {

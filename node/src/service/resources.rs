@@ -206,7 +206,7 @@ impl NodeService {
         let Some(ttl_ms) = req.ttl_ms else {
             let (_, ttl_ms) = self
                 .core
-                .keepalive_hold(kind, key, &req.owner, req.token)
+                .keepalive_hold(kind, key, &req.owner, req.token, self.caller())
                 .await
                 .map_err(|e| match e {
                     CoreError::Refused(e) => sm_error(kind, key, e),
@@ -270,6 +270,9 @@ impl NodeService {
             let mut views = Vec::new();
             let mut more = false;
             for (key, r) in s.held_after(kind, &prefix, params.after.as_deref()) {
+                if !self.may_see(key) {
+                    continue;
+                }
                 for hold in &r.holders {
                     views.push(s.hold_view(kind, key, hold));
                 }

@@ -84,7 +84,7 @@ impl NodeService {
                 _ = tokio::time::sleep_until(next_keepalive) => {
                     next_keepalive = Instant::now() + keepalive_every;
                     if let Err(CoreError::Refused(SmError::LeaseNotFound { .. })) =
-                        self.core.keepalive_lease(lease_id).await
+                        self.core.keepalive_lease(lease_id, self.caller()).await
                     {
                         debug!(lease_id, "waiting lease is gone");
                     }
@@ -274,6 +274,7 @@ impl Drop for CancelWaitOnDrop {
         task_core.spawn(async move {
             let cancel = Proposal {
                 request_id: None,
+                caller: None,
                 command: Command::CancelWait {
                     kind,
                     key: key.clone(),
@@ -285,6 +286,7 @@ impl Drop for CancelWaitOnDrop {
                 // Granted just as the client left, and no retry can claim it: release it.
                 let release = Proposal {
                     request_id: None,
+                    caller: None,
                     command: Command::Release {
                         kind,
                         key,

@@ -4,10 +4,11 @@
 use std::collections::BTreeSet;
 
 use crate::command::{
-    Batch, BatchResult, Command, CommandResult, EndReason, Proposal, ResourceId, SmError,
+    Batch, BatchResult, Caller, Command, CommandResult, EndReason, Kind, LeaseId, ResourceId,
+    SmError, Token,
 };
 
-use super::model::DedupeEntry;
+use super::model::{DedupeEntry, Lease};
 use super::{LeaseState, StateEvent};
 
 /// What one command did to the state, beyond its result.
@@ -16,6 +17,8 @@ pub(super) struct Effects<'a> {
     pub(super) now_ms: u64,
     pub(super) events: &'a mut Vec<StateEvent>,
     pub(super) touched: BTreeSet<ResourceId>,
+    /// Who the command acts for (`None`: trusted).
+    pub(super) caller: Option<&'a Caller>,
 }
 
 impl LeaseState {
@@ -26,16 +29,27 @@ impl LeaseState {
         batch: &Batch,
         events: &mut Vec<StateEvent>,
     ) -> BatchResult {
-        let Batch::V1 {
-            proposed_at_ms,
-            proposals,
-        } = batch;
+        let proposed_at_ms = match batch {
+            Batch::V1 { proposed_at_ms, .. } | Batch::V2 { proposed_at_ms, .. } => *proposed_at_ms,
+        };
         self.last_index = index;
-        self.now_ms = self.now_ms.max(*proposed_at_ms);
+        self.now_ms = self.now_ms.max(proposed_at_ms);
         self.end_elapsed_delays(index, events);
-        let mut results = Vec::with_capacity(proposals.len());
-        for proposal in proposals {
-            results.push(self.apply_proposal(index, proposal, events));
+        let mut results = Vec::with_capacity(batch.len());
+        match batch {
+            Batch::V1 { proposals, .. } => {
+                for p in proposals {
+                    let result =
+                        self.apply_proposal(index, p.request_id.as_ref(), &p.command, None, events);
+                    results.push(result);
+                }
+            }
+            Batch::V2 { proposals, .. } => {
+                for p in proposals {
+                    let (id, caller) = (p.request_id.as_ref(), p.caller.as_ref());
+                    results.push(self.apply_proposal(index, id, &p.command, caller, events));
+                }
+            }
         }
         self.prune_dedupe();
         BatchResult { index, results }
@@ -44,26 +58,40 @@ impl LeaseState {
     pub(super) fn apply_proposal(
         &mut self,
         index: u64,
-        proposal: &Proposal,
+        request_id: Option<&String>,
+        command: &Command,
+        caller: Option<&Caller>,
         events: &mut Vec<StateEvent>,
     ) -> CommandResult {
-        if let Some(request_id) = &proposal.request_id {
-            if let Some(entry) = self.dedupe.get(request_id) {
+        // A principal's request ids are its own: another's retry never sees its result.
+        let dedupe_key = request_id.map(|id| match caller {
+            Some(c) => format!("{}\u{0}{id}", c.principal),
+            None => id.clone(),
+        });
+        if let Some(key) = &dedupe_key {
+            if let Some(entry) = self.dedupe.get(key) {
                 return entry.result.clone();
             }
         }
-        let mut fx = Effects {
-            index,
-            now_ms: self.now_ms,
-            events,
-            touched: BTreeSet::new(),
+        let result = match self.authorize(command, caller) {
+            Err(e) => CommandResult::Error(e),
+            Ok(()) => {
+                let mut fx = Effects {
+                    index,
+                    now_ms: self.now_ms,
+                    events,
+                    touched: BTreeSet::new(),
+                    caller,
+                };
+                let result = self.apply_command(command, &mut fx);
+                let touched = std::mem::take(&mut fx.touched);
+                for rid in touched {
+                    self.reindex_idle(&rid);
+                }
+                result
+            }
         };
-        let result = self.apply_command(&proposal.command, &mut fx);
-        let touched = std::mem::take(&mut fx.touched);
-        for rid in touched {
-            self.reindex_idle(&rid);
-        }
-        if let Some(request_id) = &proposal.request_id {
+        if let Some(request_id) = dedupe_key {
             self.dedupe.insert(
                 request_id.clone(),
                 DedupeEntry {
@@ -71,8 +99,7 @@ impl LeaseState {
                     result: result.clone(),
                 },
             );
-            self.dedupe_order
-                .push_back((self.now_ms, request_id.clone()));
+            self.dedupe_order.push_back((self.now_ms, request_id));
         }
         result
     }
@@ -160,6 +187,85 @@ impl LeaseState {
                 self.promote(&rid, fx);
                 CommandResult::Promoted
             }
+        }
+    }
+
+    /// May `caller` run `command`? Commands on a lease (by id, or on a hold through its
+    /// lease) need the lease's principal or an admin. Key prefixes and roles are checked by
+    /// the node before proposing; what needs the replicated state is checked here, so it
+    /// holds on every replica and after failover.
+    fn authorize(&self, command: &Command, caller: Option<&Caller>) -> Result<(), SmError> {
+        let Some(caller) = caller.filter(|c| !c.admin) else {
+            return Ok(());
+        };
+        match command {
+            Command::SetLeaseTtl { lease_id, .. }
+            | Command::RevokeLease { lease_id }
+            | Command::ExpireLease { lease_id }
+            | Command::CancelWait { lease_id, .. } => self.lease_access(*lease_id, caller),
+            Command::Acquire(a) => match &a.lease {
+                crate::command::LeaseSpec::Existing(lease_id) => {
+                    self.lease_access(*lease_id, caller)
+                }
+                crate::command::LeaseSpec::New { .. } => Ok(()),
+            },
+            Command::Release {
+                kind,
+                key,
+                owner,
+                token,
+            }
+            | Command::Extend {
+                kind,
+                key,
+                owner,
+                token,
+                ..
+            }
+            | Command::SetValue {
+                kind,
+                key,
+                owner,
+                token,
+                ..
+            } => self.hold_access(*kind, key, owner, *token, caller),
+            Command::CreateLease { .. } | Command::Promote { .. } => Ok(()),
+        }
+    }
+
+    /// The caller may use the lease (a missing lease is the command's own error).
+    pub fn lease_access(&self, lease_id: LeaseId, caller: &Caller) -> Result<(), SmError> {
+        match self.leases.get(&lease_id) {
+            Some(lease) => Self::lease_owner_check(lease, caller),
+            None => Ok(()),
+        }
+    }
+
+    /// May `caller` use `lease`: its own principal's, or any for an admin.
+    pub fn lease_owner_check(lease: &Lease, caller: &Caller) -> Result<(), SmError> {
+        if caller.admin || lease.principal.as_deref() == Some(caller.principal.as_str()) {
+            return Ok(());
+        }
+        Err(SmError::Forbidden {
+            lease_id: lease.id,
+            principal: caller.principal.clone(),
+            lease_principal: lease.principal.clone(),
+        })
+    }
+
+    /// The caller may act on the hold (a hold that is not current is the command's own
+    /// `not_owner`).
+    pub fn hold_access(
+        &self,
+        kind: Kind,
+        key: &str,
+        owner: &str,
+        token: Token,
+        caller: &Caller,
+    ) -> Result<(), SmError> {
+        match self.find_hold(kind, key, owner, token) {
+            Some(hold) => self.lease_access(hold.lease_id, caller),
+            None => Ok(()),
         }
     }
 }

@@ -3,7 +3,7 @@
 use super::LeaseState;
 
 /// The snapshot encoding's version; bump it when [`LeaseState`]'s layout changes.
-pub const STATE_FORMAT_VERSION: u8 = 1;
+pub const STATE_FORMAT_VERSION: u8 = 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DecodeError {
@@ -16,6 +16,16 @@ pub enum DecodeError {
 }
 
 impl LeaseState {
+    /// Recompute what is derived from the replicated fields (and not in the snapshot).
+    pub(super) fn rebuild_derived(&mut self) {
+        self.principal_leases.clear();
+        for lease in self.leases.values() {
+            if let Some(p) = &lease.principal {
+                *self.principal_leases.entry(p.clone()).or_default() += 1;
+            }
+        }
+    }
+
     /// Encode the whole state, versioned, as bincode bytes (byte-identical for equal states).
     pub fn encode(&self) -> Vec<u8> {
         let mut out = vec![STATE_FORMAT_VERSION];
@@ -40,6 +50,8 @@ impl LeaseState {
                 body.len() - read
             )));
         }
+        let mut state: Self = state;
+        state.rebuild_derived();
         Ok(state)
     }
 }

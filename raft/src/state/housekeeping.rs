@@ -23,6 +23,7 @@ impl LeaseState {
                 now_ms: self.now_ms,
                 events: &mut *events,
                 touched: BTreeSet::new(),
+                caller: None,
             };
             self.promote(&rid, &mut fx);
             for rid in std::mem::take(&mut fx.touched) {

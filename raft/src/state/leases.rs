@@ -20,6 +20,23 @@ impl LeaseState {
         if self.leases.len() as u64 >= max_leases {
             return Err(SmError::TooManyLeases { max: max_leases });
         }
+        let principal = fx.caller.map(|c| c.principal.clone());
+        if let Some(caller) = fx.caller {
+            let live = self
+                .principal_leases
+                .get(&caller.principal)
+                .copied()
+                .unwrap_or(0);
+            if let Some(max) = caller.max_leases.filter(|&max| live >= max) {
+                return Err(SmError::PrincipalQuota {
+                    principal: caller.principal.clone(),
+                    max,
+                });
+            }
+        }
+        if let Some(p) = &principal {
+            *self.principal_leases.entry(p.clone()).or_default() += 1;
+        }
         self.last_lease_id += 1;
         let lease_id = self.last_lease_id;
         self.leases.insert(
@@ -32,6 +49,7 @@ impl LeaseState {
                 implicit,
                 holds: BTreeSet::new(),
                 waits: BTreeSet::new(),
+                principal,
             },
         );
         fx.events.push(StateEvent::LeaseArmed { lease_id, ttl_ms });
@@ -44,7 +62,7 @@ impl LeaseState {
         reason: EndReason,
         fx: &mut Effects<'_>,
     ) -> CommandResult {
-        let Some(lease) = self.leases.remove(&lease_id) else {
+        let Some(lease) = self.leases.get(&lease_id).cloned() else {
             return CommandResult::Error(SmError::LeaseNotFound { lease_id });
         };
         fx.events.push(StateEvent::LeaseGone { lease_id });
@@ -67,10 +85,26 @@ impl LeaseState {
                 released.push(rid.clone());
             }
         }
+        self.remove_lease(lease_id);
         // Promote after every hold of the lease is gone, so waiters see all freed slots.
         for rid in lease.holds.iter().chain(lease.waits.iter()) {
             self.promote(rid, fx);
         }
         CommandResult::LeaseEnded { released }
+    }
+
+    /// Forget a lease (every removal goes through here, so the per-principal counts stay
+    /// exact).
+    pub(super) fn remove_lease(&mut self, lease_id: LeaseId) -> Option<Lease> {
+        let lease = self.leases.remove(&lease_id)?;
+        if let Some(p) = &lease.principal {
+            if let Some(n) = self.principal_leases.get_mut(p) {
+                *n -= 1;
+                if *n == 0 {
+                    self.principal_leases.remove(p);
+                }
+            }
+        }
+        Some(lease)
     }
 }

@@ -49,6 +49,8 @@ pub struct Lease {
     pub implicit: bool,
     pub holds: BTreeSet<ResourceId>,
     pub waits: BTreeSet<ResourceId>,
+    /// The principal that created the lease (auth on); it alone (or an admin) may use it.
+    pub principal: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -110,6 +112,8 @@ pub struct HistoryRecord {
     pub held_ms: Option<u64>,
     /// For grants: how long the new holder waited in the queue.
     pub waited_ms: Option<u64>,
+    /// The principal of the hold's lease (auth on).
+    pub principal: Option<String>,
 }
 
 /// How the most recent hold of a resource ended (for wait-for-release).
@@ -201,4 +205,8 @@ pub struct LeaseState {
     pub(super) dedupe: BTreeMap<String, DedupeEntry>,
     /// `request_id`s in arrival order, for pruning the window.
     pub(super) dedupe_order: VecDeque<(u64, String)>,
+    /// Live leases per principal, for `max_leases` quotas. Derived from `leases`: not in
+    /// the snapshot, rebuilt on decode.
+    #[serde(skip)]
+    pub(super) principal_leases: BTreeMap<String, u64>,
 }

@@ -151,6 +151,14 @@ impl LeaseState {
         resource.acquisitions += 1;
         resource.mod_index = fx.index;
         resource.holders.push(hold.clone());
+        let principal = self
+            .leases
+            .get(&hold.lease_id)
+            .and_then(|l| l.principal.clone());
+        let resource = self
+            .resources
+            .get_mut(rid)
+            .expect("the resource was inserted above");
         resource.record(HistoryRecord {
             event: HistoryKind::Acquired,
             owner: hold.owner.clone(),
@@ -158,6 +166,7 @@ impl LeaseState {
             at_ms: fx.now_ms,
             held_ms: None,
             waited_ms,
+            principal,
         });
         fx.touched.insert(rid.clone());
         hold
@@ -196,10 +205,17 @@ impl LeaseState {
         reason: EndReason,
         fx: &mut Effects<'_>,
     ) {
-        let Some(resource) = self.resources.get_mut(rid) else {
+        let Some(resource) = self.resources.get(rid) else {
             return;
         };
         let Some(pos) = resource.holders.iter().position(|h| h.token == token) else {
+            return;
+        };
+        let principal = self
+            .leases
+            .get(&resource.holders[pos].lease_id)
+            .and_then(|l| l.principal.clone());
+        let Some(resource) = self.resources.get_mut(rid) else {
             return;
         };
         let hold = resource.holders.remove(pos);
@@ -211,6 +227,7 @@ impl LeaseState {
             at_ms: fx.now_ms,
             held_ms: Some(fx.now_ms.saturating_sub(hold.locked_at_ms)),
             waited_ms: None,
+            principal,
         });
         resource.last_end = Some(EndRecord {
             reason,
@@ -307,7 +324,7 @@ impl LeaseState {
             .get(&hold.lease_id)
             .is_some_and(|l| l.implicit && l.holds.is_empty() && l.waits.is_empty());
         if lease_done {
-            self.leases.remove(&hold.lease_id);
+            self.remove_lease(hold.lease_id);
             fx.events.push(StateEvent::LeaseGone {
                 lease_id: hold.lease_id,
             });

@@ -4,8 +4,8 @@ use proptest::prelude::*;
 
 use super::*;
 use crate::command::{
-    Acquire, Batch, BusyReason, Command, CommandResult, EndReason, HoldView, Kind, LeaseSpec,
-    Proposal, SmError,
+    Acquire, Batch, BusyReason, Caller, Command, CommandResult, EndReason, HoldView, Kind,
+    LeaseSpec, Proposal, ProposalV1, SmError,
 };
 
 const MAX_LEASES: u64 = 1_000;
@@ -35,6 +35,7 @@ impl Sm {
             self.now_ms,
             vec![Proposal {
                 request_id: request_id.map(str::to_string),
+                caller: None,
                 command,
             }],
         );
@@ -45,6 +46,21 @@ impl Sm {
 
     fn apply(&mut self, command: Command) -> CommandResult {
         self.apply_with_id(None, command)
+    }
+
+    fn apply_as(&mut self, caller: &Caller, command: Command) -> CommandResult {
+        self.index += 1;
+        let batch = Batch::new(
+            self.now_ms,
+            vec![Proposal {
+                request_id: None,
+                caller: Some(caller.clone()),
+                command,
+            }],
+        );
+        let mut result = self.state.apply_batch(self.index, &batch, &mut self.events);
+        self.state.check_invariants().expect("invariants hold");
+        result.results.pop().expect("one result per proposal")
     }
 
     fn acquire(&mut self, key: &str, owner: &str, ttl_ms: u64, wait: bool) -> CommandResult {
@@ -675,6 +691,7 @@ proptest! {
             clock_ms += step_ms;
             let batch = Batch::new(clock_ms, proposals.into_iter().map(|(id, command)| Proposal {
                 request_id: id.map(|i| format!("req-{i}")),
+                caller: None,
                 command,
             }).collect());
             let index = index as u64 + 1;
@@ -706,4 +723,215 @@ proptest! {
         let back = LeaseState::decode(&bytes).expect("round trip");
         prop_assert_eq!(back, one);
     }
+}
+
+fn caller(name: &str, admin: bool, max_leases: Option<u64>) -> Caller {
+    Caller {
+        principal: name.to_string(),
+        admin,
+        max_leases,
+    }
+}
+
+#[test]
+fn a_lease_belongs_to_its_principal() {
+    let mut sm = Sm::new();
+    let (alice, bob, root) = (
+        caller("alice", false, None),
+        caller("bob", false, None),
+        caller("root", true, None),
+    );
+    let create = Command::CreateLease {
+        ttl_ms: 5_000,
+        owner: "w".into(),
+        max_leases: MAX_LEASES,
+    };
+    let CommandResult::LeaseCreated { lease_id, .. } = sm.apply_as(&alice, create) else {
+        panic!("lease");
+    };
+    assert_eq!(
+        sm.state.lease(lease_id).unwrap().principal.as_deref(),
+        Some("alice")
+    );
+    let forbidden = SmError::Forbidden {
+        lease_id,
+        principal: "bob".into(),
+        lease_principal: Some("alice".into()),
+    };
+    let attach = |owner: &str| {
+        Command::Acquire(acquire(
+            Kind::Lock,
+            "k",
+            owner,
+            LeaseSpec::Existing(lease_id),
+            false,
+            1,
+        ))
+    };
+    // Another principal can neither attach a hold, change, nor revoke the lease.
+    assert_eq!(
+        sm.apply_as(&bob, attach("b")),
+        CommandResult::Error(forbidden.clone())
+    );
+    assert_eq!(
+        sm.apply_as(
+            &bob,
+            Command::SetLeaseTtl {
+                lease_id,
+                ttl_ms: 9_000
+            }
+        ),
+        CommandResult::Error(forbidden.clone())
+    );
+    assert_eq!(
+        sm.apply_as(&bob, Command::RevokeLease { lease_id }),
+        CommandResult::Error(forbidden.clone())
+    );
+    // Its own principal can; and a hold under it is the principal's too.
+    let hold = granted(sm.apply_as(&alice, attach("a")));
+    let release = Command::Release {
+        kind: Kind::Lock,
+        key: "k".into(),
+        owner: "a".into(),
+        token: hold.token,
+    };
+    assert_eq!(
+        sm.apply_as(&bob, release.clone()),
+        CommandResult::Error(forbidden)
+    );
+    let history = &sm.state.resource(Kind::Lock, "k").unwrap().history;
+    assert_eq!(history.back().unwrap().principal.as_deref(), Some("alice"));
+    // An admin may act on anyone's lease.
+    assert_eq!(sm.apply_as(&root, release), CommandResult::Released);
+    assert!(matches!(
+        sm.apply_as(&root, Command::RevokeLease { lease_id }),
+        CommandResult::LeaseEnded { .. }
+    ));
+    // Trusted callers (auth off) are not checked, and their leases have no principal.
+    let CommandResult::LeaseCreated { lease_id, .. } = sm.apply(Command::CreateLease {
+        ttl_ms: 5_000,
+        owner: "w".into(),
+        max_leases: MAX_LEASES,
+    }) else {
+        panic!("lease");
+    };
+    assert_eq!(sm.state.lease(lease_id).unwrap().principal, None);
+    assert!(matches!(
+        sm.apply_as(&alice, Command::RevokeLease { lease_id }),
+        CommandResult::Error(SmError::Forbidden { .. })
+    ));
+}
+
+#[test]
+fn a_principal_quota_counts_its_live_leases_only() {
+    let mut sm = Sm::new();
+    let small = caller("small", false, Some(2));
+    let other = caller("other", false, Some(2));
+    let create = || Command::CreateLease {
+        ttl_ms: 5_000,
+        owner: "w".into(),
+        max_leases: MAX_LEASES,
+    };
+    let first = sm.apply_as(&small, create());
+    let CommandResult::LeaseCreated { lease_id, .. } = first else {
+        panic!("lease");
+    };
+    // An implicit lease (acquire without a lease) counts too.
+    let implicit = Command::Acquire(acquire(
+        Kind::Lock,
+        "q",
+        "w",
+        LeaseSpec::New { ttl_ms: 5_000 },
+        false,
+        1,
+    ));
+    let hold = granted(sm.apply_as(&small, implicit.clone()));
+    let over = SmError::PrincipalQuota {
+        principal: "small".into(),
+        max: 2,
+    };
+    assert_eq!(
+        sm.apply_as(&small, create()),
+        CommandResult::Error(over.clone())
+    );
+    // Quotas are per principal.
+    assert!(matches!(
+        sm.apply_as(&other, create()),
+        CommandResult::LeaseCreated { .. }
+    ));
+    // Ending leases (revoke, or releasing an implicit lease's hold) frees quota.
+    sm.apply_as(&small, Command::RevokeLease { lease_id });
+    sm.apply_as(
+        &small,
+        Command::Release {
+            kind: Kind::Lock,
+            key: "q".into(),
+            owner: "w".into(),
+            token: hold.token,
+        },
+    );
+    assert_eq!(sm.state.principal_leases.get("small"), None);
+    assert!(matches!(
+        sm.apply_as(&small, create()),
+        CommandResult::LeaseCreated { .. }
+    ));
+    // The counts are derived, and a snapshot round trip rebuilds them.
+    let decoded = LeaseState::decode(&sm.state.encode()).unwrap();
+    assert_eq!(decoded.principal_leases, sm.state.principal_leases);
+    assert_eq!(decoded.principal_leases.get("small"), Some(&1));
+}
+
+#[test]
+fn request_ids_are_per_principal() {
+    let mut sm = Sm::new();
+    let create = Command::CreateLease {
+        ttl_ms: 5_000,
+        owner: "w".into(),
+        max_leases: MAX_LEASES,
+    };
+    let apply = |sm: &mut Sm, who: &str| {
+        sm.index += 1;
+        let batch = Batch::new(
+            sm.now_ms,
+            vec![Proposal {
+                request_id: Some("same".into()),
+                caller: Some(caller(who, false, None)),
+                command: create.clone(),
+            }],
+        );
+        sm.state
+            .apply_batch(sm.index, &batch, &mut sm.events)
+            .results
+            .pop()
+            .unwrap()
+    };
+    let a = apply(&mut sm, "alice");
+    let b = apply(&mut sm, "bob");
+    assert_ne!(a, b, "bob must not get alice's result for her request id");
+    assert_eq!(apply(&mut sm, "alice"), a, "alice's retry is deduplicated");
+}
+
+#[test]
+fn entries_written_before_auth_still_apply() {
+    let mut state = LeaseState::default();
+    let batch = Batch::V1 {
+        proposed_at_ms: 1_000,
+        proposals: vec![ProposalV1 {
+            request_id: None,
+            command: Command::CreateLease {
+                ttl_ms: 5_000,
+                owner: "w".into(),
+                max_leases: MAX_LEASES,
+            },
+        }],
+    };
+    // The V1 layout decodes from its bytes as before, and applies as a trusted caller's.
+    let bytes = bincode::serde::encode_to_vec(&batch, bincode::config::standard()).unwrap();
+    let (decoded, _): (Batch, usize) =
+        bincode::serde::decode_from_slice(&bytes, bincode::config::standard()).unwrap();
+    let result = state.apply_batch(1, &decoded, &mut Vec::new());
+    let CommandResult::LeaseCreated { lease_id, .. } = result.results[0] else {
+        panic!("lease");
+    };
+    assert_eq!(state.lease(lease_id).unwrap().principal, None);
 }
