@@ -6,12 +6,16 @@
 //! `request_id` (generated if the caller gave none), so a retried mutation never acts
 //! twice: the cluster returns the original result.
 
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION};
 use reqwest::Method;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -21,11 +25,22 @@ use crate::wire::*;
 
 /// Environment variable with comma-separated endpoint URLs.
 pub const ENDPOINTS_ENV: &str = "LEASEHOLD_ENDPOINTS";
+/// Environment variable with the bearer token ([`ClientBuilder::token`]). Not
+/// `LEASEHOLD_TOKEN`: that is the fencing token `leasehold lock` gives its child.
+pub const AUTH_TOKEN_ENV: &str = "LEASEHOLD_AUTH_TOKEN";
+/// Environment variable with the path of a PEM CA to trust ([`ClientBuilder::ca_cert_file`]).
+pub const CACERT_ENV: &str = "LEASEHOLD_CACERT";
+/// Environment variables with the paths of a PEM client certificate and its key
+/// ([`ClientBuilder::identity_files`]); set both or neither.
+pub const CLIENT_CERT_ENV: &str = "LEASEHOLD_CLIENT_CERT";
+pub const CLIENT_KEY_ENV: &str = "LEASEHOLD_CLIENT_KEY";
 /// Default deadline of a request (long-polls get their `wait_ms` on top).
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default deadline of one attempt at one endpoint before trying the next (plus `wait_ms`):
 /// a paused or partitioned node accepts connections but never answers.
 pub const DEFAULT_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(2);
+/// How the message of an error from a failed TLS handshake begins ([`is_tls_failure`]).
+const TLS_FAILURE_PREFIX: &str = "TLS handshake with ";
 
 #[derive(Clone)]
 pub struct Client {
@@ -41,48 +56,153 @@ struct Inner {
     attempt_timeout: Duration,
     id_prefix: String,
     id_counter: AtomicU64,
+    /// Whether requests carry a bearer token (the token itself lives, marked sensitive, in
+    /// the HTTP client's default headers only).
+    has_token: bool,
 }
 
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Client")
             .field("endpoints", &self.inner.endpoints)
+            .field("token", &self.inner.has_token.then_some(REDACTED))
             .finish()
     }
 }
 
-impl Client {
-    /// A client for the given endpoint URLs (`http://host:port`).
-    pub fn new<I, E>(endpoints: I) -> Result<Self>
-    where
-        I: IntoIterator<Item = E>,
-        E: Into<String>,
-    {
-        Self::with_timeout(endpoints, DEFAULT_REQUEST_TIMEOUT)
+const REDACTED: &str = "<redacted>";
+
+/// Where a PEM document comes from: given in code, or a file read by [`ClientBuilder::build`].
+#[derive(Clone)]
+enum PemSource {
+    Bytes(Vec<u8>),
+    File(PathBuf),
+}
+
+impl PemSource {
+    /// The bytes, and how to name their origin in an error.
+    fn load(&self, field: &str, what: &str) -> Result<(Vec<u8>, String)> {
+        match self {
+            PemSource::Bytes(bytes) => Ok((bytes.clone(), format!("the {what} PEM given"))),
+            PemSource::File(path) => match std::fs::read(path) {
+                Ok(bytes) => Ok((bytes, path.display().to_string())),
+                Err(e) => Err(ApiError::invalid(
+                    field,
+                    format!("cannot read {what} file {}: {e}", path.display()),
+                )),
+            },
+        }
+    }
+}
+
+impl std::fmt::Debug for PemSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PemSource::Bytes(b) => write!(f, "<{} bytes of PEM>", b.len()),
+            PemSource::File(p) => write!(f, "{}", p.display()),
+        }
+    }
+}
+
+/// Builds a [`Client`]: endpoints, credentials (bearer token, CA, client certificate) and
+/// timeouts. Files are read and PEM is checked by [`build`](ClientBuilder::build), whose
+/// error names the file and what is wrong with it.
+///
+/// ```no_run
+/// # fn main() -> Result<(), leasehold_api::ApiError> {
+/// let client = leasehold_api::Client::builder(["https://127.0.0.1:7001"])
+///     .token("s3cret")
+///     .ca_cert_file("/etc/leasehold/ca.crt")
+///     .build()?;
+/// # drop(client);
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct ClientBuilder {
+    endpoints: Vec<String>,
+    token: Option<String>,
+    ca_certs: Vec<PemSource>,
+    identity: Option<(PemSource, PemSource)>,
+    request_timeout: Duration,
+    attempt_timeout: Duration,
+}
+
+impl std::fmt::Debug for ClientBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientBuilder")
+            .field("endpoints", &self.endpoints)
+            .field("token", &self.token.as_ref().map(|_| REDACTED))
+            .field("ca_certs", &self.ca_certs)
+            .field("identity", &self.identity)
+            .field("request_timeout", &self.request_timeout)
+            .field("attempt_timeout", &self.attempt_timeout)
+            .finish()
+    }
+}
+
+impl ClientBuilder {
+    /// Send `Authorization: Bearer <token>` with every request (SPEC §5 "Auth").
+    pub fn token(mut self, token: impl Into<String>) -> Self {
+        self.token = Some(token.into());
+        self
     }
 
-    pub fn with_timeout<I, E>(endpoints: I, request_timeout: Duration) -> Result<Self>
-    where
-        I: IntoIterator<Item = E>,
-        E: Into<String>,
-    {
-        Self::with_timeouts(endpoints, request_timeout, DEFAULT_ATTEMPT_TIMEOUT)
+    /// Trust the CA certificate(s) in this PEM for `https://` endpoints, in addition to
+    /// the built-in web roots. May be called more than once.
+    pub fn ca_cert_pem(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.ca_certs.push(PemSource::Bytes(pem.into()));
+        self
     }
 
-    /// `request_timeout` bounds a whole call across endpoints; `attempt_timeout` one try
-    /// at one endpoint (both plus `wait_ms` for blocking calls).
-    pub fn with_timeouts<I, E>(
-        endpoints: I,
-        request_timeout: Duration,
-        attempt_timeout: Duration,
-    ) -> Result<Self>
-    where
-        I: IntoIterator<Item = E>,
-        E: Into<String>,
-    {
-        let endpoints: Vec<String> = endpoints
-            .into_iter()
-            .map(Into::into)
+    /// [`ca_cert_pem`](Self::ca_cert_pem) with the PEM read from `path` at build time.
+    pub fn ca_cert_file(mut self, path: impl AsRef<Path>) -> Self {
+        self.ca_certs
+            .push(PemSource::File(path.as_ref().to_path_buf()));
+        self
+    }
+
+    /// Present this client certificate (PEM chain) and private key (PEM, PKCS#8, PKCS#1 or
+    /// SEC1) to servers that ask for one (`tls.client_ca`).
+    pub fn identity_pem(
+        mut self,
+        cert_pem: impl Into<Vec<u8>>,
+        key_pem: impl Into<Vec<u8>>,
+    ) -> Self {
+        self.identity = Some((
+            PemSource::Bytes(cert_pem.into()),
+            PemSource::Bytes(key_pem.into()),
+        ));
+        self
+    }
+
+    /// [`identity_pem`](Self::identity_pem) with both read from files at build time.
+    pub fn identity_files(mut self, cert: impl AsRef<Path>, key: impl AsRef<Path>) -> Self {
+        self.identity = Some((
+            PemSource::File(cert.as_ref().to_path_buf()),
+            PemSource::File(key.as_ref().to_path_buf()),
+        ));
+        self
+    }
+
+    /// Bounds a whole call across endpoints (plus `wait_ms` for blocking calls).
+    pub fn request_timeout(mut self, timeout: Duration) -> Self {
+        self.request_timeout = timeout;
+        self
+    }
+
+    /// Bounds one try at one endpoint before the next is tried (plus `wait_ms`).
+    pub fn attempt_timeout(mut self, timeout: Duration) -> Self {
+        self.attempt_timeout = timeout;
+        self
+    }
+
+    /// Check everything and make the client. Errors are `invalid_argument` naming the
+    /// setting (`endpoints`, `token`, `ca_cert`, `client_cert`, `client_key`).
+    pub fn build(self) -> Result<Client> {
+        let endpoints: Vec<String> = self
+            .endpoints
+            .iter()
             .map(|e| e.trim().trim_end_matches('/').to_string())
             .filter(|e| !e.is_empty())
             .collect();
@@ -100,16 +220,29 @@ impl Client {
                 ));
             }
         }
-        let http = reqwest::Client::builder()
+        let mut http = reqwest::Client::builder()
             .tcp_nodelay(true)
-            .connect_timeout(Duration::from_secs(2))
-            .build()
-            .map_err(|e| {
-                ApiError::new(
-                    ErrorCode::Internal,
-                    format!("cannot build the HTTP client: {e}"),
-                )
-            })?;
+            .connect_timeout(Duration::from_secs(2));
+        let has_token = self.token.is_some();
+        if let Some(token) = &self.token {
+            let mut headers = HeaderMap::new();
+            headers.insert(AUTHORIZATION, bearer_header(token)?);
+            http = http.default_headers(headers);
+        }
+        for source in &self.ca_certs {
+            for cert in load_ca_certs(source)? {
+                http = http.add_root_certificate(cert);
+            }
+        }
+        if let Some((cert, key)) = &self.identity {
+            http = http.identity(load_identity(cert, key)?);
+        }
+        let http = http.build().map_err(|e| {
+            ApiError::new(
+                ErrorCode::Internal,
+                format!("cannot build the HTTP client: {e}"),
+            )
+        })?;
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos())
@@ -119,18 +252,217 @@ impl Client {
                 http,
                 endpoints,
                 current: AtomicUsize::new(0),
-                request_timeout,
-                attempt_timeout,
+                request_timeout: self.request_timeout,
+                attempt_timeout: self.attempt_timeout,
                 id_prefix: format!("c{:x}-{nanos:x}-", std::process::id()),
                 id_counter: AtomicU64::new(0),
+                has_token,
             }),
         })
     }
 
-    /// A client for the comma-separated endpoints in `LEASEHOLD_ENDPOINTS`.
+    /// The builder [`Client::from_env`] uses, reading variables through `var`.
+    fn from_vars(var: impl Fn(&str) -> Option<String>) -> Result<Self> {
+        // An empty variable counts as unset (`export LEASEHOLD_CACERT=` clears it).
+        let var = |name: &str| var(name).filter(|v| !v.trim().is_empty());
+        let endpoints = var(ENDPOINTS_ENV).unwrap_or_default();
+        let mut builder = Client::builder(endpoints.split(','));
+        if let Some(token) = var(AUTH_TOKEN_ENV) {
+            builder = builder.token(token);
+        }
+        if let Some(ca) = var(CACERT_ENV) {
+            builder = builder.ca_cert_file(ca);
+        }
+        match (var(CLIENT_CERT_ENV), var(CLIENT_KEY_ENV)) {
+            (Some(cert), Some(key)) => builder = builder.identity_files(cert, key),
+            (None, None) => {}
+            (Some(_), None) => {
+                return Err(ApiError::invalid(
+                    "client_key",
+                    format!(
+                        "{CLIENT_CERT_ENV} is set, so set {CLIENT_KEY_ENV} to its key file too"
+                    ),
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(ApiError::invalid(
+                    "client_cert",
+                    format!(
+                    "{CLIENT_KEY_ENV} is set, so set {CLIENT_CERT_ENV} to its certificate file too"
+                ),
+                ))
+            }
+        }
+        Ok(builder)
+    }
+}
+
+/// `Bearer <token>`, marked sensitive so that it is never logged.
+fn bearer_header(token: &str) -> Result<HeaderValue> {
+    let token = token.trim();
+    if token.is_empty() {
+        return Err(ApiError::invalid("token", "must not be empty"));
+    }
+    // The message never repeats the token: it is a secret.
+    if !token.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(ApiError::invalid(
+            "token",
+            "must be printable ASCII without spaces (check for a stray character when copying it)",
+        ));
+    }
+    let mut value = HeaderValue::from_str(&format!("Bearer {token}"))
+        .map_err(|_| ApiError::invalid("token", "must be printable ASCII without spaces"))?;
+    value.set_sensitive(true);
+    Ok(value)
+}
+
+/// The CA certificates of one PEM source, each checked to be usable as a trust anchor.
+fn load_ca_certs(source: &PemSource) -> Result<Vec<reqwest::Certificate>> {
+    let field = "ca_cert";
+    let (pem, origin) = source.load(field, "CA")?;
+    let ders = CertificateDer::pem_slice_iter(&pem)
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| ApiError::invalid(field, format!("{origin} is not valid PEM: {e}")))?;
+    if ders.is_empty() {
+        return Err(ApiError::invalid(
+            field,
+            format!("{origin} holds no PEM certificate (a \"-----BEGIN CERTIFICATE-----\" block)"),
+        ));
+    }
+    let mut certs = Vec::with_capacity(ders.len());
+    for (i, der) in ders.into_iter().enumerate() {
+        // The same check rustls makes when the client is built, but here it names the file.
+        rustls::RootCertStore::empty()
+            .add(der.clone())
+            .map_err(|e| {
+                ApiError::invalid(
+                    field,
+                    format!(
+                        "certificate #{} in {origin} is not a usable CA certificate: {e}",
+                        i + 1
+                    ),
+                )
+            })?;
+        certs.push(reqwest::Certificate::from_der(der.as_ref()).map_err(|e| {
+            ApiError::invalid(field, format!("certificate #{} in {origin}: {e}", i + 1))
+        })?);
+    }
+    Ok(certs)
+}
+
+/// The client certificate chain and its key, checked to parse and to belong together.
+fn load_identity(cert: &PemSource, key: &PemSource) -> Result<reqwest::Identity> {
+    let (cert_pem, cert_origin) = cert.load("client_cert", "client certificate")?;
+    let (key_pem, key_origin) = key.load("client_key", "client key")?;
+    let chain = CertificateDer::pem_slice_iter(&cert_pem)
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| {
+            ApiError::invalid(
+                "client_cert",
+                format!("{cert_origin} is not valid PEM: {e}"),
+            )
+        })?;
+    if chain.is_empty() {
+        return Err(ApiError::invalid(
+            "client_cert",
+            format!(
+                "{cert_origin} holds no PEM certificate (a \"-----BEGIN CERTIFICATE-----\" block)"
+            ),
+        ));
+    }
+    let private_key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| {
+        ApiError::invalid(
+            "client_key",
+            format!("{key_origin} holds no usable PEM private key (PKCS#8, PKCS#1 or SEC1): {e}"),
+        )
+    })?;
+    let provider = rustls::crypto::ring::default_provider();
+    rustls::sign::CertifiedKey::from_der(chain, private_key, &provider).map_err(|e| {
+        ApiError::invalid(
+            "client_key",
+            format!("{key_origin} is not the private key of the certificate in {cert_origin}: {e}"),
+        )
+    })?;
+    // reqwest wants the chain and the key in one PEM document.
+    let mut both = cert_pem;
+    if !both.ends_with(b"\n") {
+        both.push(b'\n');
+    }
+    both.extend_from_slice(&key_pem);
+    reqwest::Identity::from_pem(&both).map_err(|e| {
+        ApiError::invalid(
+            "client_cert",
+            format!("{cert_origin} with {key_origin}: {e}"),
+        )
+    })
+}
+
+/// True if `error` is a failed TLS handshake (a CA, certificate or protocol mismatch that
+/// retrying will not fix), as opposed to a node that is down.
+pub fn is_tls_failure(error: &ApiError) -> bool {
+    error.message.starts_with(TLS_FAILURE_PREFIX)
+}
+
+impl Client {
+    /// A builder for a client of the given endpoint URLs (`http://host:port` or
+    /// `https://host:port`), with the default timeouts and no credentials.
+    pub fn builder<I, E>(endpoints: I) -> ClientBuilder
+    where
+        I: IntoIterator<Item = E>,
+        E: Into<String>,
+    {
+        ClientBuilder {
+            endpoints: endpoints.into_iter().map(Into::into).collect(),
+            token: None,
+            ca_certs: Vec::new(),
+            identity: None,
+            request_timeout: DEFAULT_REQUEST_TIMEOUT,
+            attempt_timeout: DEFAULT_ATTEMPT_TIMEOUT,
+        }
+    }
+
+    /// A client for the given endpoint URLs, without credentials.
+    pub fn new<I, E>(endpoints: I) -> Result<Self>
+    where
+        I: IntoIterator<Item = E>,
+        E: Into<String>,
+    {
+        Self::builder(endpoints).build()
+    }
+
+    pub fn with_timeout<I, E>(endpoints: I, request_timeout: Duration) -> Result<Self>
+    where
+        I: IntoIterator<Item = E>,
+        E: Into<String>,
+    {
+        Self::builder(endpoints)
+            .request_timeout(request_timeout)
+            .build()
+    }
+
+    /// `request_timeout` bounds a whole call across endpoints; `attempt_timeout` one try
+    /// at one endpoint (both plus `wait_ms` for blocking calls).
+    pub fn with_timeouts<I, E>(
+        endpoints: I,
+        request_timeout: Duration,
+        attempt_timeout: Duration,
+    ) -> Result<Self>
+    where
+        I: IntoIterator<Item = E>,
+        E: Into<String>,
+    {
+        Self::builder(endpoints)
+            .request_timeout(request_timeout)
+            .attempt_timeout(attempt_timeout)
+            .build()
+    }
+
+    /// A client configured from the environment: the comma-separated endpoints in
+    /// `LEASEHOLD_ENDPOINTS`, the bearer token in `LEASEHOLD_AUTH_TOKEN`, a CA file in
+    /// `LEASEHOLD_CACERT`, and a client certificate and key in `LEASEHOLD_CLIENT_CERT`
+    /// and `LEASEHOLD_CLIENT_KEY`.
     pub fn from_env() -> Result<Self> {
-        let value = std::env::var(ENDPOINTS_ENV).unwrap_or_default();
-        Self::new(value.split(','))
+        ClientBuilder::from_vars(|name| std::env::var(name).ok())?.build()
     }
 
     pub fn endpoints(&self) -> &[String] {
@@ -263,6 +595,16 @@ fn transport_error(url: &str, e: &reqwest::Error) -> ApiError {
             ErrorCode::Timeout,
             format!("{url}: no answer before the deadline"),
         )
+    } else if let Some(tls) = tls_error(e) {
+        // Not retryable by waiting: a wrong CA, a missing client certificate, or a plain
+        // HTTP node behind an https:// endpoint. Another endpoint may still be right.
+        ApiError::new(
+            ErrorCode::Unavailable,
+            format!(
+                "{TLS_FAILURE_PREFIX}{url} failed: {tls} ({})",
+                tls_hint(tls)
+            ),
+        )
     } else {
         let mut err = ApiError::new(
             ErrorCode::Unavailable,
@@ -270,6 +612,56 @@ fn transport_error(url: &str, e: &reqwest::Error) -> ApiError {
         );
         err.retry_after_ms = Some(1000);
         err
+    }
+}
+
+/// The rustls error somewhere in `e`'s chain of causes. tokio-rustls wraps it in an
+/// `io::Error` (itself wrapped in another by the connector), and an `io::Error`'s
+/// `source()` skips what it wraps, so those are opened with `get_ref`.
+fn tls_error(e: &reqwest::Error) -> Option<&rustls::Error> {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    // Bounded: a chain of causes is short, and a cycle would be a bug elsewhere.
+    for _ in 0..16 {
+        let err = cause?;
+        if let Some(tls) = err.downcast_ref::<rustls::Error>() {
+            return Some(tls);
+        }
+        cause = match err.downcast_ref::<std::io::Error>() {
+            Some(io) => match io.get_ref() {
+                Some(inner) => Some(inner as &(dyn std::error::Error + 'static)),
+                None => None,
+            },
+            None => err.source(),
+        };
+    }
+    None
+}
+
+/// What to check for a failed handshake.
+fn tls_hint(e: &rustls::Error) -> &'static str {
+    use rustls::{AlertDescription, CertificateError};
+    match e {
+        rustls::Error::InvalidCertificate(
+            CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+        ) => "the node's certificate does not name this host: use a host from its SANs in the endpoint",
+        rustls::Error::InvalidCertificate(
+            CertificateError::Expired
+            | CertificateError::ExpiredContext { .. }
+            | CertificateError::NotValidYet
+            | CertificateError::NotValidYetContext { .. },
+        ) => "the node's certificate is expired or not yet valid: check it and this machine's clock",
+        rustls::Error::InvalidCertificate(_) => "is --cacert (LEASEHOLD_CACERT) the cluster's CA?",
+        rustls::Error::AlertReceived(
+            AlertDescription::CertificateRequired
+            | AlertDescription::BadCertificate
+            | AlertDescription::UnknownCA
+            | AlertDescription::CertificateUnknown
+            | AlertDescription::HandshakeFailure,
+        ) => "the node wants a client certificate signed by its tls.client_ca: pass --cert and --key (LEASEHOLD_CLIENT_CERT, LEASEHOLD_CLIENT_KEY)",
+        rustls::Error::InvalidMessage(_) | rustls::Error::InappropriateMessage { .. } => {
+            "is the node serving https? use http:// for a node without [tls]"
+        }
+        _ => "check --cacert and the node's [tls] settings",
     }
 }
 
@@ -580,6 +972,239 @@ mod tests {
         let c = Client::new(["http://a:1/", " http://b:2"]).unwrap();
         assert_eq!(c.endpoints(), ["http://a:1", "http://b:2"]);
         assert_ne!(c.new_request_id(), c.new_request_id());
+    }
+
+    #[test]
+    fn the_builder_checks_the_token_and_never_shows_it() {
+        let secret = "tok-1234567890";
+        let builder = Client::builder(["http://a:1"]).token(secret);
+        assert!(!format!("{builder:?}").contains(secret));
+        let client = builder.build().unwrap();
+        let debug = format!("{client:?}");
+        assert!(!debug.contains(secret), "{debug}");
+        assert!(debug.contains(REDACTED), "{debug}");
+        assert!(!format!("{:?}", Client::new(["http://a:1"]).unwrap()).contains(REDACTED));
+
+        for bad in ["", "  ", "has space", "tab\tin", "\u{e9}t\u{e9}"] {
+            let e = Client::builder(["http://a:1"])
+                .token(bad)
+                .build()
+                .unwrap_err();
+            assert_eq!(e.code, ErrorCode::InvalidArgument);
+            assert!(e.message.starts_with("token: "), "{e}");
+            if !bad.trim().is_empty() {
+                assert!(
+                    !e.message.contains(bad),
+                    "the message repeats the token: {e}"
+                );
+            }
+        }
+        // Surrounding whitespace (a newline from a file) is not part of the token.
+        Client::builder(["http://a:1"])
+            .token(" tok\n")
+            .build()
+            .unwrap();
+    }
+
+    #[test]
+    fn the_builder_keeps_the_timeouts() {
+        let c = Client::builder(["http://a:1"])
+            .request_timeout(Duration::from_secs(3))
+            .attempt_timeout(Duration::from_millis(700))
+            .build()
+            .unwrap();
+        assert_eq!(c.inner.request_timeout, Duration::from_secs(3));
+        assert_eq!(c.inner.attempt_timeout, Duration::from_millis(700));
+        let c = Client::with_timeouts(
+            ["http://a:1"],
+            Duration::from_secs(4),
+            Duration::from_secs(1),
+        )
+        .unwrap();
+        assert_eq!(c.inner.request_timeout, Duration::from_secs(4));
+        assert_eq!(c.inner.attempt_timeout, Duration::from_secs(1));
+        let c = Client::with_timeout(["http://a:1"], Duration::from_secs(5)).unwrap();
+        assert_eq!(c.inner.attempt_timeout, DEFAULT_ATTEMPT_TIMEOUT);
+    }
+
+    fn build_err(builder: ClientBuilder) -> ApiError {
+        let e = builder.build().unwrap_err();
+        assert_eq!(e.code, ErrorCode::InvalidArgument, "{e}");
+        e
+    }
+
+    #[test]
+    fn bad_ca_certs_are_refused_naming_the_file_and_the_problem() {
+        let dir =
+            std::env::temp_dir().join(format!("leasehold-client-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let b = || Client::builder(["https://a:1"]);
+
+        let missing = dir.join("missing.crt");
+        let e = build_err(b().ca_cert_file(&missing));
+        assert!(e.message.starts_with("ca_cert: cannot read CA file"), "{e}");
+        assert!(e.message.contains(&missing.display().to_string()), "{e}");
+
+        let garbage = dir.join("garbage.crt");
+        std::fs::write(&garbage, "not a certificate\n").unwrap();
+        let e = build_err(b().ca_cert_file(&garbage));
+        assert!(e.message.contains(&garbage.display().to_string()), "{e}");
+        assert!(e.message.contains("holds no PEM certificate"), "{e}");
+
+        let broken = "-----BEGIN CERTIFICATE-----\n!!!!\n-----END CERTIFICATE-----\n";
+        let e = build_err(b().ca_cert_pem(broken));
+        assert!(e.message.contains("is not valid PEM"), "{e}");
+
+        let unterminated = "-----BEGIN CERTIFICATE-----\nAAAA\n";
+        let e = build_err(b().ca_cert_pem(unterminated));
+        assert!(e.message.contains("is not valid PEM"), "{e}");
+
+        // Well-formed PEM around bytes that are no certificate.
+        let not_der = "-----BEGIN CERTIFICATE-----\nAAECAwQF\n-----END CERTIFICATE-----\n";
+        let e = build_err(b().ca_cert_pem(not_der));
+        assert!(
+            e.message
+                .contains("certificate #1 in the CA PEM given is not a usable CA certificate"),
+            "{e}"
+        );
+
+        // A private key is not a CA.
+        let key = "-----BEGIN PRIVATE KEY-----\nAAECAwQF\n-----END PRIVATE KEY-----\n";
+        let e = build_err(b().ca_cert_pem(key));
+        assert!(e.message.contains("holds no PEM certificate"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn bad_client_identities_are_refused_naming_the_file() {
+        let b = || Client::builder(["https://a:1"]);
+        let e = build_err(b().identity_files("/nonexistent/client.crt", "/nonexistent/client.key"));
+        assert!(
+            e.message.starts_with(
+                "client_cert: cannot read client certificate file /nonexistent/client.crt"
+            ),
+            "{e}"
+        );
+        let e = build_err(b().identity_pem("no pem here", "nor here"));
+        assert!(
+            e.message.starts_with(
+                "client_cert: the client certificate PEM given holds no PEM certificate"
+            ),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn the_environment_configures_credentials() {
+        let env = |pairs: &'static [(&'static str, &'static str)]| {
+            move |name: &str| {
+                pairs
+                    .iter()
+                    .find(|(k, _)| *k == name)
+                    .map(|(_, v)| v.to_string())
+            }
+        };
+        let b = ClientBuilder::from_vars(env(&[
+            (ENDPOINTS_ENV, "https://a:1,https://b:2"),
+            (AUTH_TOKEN_ENV, "env-token-xyz"),
+            (CACERT_ENV, "/etc/ca.crt"),
+            (CLIENT_CERT_ENV, ""),
+        ]))
+        .unwrap();
+        assert_eq!(b.token.as_deref(), Some("env-token-xyz"));
+        assert!(matches!(&b.ca_certs[..], [PemSource::File(p)] if p == Path::new("/etc/ca.crt")));
+        assert!(b.identity.is_none(), "an empty variable is unset");
+        assert!(!format!("{b:?}").contains("env-token-xyz"));
+        let e = build_err(b);
+        assert!(e.message.contains("/etc/ca.crt"), "{e}");
+
+        let e = ClientBuilder::from_vars(env(&[(CLIENT_CERT_ENV, "/c.crt")])).unwrap_err();
+        assert!(e.message.starts_with("client_key: "), "{e}");
+        assert!(e.message.contains(CLIENT_KEY_ENV), "{e}");
+        let e = ClientBuilder::from_vars(env(&[(CLIENT_KEY_ENV, "/c.key")])).unwrap_err();
+        assert!(e.message.starts_with("client_cert: "), "{e}");
+
+        let b = ClientBuilder::from_vars(env(&[(ENDPOINTS_ENV, "http://a:1")])).unwrap();
+        assert!(b.token.is_none() && b.ca_certs.is_empty());
+        b.build().unwrap();
+    }
+
+    #[test]
+    fn tls_failures_say_what_to_check() {
+        use rustls::{AlertDescription, CertificateError};
+        let unknown_ca = rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer);
+        assert!(tls_hint(&unknown_ca).contains("--cacert"));
+        let wrong_name = rustls::Error::InvalidCertificate(CertificateError::NotValidForName);
+        assert!(tls_hint(&wrong_name).contains("SANs"));
+        let no_client_cert = rustls::Error::AlertReceived(AlertDescription::CertificateRequired);
+        assert!(tls_hint(&no_client_cert).contains("--cert"));
+        let e = ApiError::new(
+            ErrorCode::Unavailable,
+            format!("{TLS_FAILURE_PREFIX}https://a:1 failed: x"),
+        );
+        assert!(is_tls_failure(&e));
+        assert!(!is_tls_failure(&ApiError::new(
+            ErrorCode::Unavailable,
+            "down"
+        )));
+    }
+
+    /// A one-connection HTTP server that records the request head and answers `reply`.
+    async fn answer_once(reply: &'static str) -> (String, tokio::task::JoinHandle<String>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let task = tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut head = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = socket.read(&mut buf).await.unwrap();
+                if n == 0 {
+                    break;
+                }
+                head.extend_from_slice(&buf[..n]);
+            }
+            socket.write_all(reply.as_bytes()).await.unwrap();
+            socket.shutdown().await.unwrap();
+            String::from_utf8_lossy(&head).to_lowercase()
+        });
+        (url, task)
+    }
+
+    #[tokio::test]
+    async fn requests_carry_the_token_and_401_403_keep_their_codes() {
+        let body = r#"{"error":{"code":"unauthorized","message":"missing bearer token"}}"#;
+        let reply: &'static str = Box::leak(
+            format!(
+                "HTTP/1.1 401 Unauthorized\r\ncontent-type: application/json\r\nwww-authenticate: Bearer\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            )
+            .into_boxed_str(),
+        );
+        let (url, server) = answer_once(reply).await;
+        let client = Client::builder([url]).token("tok-abc").build().unwrap();
+        let e = client.cluster_status().await.unwrap_err();
+        assert_eq!(e.code, ErrorCode::Unauthorized, "{e}");
+        assert_eq!(e.message, "missing bearer token");
+        let head = server.await.unwrap();
+        assert!(
+            head.contains("\r\nauthorization: bearer tok-abc\r\n"),
+            "{head}"
+        );
+
+        // A 403 without our JSON body (a proxy's, say) still maps by its status.
+        let (url, server) = answer_once(
+            "HTTP/1.1 403 Forbidden\r\ncontent-length: 6\r\nconnection: close\r\n\r\nno way",
+        )
+        .await;
+        let client = Client::new([url]).unwrap();
+        let e = client.cluster_status().await.unwrap_err();
+        assert_eq!(e.code, ErrorCode::Forbidden, "{e}");
+        assert!(
+            !server.await.unwrap().contains("authorization"),
+            "no token, no header"
+        );
     }
 
     #[test]

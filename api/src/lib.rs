@@ -17,9 +17,9 @@
 //! This crate knows nothing of Raft or the node; a client depends on it without the server
 //! (`default-features = false, features = ["client"]`).
 
+pub mod auth;
 #[cfg(feature = "client")]
 pub mod client;
-pub mod auth;
 pub mod error;
 pub mod guard;
 #[cfg(feature = "server")]

@@ -16,6 +16,7 @@ mod paths;
 
 pub use self::operations::{Input, Operation, Output, QueryKind, OPERATIONS};
 
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{InfoBuilder, OpenApi, OpenApiBuilder};
 use utoipa::OpenApi as _;
 
@@ -82,7 +83,20 @@ pub fn openapi() -> OpenApi {
                 .build(),
         )
         .paths(paths::paths())
-        .components(Components::openapi().components)
+        .components(Components::openapi().components.map(|mut components| {
+            components.add_security_scheme(
+                paths::BEARER,
+                SecurityScheme::Http(
+                    HttpBuilder::new()
+                        .scheme(HttpAuthScheme::Bearer)
+                        .description(Some(
+                            "when the node has [auth]: a token from its tokens_file                              (SPEC §5 \"Auth\"); /healthz, /readyz, /metrics, /openapi.json                              and / need none",
+                        ))
+                        .build(),
+                ),
+            );
+            components
+        }))
         .build()
 }
 

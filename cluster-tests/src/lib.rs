@@ -31,6 +31,9 @@ pub struct ClusterOptions {
     pub data_dir: Option<PathBuf>,
     /// Applied to every node's config before start.
     pub tweak: fn(&mut Config),
+    /// Serve both listeners over TLS (mutual TLS between peers), with a CA and node
+    /// certificates made for the cluster ([`TestCluster::ca_pem`]).
+    pub tls: bool,
 }
 
 impl Default for ClusterOptions {
@@ -39,6 +42,7 @@ impl Default for ClusterOptions {
             nodes: 3,
             data_dir: None,
             tweak: |_| {},
+            tls: false,
         }
     }
 }
@@ -51,6 +55,8 @@ struct Slot {
 /// An in-process cluster of real nodes on loopback.
 pub struct TestCluster {
     slots: Vec<Slot>,
+    /// The certificates of a TLS cluster (removed with the cluster).
+    certs: Option<(tempfile::TempDir, leasehold_node::LocalCerts)>,
 }
 
 impl TestCluster {
@@ -76,6 +82,14 @@ impl TestCluster {
                 })
             })
             .collect::<anyhow::Result<_>>()?;
+        let certs = if options.tls {
+            let dir = tempfile::tempdir()?;
+            let certs = leasehold_node::generate_local_certs(dir.path(), options.nodes as u64)
+                .map_err(anyhow::Error::msg)?;
+            Some((dir, certs))
+        } else {
+            None
+        };
         let mut configs = Vec::new();
         for (i, (client, peer)) in listeners.iter().enumerate() {
             let mut config = Config {
@@ -89,6 +103,11 @@ impl TestCluster {
                 ..Config::default()
             };
             config.cluster.members = members.clone();
+            if let Some((_, certs)) = &certs {
+                config.tls.cert = Some(certs.nodes[i].0.clone());
+                config.tls.key = Some(certs.nodes[i].1.clone());
+                config.tls.ca = Some(certs.ca.clone());
+            }
             (options.tweak)(&mut config);
             configs.push(config);
         }
@@ -108,7 +127,7 @@ impl TestCluster {
                 node: Some(node.context("node failed to start")?),
             });
         }
-        let cluster = TestCluster { slots };
+        let cluster = TestCluster { slots, certs };
         cluster.wait_for_leader(Duration::from_secs(10)).await?;
         Ok(cluster)
     }
@@ -134,9 +153,25 @@ impl TestCluster {
         &self.slots[i].config
     }
 
-    /// Base URL of node `i`'s HTTP API.
+    /// Base URL of node `i`'s HTTP API (`https://` for a TLS cluster).
     pub fn url(&self, i: usize) -> String {
-        format!("http://{}", self.slots[i].config.client_addr)
+        let scheme = if self.certs.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://{}", self.slots[i].config.client_addr)
+    }
+
+    /// The CA certificate (PEM) of a TLS cluster.
+    pub fn ca_pem(&self) -> Option<Vec<u8>> {
+        let (_, certs) = self.certs.as_ref()?;
+        std::fs::read(&certs.ca).ok()
+    }
+
+    /// The certificates of a TLS cluster.
+    pub fn certs(&self) -> Option<&leasehold_node::LocalCerts> {
+        self.certs.as_ref().map(|(_, c)| c)
     }
 
     pub fn client_addr(&self, i: usize) -> SocketAddr {
@@ -341,11 +376,27 @@ impl Default for Http {
 
 impl Http {
     pub fn new() -> Self {
+        Self::with(None, None)
+    }
+
+    /// An HTTP helper that trusts `ca_pem` (for https clusters) and sends `token` as the
+    /// bearer token of every request.
+    pub fn with(ca_pem: Option<&[u8]>, token: Option<&str>) -> Self {
+        let mut builder = reqwest::Client::builder().timeout(Duration::from_secs(60));
+        if let Some(pem) = ca_pem {
+            let cert = reqwest::Certificate::from_pem(pem).expect("the CA is PEM");
+            builder = builder.add_root_certificate(cert);
+        }
+        if let Some(token) = token {
+            let mut headers = reqwest::header::HeaderMap::new();
+            let value = format!("Bearer {token}")
+                .parse()
+                .expect("a token is a header value");
+            headers.insert(reqwest::header::AUTHORIZATION, value);
+            builder = builder.default_headers(headers);
+        }
         Http {
-            client: reqwest::Client::builder()
-                .timeout(Duration::from_secs(60))
-                .build()
-                .expect("a default reqwest client builds"),
+            client: builder.build().expect("a reqwest client builds"),
         }
     }
 

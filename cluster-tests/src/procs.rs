@@ -6,6 +6,10 @@
 //! sender (it is `a`'s) and the target (the request's absolute URI), so cutting the link
 //! `a`–`b` is: `a`'s proxy blackholes requests to `b`, and `b`'s to `a`. A blackholed
 //! request hangs until its sender gives up, as packets to a partitioned host would.
+//!
+//! With TLS the proxy cannot see requests: the sender asks for a tunnel (`CONNECT
+//! host:port`) and speaks TLS through it. A cut refuses new tunnels to the target and
+//! closes those already open, so a pooled TLS connection does not outlive the cut.
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -21,16 +25,25 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use leasehold_api::wire::AddMemberRequest;
 use leasehold_api::{Client, LeaseService};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::process::{Child, Command};
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use crate::{leasehold_bin, wait_until};
 
-/// An HTTP forward proxy for one node's outgoing peer traffic, with a switch per target.
+/// An HTTP forward proxy for one node's outgoing peer traffic, with a switch per target:
+/// plain `http://` requests in absolute form are forwarded one by one, and `CONNECT`
+/// tunnels (what a client sends for `https://` through a proxy) carry bytes both ways.
 pub struct LinkProxy {
     pub addr: SocketAddr,
     blocked: Arc<RwLock<HashSet<String>>>,
+    /// Bumped by every [`block`](Self::block): each open tunnel then checks whether its
+    /// target is cut. Dropping it (with the proxy) closes every tunnel.
+    cuts: watch::Sender<u64>,
     server: JoinHandle<()>,
+    acceptor: JoinHandle<()>,
 }
 
 #[derive(Clone)]
@@ -39,11 +52,30 @@ struct ProxyState {
     http: reqwest::Client,
 }
 
+/// What a tunnel needs to know whether its target is cut.
+#[derive(Clone)]
+struct TunnelState {
+    blocked: Arc<RwLock<HashSet<String>>>,
+    cuts: watch::Receiver<u64>,
+}
+
+impl TunnelState {
+    fn is_blocked(&self, target: &str) -> bool {
+        self.blocked.read().expect("proxy lock").contains(target)
+    }
+}
+
+/// The longest `CONNECT` request head the proxy reads.
+const MAX_CONNECT_HEAD_BYTES: usize = 8 * 1024;
+/// How many accepted plain connections may wait for the HTTP server to take them.
+const PLAIN_BACKLOG: usize = 64;
+
 impl LinkProxy {
     pub async fn start() -> anyhow::Result<Self> {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let blocked = Arc::new(RwLock::new(HashSet::new()));
+        let (cuts, cuts_rx) = watch::channel(0u64);
         let state = ProxyState {
             blocked: blocked.clone(),
             http: reqwest::Client::builder().no_proxy().build()?,
@@ -52,21 +84,36 @@ impl LinkProxy {
             .fallback(forward)
             .layer(axum::extract::DefaultBodyLimit::max(256 * 1024 * 1024))
             .with_state(state);
+        // One listener, two kinds of connection: the acceptor looks at the first byte of
+        // each, keeps the tunnels (`C`ONNECT; no other method the peer client sends starts
+        // with C) and hands the rest to the HTTP server.
+        let (plain_tx, plain_rx) = mpsc::channel(PLAIN_BACKLOG);
+        let tunnels = TunnelState {
+            blocked: blocked.clone(),
+            cuts: cuts_rx,
+        };
+        let acceptor = tokio::spawn(accept_loop(listener, plain_tx, tunnels));
         let server = tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
+            let handed = HandedOver { rx: plain_rx, addr };
+            let _ = axum::serve(handed, app).await;
         });
         Ok(LinkProxy {
             addr,
             blocked,
+            cuts,
             server,
+            acceptor,
         })
     }
 
+    /// Cut the link to `target`: plain requests to it hang, new tunnels to it are
+    /// refused, and open tunnels to it are closed.
     pub fn block(&self, target: SocketAddr) {
         self.blocked
             .write()
             .expect("proxy lock")
             .insert(target.to_string());
+        self.cuts.send_modify(|generation| *generation += 1);
     }
 
     pub fn unblock_all(&self) {
@@ -76,8 +123,148 @@ impl LinkProxy {
 
 impl Drop for LinkProxy {
     fn drop(&mut self) {
+        self.acceptor.abort();
         self.server.abort();
     }
+}
+
+/// The plain (non-`CONNECT`) connections, as a listener for `axum::serve`.
+struct HandedOver {
+    rx: mpsc::Receiver<(TcpStream, SocketAddr)>,
+    addr: SocketAddr,
+}
+
+impl axum::serve::Listener for HandedOver {
+    type Io = TcpStream;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        match self.rx.recv().await {
+            Some(connection) => connection,
+            // The acceptor is gone (the proxy is being dropped): nothing more comes.
+            None => std::future::pending().await,
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        Ok(self.addr)
+    }
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    plain: mpsc::Sender<(TcpStream, SocketAddr)>,
+    tunnels: TunnelState,
+) {
+    loop {
+        let (stream, from) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(_) => {
+                // Out of file descriptors or the like: let it pass rather than spin.
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let plain = plain.clone();
+        let tunnels = tunnels.clone();
+        tokio::spawn(async move {
+            let mut first = [0u8; 1];
+            match stream.peek(&mut first).await {
+                Ok(1) if first[0] == b'C' => tunnel(stream, tunnels).await,
+                Ok(1) => {
+                    let _ = plain.send((stream, from)).await;
+                }
+                _ => {} // closed before saying anything
+            }
+        });
+    }
+}
+
+/// Serve one `CONNECT host:port` request: refuse it if the link is cut, else connect,
+/// answer 200 and copy bytes both ways until either side closes or the link is cut.
+async fn tunnel(mut client: TcpStream, state: TunnelState) {
+    let Some((target, early)) = read_connect_head(&mut client).await else {
+        let _ = client
+            .write_all(
+                b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+            )
+            .await;
+        return;
+    };
+    let mut cuts = state.cuts.clone();
+    // Seen before the check below, so a cut from here on wakes the copy loop.
+    cuts.borrow_and_update();
+    if state.is_blocked(&target) {
+        refuse(&mut client, &format!("link to {target} is cut")).await;
+        return;
+    }
+    let mut upstream = match TcpStream::connect(&target).await {
+        Ok(upstream) => upstream,
+        Err(e) => {
+            refuse(&mut client, &format!("cannot connect to {target}: {e}")).await;
+            return;
+        }
+    };
+    let _ = upstream.set_nodelay(true);
+    if client
+        .write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
+        .await
+        .is_err()
+    {
+        return;
+    }
+    if !early.is_empty() && upstream.write_all(&early).await.is_err() {
+        return;
+    }
+    let cut = async {
+        loop {
+            if cuts.changed().await.is_err() || state.is_blocked(&target) {
+                return;
+            }
+        }
+    };
+    tokio::select! {
+        _ = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {}
+        // Dropping both sockets closes the tunnel: the sender sees its connection end.
+        _ = cut => {}
+    }
+}
+
+/// Read a `CONNECT` request head; its target (`host:port`) and any bytes sent after it.
+async fn read_connect_head(client: &mut TcpStream) -> Option<(String, Vec<u8>)> {
+    let mut head = Vec::with_capacity(256);
+    let mut buf = [0u8; 1024];
+    let end = loop {
+        if let Some(i) = head.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        if head.len() > MAX_CONNECT_HEAD_BYTES {
+            return None;
+        }
+        let n = client.read(&mut buf).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        head.extend_from_slice(&buf[..n]);
+    };
+    let early = head.split_off(end);
+    let text = std::str::from_utf8(&head).ok()?;
+    let mut words = text.lines().next()?.split_whitespace();
+    let (method, target, version) = (words.next()?, words.next()?, words.next()?);
+    if method != "CONNECT" || !version.starts_with("HTTP/1.") || !target.contains(':') {
+        return None;
+    }
+    Some((target.to_string(), early))
+}
+
+async fn refuse(client: &mut TcpStream, why: &str) {
+    let reply = format!(
+        "HTTP/1.1 502 Bad Gateway\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{why}",
+        why.len()
+    );
+    let _ = client.write_all(reply.as_bytes()).await;
+    let _ = client.shutdown().await;
 }
 
 async fn forward(State(state): State<ProxyState>, req: Request) -> Response {
@@ -415,5 +602,320 @@ impl Drop for ProcCluster {
                 let _ = child.start_kill();
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use leasehold_api::client::is_tls_failure;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+
+    use super::*;
+
+    /// A TCP server that echoes every connection.
+    async fn echo_server() -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let (mut r, mut w) = s.split();
+                    let _ = tokio::io::copy(&mut r, &mut w).await;
+                });
+            }
+        });
+        addr
+    }
+
+    /// Open a tunnel to `target`; the proxy's status code and, if 200, the stream.
+    async fn connect(proxy: SocketAddr, target: SocketAddr) -> (u16, TcpStream) {
+        let mut s = TcpStream::connect(proxy).await.unwrap();
+        s.write_all(format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            assert_eq!(
+                s.read(&mut byte).await.unwrap(),
+                1,
+                "proxy closed: {head:?}"
+            );
+            head.push(byte[0]);
+        }
+        let status = String::from_utf8_lossy(&head)[9..12].parse().unwrap();
+        (status, s)
+    }
+
+    async fn echoes(s: &mut TcpStream, what: &[u8]) -> bool {
+        if s.write_all(what).await.is_err() {
+            return false;
+        }
+        let mut buf = vec![0u8; what.len()];
+        let read = tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut buf)).await;
+        matches!(read, Ok(Ok(_))) && buf == what
+    }
+
+    /// Reads until the tunnel ends; panics if it stays open.
+    async fn closes(s: &mut TcpStream) {
+        let mut buf = [0u8; 64];
+        let end = tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                match s.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await;
+        assert!(end.is_ok(), "the tunnel stayed open after the cut");
+    }
+
+    #[tokio::test]
+    async fn tunnels_carry_bytes_and_a_cut_closes_them_and_refuses_new_ones() {
+        let proxy = LinkProxy::start().await.unwrap();
+        let (a, b) = (echo_server().await, echo_server().await);
+        let (status, mut to_a) = connect(proxy.addr, a).await;
+        assert_eq!(status, 200);
+        assert!(echoes(&mut to_a, b"hello").await);
+        let (_, mut to_b) = connect(proxy.addr, b).await;
+        assert!(echoes(&mut to_b, b"hi b").await);
+
+        proxy.block(a);
+        closes(&mut to_a).await;
+        assert_eq!(
+            connect(proxy.addr, a).await.0,
+            502,
+            "a new tunnel is refused"
+        );
+        assert!(echoes(&mut to_b, b"still").await, "other links stay up");
+
+        proxy.unblock_all();
+        let (status, mut again) = connect(proxy.addr, a).await;
+        assert_eq!(status, 200);
+        assert!(echoes(&mut again, b"healed").await);
+
+        // A target that does not listen: refused, not hung.
+        let gone = {
+            let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            l.local_addr().unwrap()
+        };
+        assert_eq!(connect(proxy.addr, gone).await.0, 502);
+        // Dropping the proxy closes its tunnels.
+        drop(proxy);
+        closes(&mut to_b).await;
+    }
+
+    #[tokio::test]
+    async fn plain_requests_are_still_forwarded_and_blackholed() {
+        let app = axum::Router::new().route("/x", axum::routing::get(|| async { "plain" }));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let target = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        let proxy = LinkProxy::start().await.unwrap();
+        let http = reqwest::Client::builder()
+            .proxy(reqwest::Proxy::http(format!("http://{}", proxy.addr)).unwrap())
+            .timeout(Duration::from_millis(500))
+            .build()
+            .unwrap();
+        let url = format!("http://{target}/x");
+        assert_eq!(
+            http.get(&url).send().await.unwrap().text().await.unwrap(),
+            "plain"
+        );
+        proxy.block(target);
+        assert!(http.get(&url).send().await.unwrap_err().is_timeout());
+        proxy.unblock_all();
+        assert_eq!(
+            http.get(&url).send().await.unwrap().text().await.unwrap(),
+            "plain"
+        );
+    }
+
+    /// A CA, a server certificate for 127.0.0.1 and a client certificate it signed.
+    struct Pki {
+        ca_pem: String,
+        server: (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>),
+        client_cert_pem: String,
+        client_key_pem: String,
+    }
+
+    fn pki() -> Pki {
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut ca_params = rcgen::CertificateParams::new(Vec::new()).unwrap();
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca = ca_params.self_signed(&ca_key).unwrap();
+        let leaf = |names: Vec<String>| {
+            let key = rcgen::KeyPair::generate().unwrap();
+            let cert = rcgen::CertificateParams::new(names)
+                .unwrap()
+                .signed_by(&key, &ca, &ca_key)
+                .unwrap();
+            (cert, key)
+        };
+        let (server_cert, server_key) = leaf(vec!["127.0.0.1".into()]);
+        let (client_cert, client_key) = leaf(vec!["client".into()]);
+        Pki {
+            ca_pem: ca.pem(),
+            server: (
+                vec![server_cert.der().clone()],
+                PrivatePkcs8KeyDer::from(server_key.serialize_der()).into(),
+            ),
+            client_cert_pem: client_cert.pem(),
+            client_key_pem: client_key.serialize_pem(),
+        }
+    }
+
+    struct TlsListener {
+        tcp: TcpListener,
+        tls: tokio_rustls::TlsAcceptor,
+    }
+
+    impl axum::serve::Listener for TlsListener {
+        type Io = tokio_rustls::server::TlsStream<TcpStream>;
+        type Addr = SocketAddr;
+
+        async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+            loop {
+                let Ok((tcp, from)) = self.tcp.accept().await else {
+                    continue;
+                };
+                // Inline handshakes are fine for a test server; failed ones are the point.
+                if let Ok(tls) = self.tls.accept(tcp).await {
+                    return (tls, from);
+                }
+            }
+        }
+
+        fn local_addr(&self) -> std::io::Result<SocketAddr> {
+            self.tcp.local_addr()
+        }
+    }
+
+    /// An https server answering `/readyz`; with `client_ca`, it requires a client
+    /// certificate signed by it.
+    async fn https_server(pki: &Pki, client_ca: bool) -> SocketAddr {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .unwrap();
+        let builder = if client_ca {
+            let mut roots = rustls::RootCertStore::empty();
+            for c in CertificateDer::pem_slice_iter(pki.ca_pem.as_bytes()) {
+                roots.add(c.unwrap()).unwrap();
+            }
+            let verifier =
+                rustls::server::WebPkiClientVerifier::builder_with_provider(roots.into(), provider)
+                    .build()
+                    .unwrap();
+            builder.with_client_cert_verifier(verifier)
+        } else {
+            builder.with_no_client_auth()
+        };
+        let (chain, key) = (pki.server.0.clone(), pki.server.1.clone_key());
+        let config = builder.with_single_cert(chain, key).unwrap();
+        let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = tcp.local_addr().unwrap();
+        let listener = TlsListener {
+            tcp,
+            tls: tokio_rustls::TlsAcceptor::from(Arc::new(config)),
+        };
+        let app = axum::Router::new().route("/readyz", axum::routing::get(|| async { "{}" }));
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        addr
+    }
+
+    use rustls::pki_types::pem::PemObject;
+
+    #[tokio::test]
+    async fn https_goes_through_a_tunnel_that_a_cut_closes() {
+        let pki = pki();
+        let server = https_server(&pki, false).await;
+        let proxy = LinkProxy::start().await.unwrap();
+        let http = reqwest::Client::builder()
+            .proxy(reqwest::Proxy::all(format!("http://{}", proxy.addr)).unwrap())
+            .add_root_certificate(reqwest::Certificate::from_pem(pki.ca_pem.as_bytes()).unwrap())
+            .timeout(Duration::from_secs(2))
+            .build()
+            .unwrap();
+        let url = format!("https://{server}/readyz");
+        assert_eq!(
+            http.get(&url).send().await.unwrap().text().await.unwrap(),
+            "{}"
+        );
+        // The pooled TLS connection does not survive the cut, and no new one is made.
+        proxy.block(server);
+        let e = http.get(&url).send().await.unwrap_err();
+        assert!(!e.is_timeout(), "refused at once, not hung: {e:?}");
+        proxy.unblock_all();
+        assert_eq!(
+            http.get(&url).send().await.unwrap().text().await.unwrap(),
+            "{}"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_client_trusts_the_given_ca_and_presents_its_certificate() {
+        let pki = pki();
+        let server = https_server(&pki, false).await;
+        let url = format!("https://{server}");
+        let builder = || {
+            Client::builder([url.clone()])
+                .attempt_timeout(Duration::from_secs(2))
+                .request_timeout(Duration::from_secs(2))
+        };
+        builder()
+            .ca_cert_pem(pki.ca_pem.clone())
+            .build()
+            .unwrap()
+            .ready()
+            .await
+            .unwrap();
+        // Without the CA: the handshake fails, and the message says what to check.
+        let e = builder().build().unwrap().ready().await.unwrap_err();
+        assert!(is_tls_failure(&e), "{e}");
+        assert!(
+            e.message.contains(&url) && e.message.contains("--cacert"),
+            "{e}"
+        );
+
+        let mutual = format!("https://{}", https_server(&pki, true).await);
+        let with_ca = || {
+            Client::builder([mutual.clone()])
+                .attempt_timeout(Duration::from_secs(2))
+                .request_timeout(Duration::from_secs(2))
+                .ca_cert_pem(pki.ca_pem.clone())
+        };
+        with_ca()
+            .identity_pem(pki.client_cert_pem.clone(), pki.client_key_pem.clone())
+            .build()
+            .unwrap()
+            .ready()
+            .await
+            .unwrap();
+        let e = with_ca().build().unwrap().ready().await.unwrap_err();
+        assert!(is_tls_failure(&e), "{e}");
+        assert!(e.message.contains("--cert"), "{e}");
+
+        // A key that is not the certificate's is refused when the client is built.
+        let other = rcgen::KeyPair::generate().unwrap().serialize_pem();
+        let e = with_ca()
+            .identity_pem(pki.client_cert_pem.clone(), other)
+            .build()
+            .unwrap_err();
+        assert!(e.message.starts_with("client_key: "), "{e}");
+        assert!(
+            e.message
+                .contains("is not the private key of the certificate"),
+            "{e}"
+        );
     }
 }

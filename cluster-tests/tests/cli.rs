@@ -5,7 +5,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use leasehold_api::wire::ReadParams;
-use leasehold_api::{Client, LeaseService};
+use leasehold_api::{Client, ClientBuilder, LeaseService};
 use leasehold_cluster_tests::{leasehold_bin, wait_until, TestCluster};
 use tokio::process::Command;
 
@@ -320,4 +320,286 @@ async fn serve_refuses_config_it_cannot_honour() {
             "{args:?}: stderr should name {key}: {stderr}"
         );
     }
+}
+
+/// A base port for `local-cluster --base-port`: BASE+1..=3 and BASE+101..=103 free now,
+/// below the ephemeral range that the other tests' port-0 listeners use.
+fn free_base_port() -> u16 {
+    let start = 10_000 + (std::process::id() % 400) as u16 * 50;
+    for base in (start..30_000)
+        .step_by(250)
+        .chain((10_000..start).step_by(250))
+    {
+        let ports = [1, 2, 3, 101, 102, 103].map(|o| base + o);
+        if ports
+            .iter()
+            .all(|p| std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok())
+        {
+            return base;
+        }
+    }
+    panic!("no free block of ports for local-cluster");
+}
+
+/// A running `leasehold local-cluster`, stopped with SIGTERM (never SIGKILL, which would
+/// leave its nodes running) when dropped.
+struct LocalCluster {
+    child: tokio::process::Child,
+    /// What it printed up to "press Ctrl-C".
+    out: String,
+}
+
+impl LocalCluster {
+    async fn start(flags: &[&str]) -> LocalCluster {
+        use tokio::io::{AsyncBufReadExt, BufReader};
+        let base = free_base_port().to_string();
+        let mut child = Command::new(leasehold_bin())
+            .args(["local-cluster", "--base-port", &base])
+            .args(flags)
+            .env("LEASEHOLD_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("run leasehold local-cluster");
+        let mut lines = BufReader::new(child.stdout.take().expect("piped stdout")).lines();
+        let mut out = String::new();
+        let read = tokio::time::timeout(Duration::from_secs(60), async {
+            while let Some(line) = lines.next_line().await.expect("read stdout") {
+                out.push_str(&line);
+                out.push('\n');
+                if line.starts_with("press Ctrl-C") {
+                    return true;
+                }
+            }
+            false
+        })
+        .await;
+        let cluster = LocalCluster { child, out };
+        assert!(
+            matches!(read, Ok(true)),
+            "local-cluster {flags:?} did not come up; it printed:\n{}",
+            cluster.out
+        );
+        cluster
+    }
+
+    /// What follows `prefix` on the line that starts with it.
+    fn line(&self, prefix: &str) -> &str {
+        self.out
+            .lines()
+            .find_map(|l| l.strip_prefix(prefix))
+            .unwrap_or_else(|| panic!("no line starting {prefix:?} in:\n{}", self.out))
+    }
+
+    /// The token printed for principal `name` (the last word of its line).
+    fn token(&self, name: &str) -> String {
+        let line = self.line(&format!("  {name} "));
+        let token = line.split_whitespace().last().expect("a token");
+        assert!(token.starts_with("lh_"), "{line}");
+        token.to_string()
+    }
+
+    fn endpoints(&self) -> Vec<String> {
+        let line = self.line("export LEASEHOLD_ENDPOINTS=");
+        line.split(',').map(str::to_string).collect()
+    }
+
+    fn tokens_file(&self) -> std::path::PathBuf {
+        let line = self.line("tokens (shown only now; ");
+        let path = line.split(" keeps only").next().expect("a path");
+        std::path::PathBuf::from(path)
+    }
+
+    /// SIGTERM, as Ctrl-C would; the exit status.
+    async fn stop(mut self) -> Option<i32> {
+        if let Some(pid) = self.child.id() {
+            // SAFETY: kill(2) on a child process we spawned.
+            unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
+        }
+        let status = tokio::time::timeout(Duration::from_secs(20), self.child.wait())
+            .await
+            .expect("local-cluster stops on SIGTERM")
+            .expect("wait for local-cluster");
+        status.code()
+    }
+}
+
+impl Drop for LocalCluster {
+    fn drop(&mut self) {
+        if let Some(pid) = self.child.id() {
+            // SAFETY: as in `stop`; SIGTERM lets it stop its nodes.
+            unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
+        }
+    }
+}
+
+/// What the printed tokens may do: admin everything, demo only under demo/, viewer only
+/// read; and a missing token is 401.
+async fn check_printed_tokens(cluster: &LocalCluster, builder: impl Fn() -> ClientBuilder) {
+    use leasehold_api::guard::Lock;
+    use leasehold_api::{ErrorCode, GuardError};
+    let (admin, demo, viewer) = (
+        cluster.token("admin"),
+        cluster.token("demo"),
+        cluster.token("viewer"),
+    );
+    let status = builder()
+        .token(&admin)
+        .build()
+        .unwrap()
+        .cluster_status()
+        .await;
+    assert!(status.is_ok(), "admin reads the cluster: {status:?}");
+    let e = builder()
+        .build()
+        .unwrap()
+        .cluster_status()
+        .await
+        .unwrap_err();
+    assert_eq!(e.code, ErrorCode::Unauthorized, "{e}");
+    let demo = builder().token(&demo).build().unwrap();
+    Lock::new(&demo, "demo/job")
+        .acquire()
+        .await
+        .expect("demo locks under demo/")
+        .release()
+        .await
+        .unwrap();
+    match Lock::new(&demo, "billing/job").acquire().await {
+        Err(GuardError::Api(e)) => assert_eq!(e.code, ErrorCode::Forbidden, "{e}"),
+        other => panic!("demo locked outside demo/: {:?}", other.map(|_| ())),
+    }
+    let viewer = builder().token(&viewer).build().unwrap();
+    viewer.list_locks(Default::default()).await.unwrap();
+    match Lock::new(&viewer, "demo/job").acquire().await {
+        Err(GuardError::Api(e)) => assert_eq!(e.code, ErrorCode::Forbidden, "{e}"),
+        other => panic!("viewer took a lock: {:?}", other.map(|_| ())),
+    }
+    // The file has the digests, not the tokens.
+    let file = std::fs::read_to_string(cluster.tokens_file()).unwrap();
+    assert!(
+        !file.contains(&admin) && file.contains("sha256 = "),
+        "{file}"
+    );
+}
+
+/// The printed `export` lines are enough for the CLI.
+async fn check_cli_with_exports(cluster: &LocalCluster) {
+    let mut cmd = Command::new(leasehold_bin());
+    cmd.env_remove("LEASEHOLD_CACERT")
+        .env_remove("LEASEHOLD_AUTH_TOKEN");
+    for line in cluster.out.lines() {
+        if let Some((k, v)) = line.strip_prefix("export ").and_then(|l| l.split_once('=')) {
+            cmd.env(k, v);
+        }
+    }
+    let out = cmd.arg("status").output().await.unwrap();
+    assert!(out.status.success(), "status with the exports: {out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("leader"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_cluster_with_auth_prints_tokens_that_work() {
+    let cluster = LocalCluster::start(&["--auth"]).await;
+    let endpoints = cluster.endpoints();
+    assert_eq!(endpoints.len(), 3);
+    assert!(
+        endpoints.iter().all(|e| e.starts_with("http://")),
+        "{endpoints:?}"
+    );
+    let admin = cluster.token("admin");
+    assert_eq!(cluster.line("export LEASEHOLD_AUTH_TOKEN="), admin);
+    let curl = cluster.line("curl ");
+    assert!(
+        curl.contains(&format!("-H \"Authorization: Bearer {admin}\"")),
+        "{curl}"
+    );
+    check_printed_tokens(&cluster, || Client::builder(endpoints.clone())).await;
+    check_cli_with_exports(&cluster).await;
+    let dir = cluster.tokens_file().parent().unwrap().to_path_buf();
+    assert_eq!(cluster.stop().await, Some(0));
+    assert!(
+        !dir.exists(),
+        "the temporary directory {} is removed",
+        dir.display()
+    );
+}
+
+/// `local-cluster --tls --auth`: the one command a newcomer runs to try a secured cluster.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_cluster_with_tls_and_auth_serves_https_with_the_printed_ca() {
+    use leasehold_api::client::is_tls_failure;
+    let cluster = LocalCluster::start(&["--tls", "--auth"]).await;
+    let endpoints = cluster.endpoints();
+    assert_eq!(endpoints.len(), 3);
+    assert!(
+        endpoints
+            .iter()
+            .all(|e| e.starts_with("https://127.0.0.1:")),
+        "{endpoints:?}"
+    );
+    let ca = std::path::PathBuf::from(cluster.line("export LEASEHOLD_CACERT="));
+    assert_eq!(cluster.line("CA certificate: "), ca.display().to_string());
+    assert!(std::fs::read_to_string(&ca)
+        .unwrap()
+        .contains("BEGIN CERTIFICATE"));
+    let admin = cluster.token("admin");
+    let curl = cluster.line("curl ");
+    assert!(
+        curl.contains(&format!("--cacert {}", ca.display())),
+        "{curl}"
+    );
+    assert!(
+        curl.contains(&format!("Bearer {admin}")) && curl.contains("https://"),
+        "{curl}"
+    );
+
+    // Every node answers https with the printed CA, and only with it.
+    for endpoint in &endpoints {
+        let with_ca = Client::builder([endpoint.clone()])
+            .ca_cert_file(&ca)
+            .token(&admin);
+        with_ca.build().unwrap().cluster_status().await.unwrap();
+        let e = Client::builder([endpoint.clone()])
+            .token(&admin)
+            .build()
+            .unwrap()
+            .cluster_status()
+            .await
+            .unwrap_err();
+        assert!(is_tls_failure(&e) && e.message.contains("--cacert"), "{e}");
+    }
+    // The cluster works across nodes (peers speak mutual TLS): a write through a follower.
+    let status = Client::builder(endpoints.clone())
+        .ca_cert_file(&ca)
+        .token(&admin)
+        .build()
+        .unwrap()
+        .cluster_status()
+        .await
+        .unwrap();
+    let follower = endpoints
+        .iter()
+        .enumerate()
+        .find(|(i, _)| Some(*i as u64 + 1) != status.leader_id)
+        .map(|(_, e)| e.clone())
+        .unwrap();
+    check_printed_tokens(&cluster, || {
+        Client::builder([follower.clone()]).ca_cert_file(&ca)
+    })
+    .await;
+    check_cli_with_exports(&cluster).await;
+    let dir = cluster.tokens_file().parent().unwrap().to_path_buf();
+    assert!(
+        ca.starts_with(&dir),
+        "{} is under {}",
+        ca.display(),
+        dir.display()
+    );
+    assert_eq!(cluster.stop().await, Some(0));
+    assert!(
+        !dir.exists(),
+        "the temporary directory {} is removed",
+        dir.display()
+    );
 }

@@ -26,6 +26,7 @@ mod node;
 mod peer;
 mod proposer;
 mod service;
+mod tls;
 
 #[cfg(test)]
 mod paused_time_tests;
@@ -34,4 +35,5 @@ pub use crate::error::CoreError;
 pub use crate::node::{Listeners, Node, StartError};
 pub use crate::peer::{Faults, PEER_PROTOCOL_VERSION};
 pub use crate::service::NodeService;
+pub use crate::tls::{generate_local_certs, CertAuthority, LocalCerts, TlsError};
 pub use leasehold_config::Config;

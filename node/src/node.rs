@@ -22,6 +22,7 @@ use crate::core::Core;
 use crate::peer::network::RaftTransport;
 use crate::peer::{Faults, PeerClient};
 use crate::service::NodeService;
+use crate::tls::{Material, Tls, TlsError, TlsListener};
 use leasehold_api::auth::Authenticator;
 use leasehold_api::LeaseService;
 
@@ -49,12 +50,8 @@ pub enum StartError {
     Raft(String),
     #[error("{0}")]
     Auth(String),
-    #[error(
-        "{key} is set, but this version of leasehold does not implement it yet; \
-         refusing to start rather than serve without it (unset {key}, and put the node \
-         behind a proxy that provides it)"
-    )]
-    Unsupported { key: &'static str },
+    #[error("invalid TLS material: {0}")]
+    Tls(#[from] TlsError),
 }
 
 /// Already-bound listeners, for callers (tests, `local-cluster`) that pick ports first.
@@ -69,6 +66,8 @@ pub struct Node {
     service: NodeService,
     /// The bearer tokens in force, when `[auth]` is set.
     auth: Option<Arc<Authenticator>>,
+    /// The certificates in force, when `[tls]` is set.
+    tls: Option<Arc<Tls>>,
     client_addr: SocketAddr,
     peer_addr: SocketAddr,
     cancel: CancellationToken,
@@ -113,10 +112,21 @@ impl Node {
         span: Span,
     ) -> Result<Node, StartError> {
         config.validate()?;
-        refuse_unimplemented(&config)?;
         let client_addr = local_addr(&listeners.client, "client_addr", config.client_addr)?;
         let peer_addr = local_addr(&listeners.peer, "peer_addr", config.peer_addr)?;
         let secret = read_secret(&config)?;
+        let tls = match config.tls.enabled() {
+            true => Some(Arc::new(Tls::load(&config.tls)?)),
+            false => None,
+        };
+        if tls.is_none() && secret.is_none() {
+            warn!(
+                %peer_addr,
+                "the peer port is unauthenticated (neither [tls] nor cluster.secret_file is set): \
+                 anyone who can reach it can vote, append to the log and read every key; \
+                 keep it on a private network or set one of them"
+            );
+        }
 
         let raft_config = openraft::Config {
             cluster_name: "leasehold".into(),
@@ -133,7 +143,12 @@ impl Node {
                 .map_err(|e| StartError::Raft(e.to_string()))?,
         );
         let faults = Arc::new(Faults::default());
-        let peers = PeerClient::new(secret.clone(), faults.clone(), config.cluster.peer_proxy);
+        let peers = PeerClient::new(
+            secret.clone(),
+            faults.clone(),
+            config.cluster.peer_proxy,
+            tls.as_ref().map(|t| t.current().peer_client.clone()),
+        );
         let network = RaftTransport::new(peers.clone());
         let (raft, shared) = match &config.data_dir {
             Some(dir) => {
@@ -176,7 +191,13 @@ impl Node {
 
         let mut servers = Vec::new();
         let peer_router = in_span(crate::peer::server::router(core.clone(), secret), &span);
-        servers.push(serve(listeners.peer, peer_router, cancel.clone()));
+        servers.push(serve(
+            listeners.peer,
+            tls.clone()
+                .map(|t| (t, peer_listener_config as ServerConfigOf)),
+            peer_router,
+            cancel.clone(),
+        )?);
 
         let service = NodeService::new(core.clone(), config.limits.clone());
         let auth = match &config.auth.tokens_file {
@@ -202,12 +223,19 @@ impl Node {
             ),
             &span,
         );
-        servers.push(serve(listeners.client, client_router, cancel.clone()));
+        servers.push(serve(
+            listeners.client,
+            tls.clone()
+                .map(|t| (t, client_listener_config as ServerConfigOf)),
+            client_router,
+            cancel.clone(),
+        )?);
 
         let node = Node {
             core,
             service,
             auth,
+            tls,
             client_addr,
             peer_addr,
             cancel,
@@ -220,6 +248,8 @@ impl Node {
             %client_addr,
             %peer_addr,
             data_dir = ?config.data_dir,
+            tls = config.tls.enabled(),
+            auth = config.auth.tokens_file.is_some(),
             "leasehold node started"
         );
         Ok(node)
@@ -292,6 +322,38 @@ impl Node {
             )) => Ok(()),
             Err(e) => Err(StartError::Raft(e.to_string())),
         }
+    }
+
+    /// Re-read what SIGHUP re-reads: the TLS certificates and keys (new connections use
+    /// them; the peer client too) and the tokens file. Whatever is bad keeps what was in
+    /// force, and the error says why.
+    pub fn reload(&self) -> Result<(), String> {
+        let mut errors = Vec::new();
+        if let Some(tls) = &self.tls {
+            match tls.reload() {
+                Ok(material) => {
+                    self.core.peers().set_tls(material.peer_client.clone());
+                    info!("reloaded the TLS certificates");
+                }
+                Err(e) => errors.push(format!("kept the TLS certificates in force: {e}")),
+            }
+        }
+        match self.reload_tokens() {
+            Ok(Some(n)) => info!(principals = n, "reloaded the tokens file"),
+            Ok(None) => {}
+            Err(e) => errors.push(format!("kept the tokens in force: {e}")),
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(errors.join("; "))
+        }
+    }
+
+    /// The URL of the client listener (`https://` with `[tls]`).
+    pub fn client_url(&self) -> String {
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}", self.client_addr)
     }
 
     /// Re-read `auth.tokens_file` (SIGHUP): the new tokens serve every later request. A
@@ -394,16 +456,6 @@ fn local_addr(
         .map_err(|source| StartError::Bind { what, addr, source })
 }
 
-/// `[auth]` and `[tls]` are in the config format (SPEC §5) but not implemented yet. A node
-/// that accepted them and then served plain, unauthenticated HTTP would be worse than one
-/// that does not start.
-fn refuse_unimplemented(config: &Config) -> Result<(), StartError> {
-    if config.tls.cert.is_some() || config.tls.key.is_some() {
-        return Err(StartError::Unsupported { key: "tls.cert" });
-    }
-    Ok(())
-}
-
 fn read_secret(config: &Config) -> Result<Option<Arc<String>>, StartError> {
     let Some(path) = &config.cluster.secret_file else {
         return Ok(None);
@@ -424,16 +476,55 @@ fn in_span(router: axum::Router, span: &Span) -> axum::Router {
     ))
 }
 
-fn serve(listener: TcpListener, router: axum::Router, cancel: CancellationToken) -> JoinHandle<()> {
-    tokio::spawn(
-        async move {
-            let result = axum::serve(listener, router)
-                .with_graceful_shutdown(cancel.cancelled_owned())
-                .await;
-            if let Err(e) = result {
-                warn!(error = %e, "listener stopped with an error");
+/// Which server config of the TLS material a listener serves.
+type ServerConfigOf = fn(&Material) -> Arc<rustls::ServerConfig>;
+
+fn client_listener_config(m: &Material) -> Arc<rustls::ServerConfig> {
+    m.client_listener.clone()
+}
+
+fn peer_listener_config(m: &Material) -> Arc<rustls::ServerConfig> {
+    m.peer_listener.clone()
+}
+
+/// Serve `router` on `listener`: plain HTTP, or only HTTPS with `tls`.
+fn serve(
+    listener: TcpListener,
+    tls: Option<(Arc<Tls>, ServerConfigOf)>,
+    router: axum::Router,
+    cancel: CancellationToken,
+) -> Result<JoinHandle<()>, StartError> {
+    let bind_err = |source| StartError::Bind {
+        what: "listener",
+        addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+        source,
+    };
+    let task = match tls {
+        None => tokio::spawn(
+            async move {
+                let result = axum::serve(listener, router)
+                    .with_graceful_shutdown(cancel.cancelled_owned())
+                    .await;
+                if let Err(e) = result {
+                    warn!(error = %e, "listener stopped with an error");
+                }
             }
+            .in_current_span(),
+        ),
+        Some((tls, config)) => {
+            let listener = TlsListener::new(listener, tls, config).map_err(bind_err)?;
+            tokio::spawn(
+                async move {
+                    let result = axum::serve(listener, router)
+                        .with_graceful_shutdown(cancel.cancelled_owned())
+                        .await;
+                    if let Err(e) = result {
+                        warn!(error = %e, "listener stopped with an error");
+                    }
+                }
+                .in_current_span(),
+            )
         }
-        .in_current_span(),
-    )
+    };
+    Ok(task)
 }

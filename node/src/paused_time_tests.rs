@@ -30,7 +30,7 @@ async fn one_node_core() -> (Arc<Core>, TaskTracker, CancellationToken) {
         ..Default::default()
     };
     let raft_config = Arc::new(raft_config.validate().unwrap());
-    let peers = PeerClient::new(None, Arc::new(Faults::default()), None);
+    let peers = PeerClient::new(None, Arc::new(Faults::default()), None, None);
     let (sm_store, shared) = StateMachineStore::new(None).unwrap();
     let raft = Raft::new(
         config.node_id,

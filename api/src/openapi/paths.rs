@@ -8,7 +8,12 @@ use utoipa::openapi::{
     Schema, Type,
 };
 
+use utoipa::openapi::security::SecurityRequirement;
+
 use super::operations::Output::{Json, Text};
+
+/// The name of the bearer-token security scheme in the document's components.
+pub(super) const BEARER: &str = "bearer";
 use super::operations::{Input, OPERATIONS};
 
 fn reason(status: u16) -> &'static str {
@@ -16,6 +21,8 @@ fn reason(status: u16) -> &'static str {
         200 => "OK",
         201 => "Created",
         400 => "invalid_argument: the message names the field and the rule",
+        401 => "unauthorized (auth on): the bearer token is missing, malformed or unknown; WWW-Authenticate is set",
+        403 => "forbidden (auth on): the principal's role, key prefixes or lease ownership do not allow this",
         404 => "lease_not_found, name_not_found or not_found",
         409 => "lock_held / name_taken (with holder), not_owner, semaphore_full, limit_mismatch",
         413 => "payload_too_large: body, key or value over the limits",
@@ -122,7 +129,9 @@ pub(super) fn paths() -> Paths {
         b = b.response(o.status.to_string(), ok.build());
         let mut errors = Vec::new();
         if o.path.starts_with("/v1/") {
-            errors.push(400);
+            errors.extend([400, 401, 403]);
+            // With auth on, every /v1 operation needs a bearer token.
+            b = b.security(SecurityRequirement::new(BEARER, Vec::<String>::new()));
         }
         errors.extend_from_slice(o.errors);
         if o.path.starts_with("/v1/") {

@@ -29,7 +29,10 @@ pub use self::inspect::{
 };
 pub use self::lock::{lock, LockArgs};
 
+use std::path::PathBuf;
+
 use clap::Args;
+use leasehold_api::client::is_tls_failure;
 use leasehold_api::{ApiError, Client, ErrorCode, GuardError};
 use serde::Serialize;
 
@@ -39,8 +42,8 @@ pub const EXIT_UNAVAILABLE: i32 = 69;
 pub const EXIT_NOT_ACQUIRED: i32 = 75;
 pub const EXIT_LOST: i32 = 76;
 
-/// Where the cluster is and how to print.
-#[derive(Args, Debug, Clone)]
+/// Where the cluster is, the credentials to show it, and how to print.
+#[derive(Args, Clone)]
 pub struct ClientArgs {
     /// Comma-separated HTTP endpoints of the cluster's nodes.
     #[arg(
@@ -50,27 +53,122 @@ pub struct ClientArgs {
         global = true
     )]
     pub endpoints: String,
+    /// Bearer token for a cluster with `[auth]` (not LEASEHOLD_TOKEN: that is the fencing
+    /// token `lock` gives its command).
+    #[arg(
+        id = "auth_token",
+        long = "token",
+        env = "LEASEHOLD_AUTH_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN",
+        global = true
+    )]
+    pub token: Option<String>,
+    /// PEM CA to trust for https:// endpoints (the cluster's CA), besides the web roots.
+    #[arg(long, env = "LEASEHOLD_CACERT", value_name = "FILE", global = true)]
+    pub cacert: Option<PathBuf>,
+    /// PEM client certificate, for nodes that require one (`tls.client_ca`); needs --key.
+    #[arg(
+        id = "client_cert",
+        long = "cert",
+        env = "LEASEHOLD_CLIENT_CERT",
+        value_name = "FILE",
+        global = true
+    )]
+    pub cert: Option<PathBuf>,
+    /// PEM private key of --cert.
+    #[arg(
+        id = "client_key",
+        long = "key",
+        env = "LEASEHOLD_CLIENT_KEY",
+        value_name = "FILE",
+        global = true
+    )]
+    pub key: Option<PathBuf>,
     /// Print JSON for scripts instead of text for people.
     #[arg(long, global = true)]
     pub json: bool,
 }
 
+/// By hand, so that the token never reaches a log or a panic message.
+impl std::fmt::Debug for ClientArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientArgs")
+            .field("endpoints", &self.endpoints)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("cacert", &self.cacert)
+            .field("cert", &self.cert)
+            .field("key", &self.key)
+            .field("json", &self.json)
+            .finish()
+    }
+}
+
 fn client(args: &ClientArgs) -> Result<Client, i32> {
-    Client::new(args.endpoints.split(',')).map_err(|e| {
-        eprintln!("leasehold: {}", e.message);
+    let usage = |message: &str| {
+        eprintln!("leasehold: {message}");
         EXIT_USAGE
-    })
+    };
+    // An empty value counts as unset (`LEASEHOLD_AUTH_TOKEN=` clears it), as in
+    // `Client::from_env`.
+    let path = |p: &Option<PathBuf>| p.clone().filter(|p| !p.as_os_str().is_empty());
+    let mut builder = Client::builder(args.endpoints.split(','));
+    if let Some(token) = args.token.as_deref().filter(|t| !t.trim().is_empty()) {
+        builder = builder.token(token);
+    }
+    if let Some(ca) = path(&args.cacert) {
+        builder = builder.ca_cert_file(ca);
+    }
+    builder = match (path(&args.cert), path(&args.key)) {
+        (Some(cert), Some(key)) => builder.identity_files(cert, key),
+        (None, None) => builder,
+        (Some(_), None) => return Err(usage("--cert needs --key (or LEASEHOLD_CLIENT_KEY) too")),
+        (None, Some(_)) => return Err(usage("--key needs --cert (or LEASEHOLD_CLIENT_CERT) too")),
+    };
+    builder.build().map_err(|e| usage(&flag_names(&e.message)))
+}
+
+/// The builder names its settings (`ca_cert: ...`); say which flag that is.
+fn flag_names(message: &str) -> String {
+    for (setting, flag) in [
+        ("endpoints: ", "--endpoints"),
+        ("token: ", "--token"),
+        ("ca_cert: ", "--cacert"),
+        ("client_cert: ", "--cert"),
+        ("client_key: ", "--key"),
+    ] {
+        if let Some(rest) = message.strip_prefix(setting) {
+            return format!("{flag}: {rest}");
+        }
+    }
+    message.to_string()
 }
 
 /// Report an API error with what to do, and pick the exit status.
 fn fail(what: &str, e: &ApiError) -> i32 {
     eprintln!("leasehold: {what}: {}", e.message);
+    if is_tls_failure(e) {
+        eprintln!(
+            "hint: check --cacert (LEASEHOLD_CACERT: the CA that signed the nodes' certificates), --cert/--key, and that the endpoints say https:// for nodes with [tls]"
+        );
+        return EXIT_UNAVAILABLE;
+    }
     match e.code {
         ErrorCode::Unavailable | ErrorCode::Timeout => {
             eprintln!(
                 "hint: check that the cluster is running and that --endpoints (or LEASEHOLD_ENDPOINTS) lists its nodes"
             );
             EXIT_UNAVAILABLE
+        }
+        ErrorCode::Unauthorized => {
+            eprintln!("hint: pass --token or set LEASEHOLD_AUTH_TOKEN (a token of this cluster)");
+            EXIT_ERROR
+        }
+        ErrorCode::Forbidden => {
+            eprintln!(
+                "hint: the token's principal may not touch this key; see its prefixes (and its role) in the tokens file"
+            );
+            EXIT_ERROR
         }
         ErrorCode::InvalidArgument | ErrorCode::PayloadTooLarge => EXIT_USAGE,
         _ => EXIT_ERROR,

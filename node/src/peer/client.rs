@@ -1,11 +1,13 @@
 //! [`PeerClient`]: one pooled HTTP client for every outgoing peer call.
 //!
-//! Every call is `POST http://{peer}/peer/v1` with an enveloped [`PeerRequest`]; the reply
-//! is an enveloped [`PeerReply`]. reqwest keeps connections per peer. When a cluster
-//! secret is set, every call carries it in [`SECRET_HEADER`].
+//! Every call is `POST http://{peer}/peer/v1` (`https://` with `[tls]`) with an enveloped
+//! [`PeerRequest`]; the reply is an enveloped [`PeerReply`]. reqwest keeps connections per
+//! peer. When a cluster secret is set, every call carries it in [`SECRET_HEADER`]. With
+//! TLS, the client trusts only `tls.ca` and presents the node's certificate (mutual TLS);
+//! [`PeerClient::set_tls`] swaps in reloaded material for new connections.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use tracing::Instrument;
@@ -56,34 +58,45 @@ impl PeerCallError {
 /// One pooled HTTP client for all peer calls, with the secret and the fault switch.
 #[derive(Clone)]
 pub(crate) struct PeerClient {
-    client: reqwest::Client,
+    /// Swapped whole when TLS material is reloaded (a clone per call is an `Arc` bump).
+    client: Arc<RwLock<reqwest::Client>>,
+    scheme: &'static str,
+    proxy: Option<SocketAddr>,
     secret: Option<Arc<String>>,
     faults: Arc<Faults>,
 }
 
 impl PeerClient {
-    /// `proxy`: send every peer request through this HTTP forward proxy; without one,
-    /// connect directly (and ignore `HTTP_PROXY` and friends from the environment).
+    /// `proxy`: send every peer request through this HTTP forward proxy (tunnelled with
+    /// CONNECT under TLS); without one, connect directly (and ignore `HTTP_PROXY` and
+    /// friends from the environment). `tls`: speak https with this config.
     pub(crate) fn new(
         secret: Option<Arc<String>>,
         faults: Arc<Faults>,
         proxy: Option<SocketAddr>,
+        tls: Option<rustls::ClientConfig>,
     ) -> Self {
-        let builder = reqwest::Client::builder()
-            .pool_idle_timeout(Duration::from_secs(30))
-            .tcp_nodelay(true)
-            .connect_timeout(Duration::from_millis(500));
-        let builder = match proxy.and_then(|p| reqwest::Proxy::http(format!("http://{p}")).ok()) {
-            Some(proxy) => builder.proxy(proxy),
-            None => builder.no_proxy(),
-        };
-        // Building a client with these plain options does not fail.
-        let client = builder.build().expect("reqwest client builds");
+        let scheme = if tls.is_some() { "https" } else { "http" };
         PeerClient {
-            client,
+            client: Arc::new(RwLock::new(build(proxy, tls))),
+            scheme,
+            proxy,
             secret,
             faults,
         }
+    }
+
+    /// New connections present and trust this (reloaded) material; pooled ones finish.
+    pub(crate) fn set_tls(&self, tls: rustls::ClientConfig) {
+        let client = build(self.proxy, Some(tls));
+        *self.client.write().unwrap_or_else(|e| e.into_inner()) = client;
+    }
+
+    fn http(&self) -> reqwest::Client {
+        self.client
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     pub(crate) fn faults(&self) -> &Arc<Faults> {
@@ -119,8 +132,8 @@ impl PeerClient {
         };
         let body = envelope::encode(request).map_err(envelope_err)?;
         let mut http = self
-            .client
-            .post(format!("http://{peer_addr}{PEER_PATH}"))
+            .http()
+            .post(format!("{}://{peer_addr}{PEER_PATH}", self.scheme))
             .timeout(timeout)
             .header("content-type", "application/octet-stream")
             .body(body);
@@ -139,6 +152,24 @@ impl PeerClient {
         }
         envelope::decode(&bytes).map_err(envelope_err)
     }
+}
+
+fn build(proxy: Option<SocketAddr>, tls: Option<rustls::ClientConfig>) -> reqwest::Client {
+    let builder = reqwest::Client::builder()
+        .pool_idle_timeout(Duration::from_secs(30))
+        .tcp_nodelay(true)
+        .connect_timeout(Duration::from_millis(500));
+    let builder = match proxy.and_then(|p| reqwest::Proxy::all(format!("http://{p}")).ok()) {
+        Some(proxy) => builder.proxy(proxy),
+        None => builder.no_proxy(),
+    };
+    let builder = match tls {
+        Some(tls) => builder.use_preconfigured_tls(tls),
+        None => builder,
+    };
+    // Building a client with these options does not fail (the TLS config is rustls's,
+    // the backend reqwest is built with).
+    builder.build().expect("reqwest client builds")
 }
 
 fn classify(addr: String, e: reqwest::Error) -> PeerCallError {
