@@ -10,6 +10,7 @@
 
 pub mod chaos;
 pub mod procs;
+pub mod tls;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -155,10 +156,9 @@ impl TestCluster {
 
     /// Base URL of node `i`'s HTTP API (`https://` for a TLS cluster).
     pub fn url(&self, i: usize) -> String {
-        let scheme = if self.certs.is_some() {
-            "https"
-        } else {
-            "http"
+        let scheme = match self.slots[i].config.tls.enabled() {
+            true => "https",
+            false => "http",
         };
         format!("{scheme}://{}", self.slots[i].config.client_addr)
     }

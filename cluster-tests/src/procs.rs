@@ -306,6 +306,43 @@ async fn forward(State(state): State<ProxyState>, req: Request) -> Response {
     }
 }
 
+/// What a process cluster is secured with (SPEC §5).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Security {
+    /// `[tls]` on every node: HTTPS on both ports, mutual TLS between peers, with a CA
+    /// and node certificates made for the cluster.
+    pub tls: bool,
+    /// `[auth]` on every node, with one admin principal whose token the harness and the
+    /// workload's clients send ([`ProcCluster::token`]).
+    pub auth: bool,
+}
+
+impl Security {
+    /// TLS and auth both on.
+    pub const FULL: Security = Security {
+        tls: true,
+        auth: true,
+    };
+}
+
+/// The token of the admin principal of a cluster with `auth`.
+const ADMIN_TOKEN: &str = "lh_proc_cluster_admin";
+
+/// The credentials a secured process cluster was made with.
+struct Credentials {
+    /// Issues each node's certificate (also for nodes added later).
+    ca: Option<crate::tls::TestCa>,
+    tokens_file: Option<PathBuf>,
+}
+
+/// One node's `[tls]` files.
+#[derive(Clone)]
+struct NodeTls {
+    cert: PathBuf,
+    key: PathBuf,
+    ca: PathBuf,
+}
+
 /// One node process and what it takes to start it again.
 pub struct ProcNode {
     pub id: u64,
@@ -316,11 +353,14 @@ pub struct ProcNode {
     members: String,
     child: Option<Child>,
     paused: bool,
+    tls: Option<NodeTls>,
+    tokens_file: Option<PathBuf>,
 }
 
 impl ProcNode {
     pub fn url(&self) -> String {
-        format!("http://{}", self.client_addr)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}", self.client_addr)
     }
 
     pub fn pid(&self) -> Option<u32> {
@@ -337,8 +377,20 @@ impl ProcNode {
             .create(true)
             .append(true)
             .open(self.data_dir.join("node.log"))?;
-        let child = Command::new(leasehold_bin())
-            .arg("serve")
+        let mut cmd = Command::new(leasehold_bin());
+        cmd.arg("serve");
+        if let Some(tls) = &self.tls {
+            cmd.arg("--tls-cert")
+                .arg(&tls.cert)
+                .arg("--tls-key")
+                .arg(&tls.key)
+                .arg("--tls-ca")
+                .arg(&tls.ca);
+        }
+        if let Some(tokens_file) = &self.tokens_file {
+            cmd.arg("--auth-tokens-file").arg(tokens_file);
+        }
+        let child = cmd
             .args(["--node-id", &self.id.to_string()])
             .args(["--client-addr", &self.client_addr.to_string()])
             .args(["--peer-addr", &self.peer_addr.to_string()])
@@ -375,6 +427,7 @@ pub struct ProcCluster {
     pub nodes: Vec<ProcNode>,
     _dir: tempfile::TempDir,
     http: reqwest::Client,
+    credentials: Credentials,
     pub faults: u64,
 }
 
@@ -383,20 +436,74 @@ async fn free_addr() -> anyhow::Result<SocketAddr> {
     Ok(l.local_addr()?)
 }
 
+impl Credentials {
+    fn new(dir: &std::path::Path, security: Security) -> anyhow::Result<Self> {
+        let ca = match security.tls {
+            true => Some(crate::tls::TestCa::new(dir, "proc cluster CA")?),
+            false => None,
+        };
+        let tokens_file = match security.auth {
+            true => {
+                let path = dir.join("tokens.toml");
+                std::fs::write(
+                    &path,
+                    format!(
+                        "[[token]]\nname = \"harness\"\nsha256 = \"{}\"\nrole = \"admin\"\nprefixes = [\"\"]\n",
+                        leasehold_api::auth::token_digest_hex(ADMIN_TOKEN)
+                    ),
+                )?;
+                Some(path)
+            }
+            false => None,
+        };
+        Ok(Credentials { ca, tokens_file })
+    }
+
+    /// A new node's TLS files (its certificate issued now) and tokens file.
+    fn for_node(
+        &self,
+        dir: &std::path::Path,
+    ) -> anyhow::Result<(Option<NodeTls>, Option<PathBuf>)> {
+        let tls = match &self.ca {
+            Some(ca) => {
+                let (cert, key) = ca.issue_files(dir, "node")?;
+                Some(NodeTls {
+                    cert,
+                    key,
+                    ca: ca.cert_path.clone(),
+                })
+            }
+            None => None,
+        };
+        Ok((tls, self.tokens_file.clone()))
+    }
+}
+
 impl ProcCluster {
     pub async fn start(n: usize) -> anyhow::Result<Self> {
+        Self::start_secured(n, Security::default()).await
+    }
+
+    /// A cluster of `n` processes with `security` on every node.
+    pub async fn start_secured(n: usize, security: Security) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
+        let credentials = Credentials::new(dir.path(), security)?;
         let mut nodes = Vec::new();
         for i in 0..n {
+            let data_dir = dir.path().join(format!("node-{}", i + 1));
+            std::fs::create_dir_all(&data_dir)?;
+            let (tls, tokens_file) = credentials.for_node(&data_dir)?;
             nodes.push(ProcNode {
                 id: i as u64 + 1,
                 client_addr: free_addr().await?,
                 peer_addr: free_addr().await?,
-                data_dir: dir.path().join(format!("node-{}", i + 1)),
+                data_dir,
                 proxy: LinkProxy::start().await?,
                 members: String::new(),
                 child: None,
                 paused: false,
+                tls,
+                tokens_file,
             });
         }
         let members: Vec<String> = nodes
@@ -407,13 +514,26 @@ impl ProcCluster {
             node.members = members.join(",");
             node.spawn().await?;
         }
+        let mut http = reqwest::Client::builder()
+            .no_proxy()
+            .timeout(Duration::from_secs(2));
+        if let Some(ca) = &credentials.ca {
+            http = http
+                .add_root_certificate(reqwest::Certificate::from_pem(ca.cert_pem().as_bytes())?);
+        }
+        if security.auth {
+            let mut headers = reqwest::header::HeaderMap::new();
+            headers.insert(
+                reqwest::header::AUTHORIZATION,
+                format!("Bearer {ADMIN_TOKEN}").parse()?,
+            );
+            http = http.default_headers(headers);
+        }
         let cluster = ProcCluster {
             nodes,
             _dir: dir,
-            http: reqwest::Client::builder()
-                .no_proxy()
-                .timeout(Duration::from_secs(2))
-                .build()?,
+            http: http.build()?,
+            credentials,
             faults: 0,
         };
         cluster.wait_for_leader(Duration::from_secs(20)).await?;
@@ -424,12 +544,31 @@ impl ProcCluster {
         self.nodes.iter().map(ProcNode::url).collect()
     }
 
-    /// A client for every node's endpoint, starting at node `first`.
+    /// The admin token of a cluster with auth.
+    pub fn token(&self) -> Option<&'static str> {
+        self.credentials.tokens_file.as_ref().map(|_| ADMIN_TOKEN)
+    }
+
+    /// The CA certificate (PEM) of a cluster with TLS.
+    pub fn ca_pem(&self) -> Option<String> {
+        self.credentials.ca.as_ref().map(|ca| ca.cert_pem())
+    }
+
+    /// A client for every node's endpoint, starting at node `first`, with the cluster's
+    /// CA and admin token when it has them.
     pub fn client_from(&self, first: usize, attempt_timeout: Duration) -> Client {
         let n = self.nodes.len();
         let urls: Vec<String> = (0..n).map(|k| self.nodes[(first + k) % n].url()).collect();
-        Client::with_timeouts(urls, Duration::from_secs(10), attempt_timeout)
-            .expect("valid endpoints")
+        let mut builder = Client::builder(urls)
+            .request_timeout(Duration::from_secs(10))
+            .attempt_timeout(attempt_timeout);
+        if let Some(pem) = self.ca_pem() {
+            builder = builder.ca_cert_pem(pem);
+        }
+        if let Some(token) = self.token() {
+            builder = builder.token(token);
+        }
+        builder.build().expect("valid endpoints and credentials")
     }
 
     /// The node that leads, as the running, unpaused nodes report it.
@@ -530,15 +669,20 @@ impl ProcCluster {
     pub async fn add_node(&mut self) -> anyhow::Result<usize> {
         self.faults += 1;
         let id = self.nodes.iter().map(|n| n.id).max().unwrap_or(0) + 1;
+        let data_dir = self._dir.path().join(format!("node-{id}"));
+        std::fs::create_dir_all(&data_dir)?;
+        let (tls, tokens_file) = self.credentials.for_node(&data_dir)?;
         let mut node = ProcNode {
             id,
             client_addr: free_addr().await?,
             peer_addr: free_addr().await?,
-            data_dir: self._dir.path().join(format!("node-{id}")),
+            data_dir,
             proxy: LinkProxy::start().await?,
             members: String::new(),
             child: None,
             paused: false,
+            tls,
+            tokens_file,
         };
         // It lists the existing members and itself; with peers already initialized it
         // does not bootstrap, it waits to be added.

@@ -1,5 +1,5 @@
-//! Bearer-token auth on a real three-node cluster (SPEC §5 "Auth"): 401 without a valid
-//! token, roles and key prefixes (403 naming the principal and the rule), leases that
+//! Bearer-token auth on a real three-node cluster that also speaks TLS on both ports, with
+//! mutual TLS between its peers (SPEC §5 "Auth" and `[tls]`): 401 without a valid token, roles and key prefixes (403 naming the principal and the rule), leases that
 //! belong to their principal through every node and after a leader failover, filtered
 //! lists, the per-principal quota (429), open endpoints, and reloading the tokens.
 
@@ -8,6 +8,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use leasehold_api::auth::token_digest_hex;
+use leasehold_cluster_tests::tls::TestCa;
 use leasehold_cluster_tests::{wait_until, ClusterOptions, TestCluster};
 use leasehold_config::Config;
 use serde_json::{json, Value};
@@ -54,8 +55,46 @@ fn tokens_file() -> &'static PathBuf {
     })
 }
 
+/// One CA and a certificate per node id for every cluster of this test binary.
+struct Pki {
+    ca: TestCa,
+    nodes: Vec<(PathBuf, PathBuf)>,
+}
+
+fn pki() -> &'static Pki {
+    static PKI: OnceLock<Pki> = OnceLock::new();
+    PKI.get_or_init(|| {
+        let dir = tokens_file().parent().unwrap().join("tls");
+        let ca = TestCa::new(&dir, "auth test CA").unwrap();
+        let nodes = (1..=5)
+            .map(|id| ca.issue_files(&dir, &format!("node-{id}")).unwrap())
+            .collect();
+        Pki { ca, nodes }
+    })
+}
+
+/// `[auth]` and `[tls]` (node certificate by node id).
 fn with_auth(config: &mut Config) {
     config.auth.tokens_file = Some(tokens_file().clone());
+    let pki = pki();
+    let (cert, key) = &pki.nodes[config.node_id as usize - 1];
+    config.tls.cert = Some(cert.clone());
+    config.tls.key = Some(key.clone());
+    config.tls.ca = Some(pki.ca.cert_path.clone());
+}
+
+/// An HTTP client that trusts the test CA (it sends no token of its own).
+fn http() -> reqwest::Client {
+    static HTTP: OnceLock<reqwest::Client> = OnceLock::new();
+    HTTP.get_or_init(|| {
+        let ca = reqwest::Certificate::from_pem(pki().ca.cert_pem().as_bytes()).unwrap();
+        reqwest::Client::builder()
+            .add_root_certificate(ca)
+            .timeout(Duration::from_secs(60))
+            .build()
+            .unwrap()
+    })
+    .clone()
 }
 
 async fn secured_cluster() -> TestCluster {
@@ -85,7 +124,7 @@ impl Reply {
 }
 
 async fn call(method: &str, url: &str, token: Option<&str>, body: Option<Value>) -> Reply {
-    let client = reqwest::Client::new();
+    let client = http();
     let mut req = client.request(method.parse().unwrap(), url);
     if let Some(token) = token {
         req = req.bearer_auth(token);
@@ -135,7 +174,7 @@ async fn requests_without_a_valid_token_get_401_and_open_endpoints_stay_open() {
         .is_some_and(|c| c.contains("invalid_token")));
 
     // Malformed: not the Bearer scheme.
-    let resp = reqwest::Client::new()
+    let resp = http()
         .get(format!("{url}/v1/locks"))
         .header("authorization", format!("Basic {BILLING}"))
         .send()
@@ -156,7 +195,7 @@ async fn requests_without_a_valid_token_get_401_and_open_endpoints_stay_open() {
     assert_eq!(state.body["held"], false, "{:?}", state.body);
 
     for open in ["/healthz", "/readyz", "/metrics", "/openapi.json", "/"] {
-        let resp = reqwest::get(format!("{url}{open}")).await.unwrap();
+        let resp = http().get(format!("{url}{open}")).send().await.unwrap();
         assert_eq!(resp.status().as_u16(), 200, "{open} must stay open");
     }
     cluster.shutdown().await;

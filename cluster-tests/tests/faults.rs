@@ -15,7 +15,7 @@ use leasehold_api::wire::{
 };
 use leasehold_api::LeaseService;
 use leasehold_cluster_tests::chaos::{check, Workload, WorkloadOptions};
-use leasehold_cluster_tests::procs::ProcCluster;
+use leasehold_cluster_tests::procs::{ProcCluster, Security};
 use tokio::sync::Mutex;
 
 /// Scenarios run one at a time: each is a whole cluster of processes plus a workload.
@@ -141,7 +141,19 @@ async fn scenario_for(nemeses: &[Nemesis], rounds: Rounds, label: &str) -> Strin
 }
 
 async fn scenario_on(nodes: usize, nemeses: &[Nemesis], rounds: Rounds, label: &str) -> String {
-    let mut cluster = ProcCluster::start(nodes).await.expect("cluster starts");
+    scenario_with(nodes, Security::default(), nemeses, rounds, label).await
+}
+
+async fn scenario_with(
+    nodes: usize,
+    security: Security,
+    nemeses: &[Nemesis],
+    rounds: Rounds,
+    label: &str,
+) -> String {
+    let mut cluster = ProcCluster::start_secured(nodes, security)
+        .await
+        .expect("cluster starts");
     let load = workload(&cluster, WorkloadOptions::default());
     tokio::time::sleep(CALM).await;
     let started = tokio::time::Instant::now();
@@ -205,6 +217,90 @@ async fn scenario_on(nodes: usize, nemeses: &[Nemesis], rounds: Rounds, label: &
 async fn leader_killed_repeatedly() {
     let _one = SERIAL.lock().await;
     scenario(&[Nemesis::KillLeader], 4, "leader killed repeatedly").await;
+}
+
+/// The same workload and checker on a cluster with TLS on both ports, mutual TLS between
+/// the peers and bearer tokens: kill -9 of the leader, and the leader cut off from the
+/// majority (the link proxy tunnels TLS and a cut closes the tunnels).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn leader_killed_and_partitioned_under_mutual_tls_and_auth() {
+    let _one = SERIAL.lock().await;
+    scenario_with(
+        3,
+        Security::FULL,
+        &[Nemesis::KillLeader, Nemesis::PartitionLeader],
+        Rounds::Count(4),
+        "TLS+auth: leader killed and partitioned",
+    )
+    .await;
+}
+
+/// Under TLS, peers talk through CONNECT tunnels the test cannot read. Cutting the
+/// leader's links must still cut them: the others elect a new leader at a higher term,
+/// and the old one cannot commit a write while cut off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cut_link_really_cuts_under_tls() {
+    let _one = SERIAL.lock().await;
+    let mut cluster = ProcCluster::start_secured(3, Security::FULL)
+        .await
+        .expect("cluster starts");
+    let old = cluster
+        .wait_for_leader(Duration::from_secs(20))
+        .await
+        .unwrap();
+    let term = |status: &leasehold_api::wire::ClusterStatus| status.term;
+    let before = term(
+        &cluster
+            .client_from(old, Duration::from_secs(2))
+            .cluster_status()
+            .await
+            .unwrap(),
+    );
+    cluster.isolate(old);
+    let new = leasehold_cluster_tests::wait_until(Duration::from_secs(20), || async {
+        let leader = cluster.leader().await?;
+        (leader != old).then_some(leader)
+    })
+    .await
+    .expect("the majority elects a new leader while the old one is cut off");
+    let after = term(
+        &cluster
+            .client_from(new, Duration::from_secs(2))
+            .cluster_status()
+            .await
+            .unwrap(),
+    );
+    assert!(
+        after > before,
+        "term {after} after the cut, {before} before"
+    );
+    // The cut-off node cannot commit: a write sent only to it does not succeed.
+    let isolated = leasehold_api::Client::builder([cluster.nodes[old].url()])
+        .ca_cert_pem(cluster.ca_pem().unwrap())
+        .token(cluster.token().unwrap())
+        .request_timeout(Duration::from_secs(3))
+        .attempt_timeout(Duration::from_secs(3))
+        .build()
+        .unwrap();
+    let write = isolated
+        .acquire_lock(
+            "cut/k",
+            AcquireRequest {
+                owner: "w".into(),
+                ttl_ms: Some(5000),
+                ..Default::default()
+            },
+        )
+        .await;
+    assert!(
+        write.is_err(),
+        "a node cut off from every peer committed a write: {write:?}"
+    );
+    cluster.heal();
+    cluster
+        .wait_for_leader(Duration::from_secs(20))
+        .await
+        .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -1,32 +1,95 @@
 //! Generated bad (and some good) requests against a running three-node cluster: every
 //! reply is a documented status with a JSON body (never a 5xx other than 503/504), no node
-//! stops answering, and a rejected request changes nothing.
+//! stops answering, and a rejected request changes nothing. The same requests run against a
+//! second cluster with TLS on both ports and bearer tokens, sent with an admin token, a
+//! token confined to `jobs/`, a token the cluster does not know, or none.
 
+use std::path::PathBuf;
 use std::sync::OnceLock;
 
-use leasehold_cluster_tests::{Http, TestCluster};
+use leasehold_cluster_tests::{ClusterOptions, Http, TestCluster};
+use leasehold_config::Config;
 use proptest::prelude::*;
+use proptest::test_runner::TestCaseError;
 use serde_json::{json, Value};
 
 struct Env {
     rt: tokio::runtime::Runtime,
     cluster: TestCluster,
-    http: Http,
+    /// `clients[0]` may see everything (it reads the state before and after); the others
+    /// are the other credentials requests are sent with.
+    clients: Vec<Http>,
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
 }
 
 fn env() -> &'static Env {
     static ENV: OnceLock<Env> = OnceLock::new();
     ENV.get_or_init(|| {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .expect("runtime");
+        let rt = runtime();
         let cluster = rt.block_on(TestCluster::start3()).expect("cluster");
         Env {
             rt,
             cluster,
-            http: Http::new(),
+            clients: vec![Http::new()],
+        }
+    })
+}
+
+const ADMIN_TOKEN: &str = "fuzz-admin";
+const JOBS_TOKEN: &str = "fuzz-jobs";
+
+fn tokens_file() -> &'static PathBuf {
+    static FILE: OnceLock<PathBuf> = OnceLock::new();
+    FILE.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("leasehold-fuzz-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("tokens.toml");
+        let entry = |name: &str, token: &str, role: &str, prefixes: &str| {
+            format!(
+                "[[token]]\nname = {name:?}\nsha256 = {:?}\nrole = {role:?}\nprefixes = {prefixes}\nmax_leases = 50\n",
+                leasehold_api::auth::token_digest_hex(token)
+            )
+        };
+        let text = entry("fuzz-admin", ADMIN_TOKEN, "admin", "[]")
+            + &entry("fuzz-jobs", JOBS_TOKEN, "write", r#"["jobs/"]"#);
+        std::fs::write(&path, text).unwrap();
+        path
+    })
+}
+
+fn with_auth(config: &mut Config) {
+    config.auth.tokens_file = Some(tokens_file().clone());
+}
+
+fn secured_env() -> &'static Env {
+    static ENV: OnceLock<Env> = OnceLock::new();
+    ENV.get_or_init(|| {
+        let rt = runtime();
+        let cluster = rt
+            .block_on(TestCluster::start(ClusterOptions {
+                tls: true,
+                tweak: with_auth,
+                ..ClusterOptions::default()
+            }))
+            .expect("secured cluster");
+        let ca = cluster.ca_pem().expect("a TLS cluster has a CA");
+        let clients = vec![
+            Http::with(Some(&ca), Some(ADMIN_TOKEN)),
+            Http::with(Some(&ca), Some(JOBS_TOKEN)),
+            Http::with(Some(&ca), Some("not-a-known-token")),
+            Http::with(Some(&ca), None),
+        ];
+        Env {
+            rt,
+            cluster,
+            clients,
         }
     })
 }
@@ -221,8 +284,123 @@ fn arb_method() -> impl Strategy<Value = &'static str> {
     ]
 }
 
+/// Send one generated request as `clients[who]` and check the reply and the state.
+fn check_one(
+    env: &Env,
+    node: usize,
+    who: usize,
+    method: &str,
+    path: &str,
+    query: &str,
+    body: Option<Vec<u8>>,
+) -> Result<(), TestCaseError> {
+    let observer = &env.clients[0];
+    let http = &env.clients[who % env.clients.len()];
+    let base = env.cluster.url(node);
+    let url = if query.is_empty() {
+        format!("{base}{path}")
+    } else {
+        format!("{base}{path}?{query}")
+    };
+    // The two documented pages that are not JSON: the status page and the Prometheus
+    // exposition. A GET gets 200 with their own content type and changes nothing (they
+    // stay open with auth on).
+    if method == "GET" && (path == "/" || path == "/metrics") {
+        let (before, reply, after) = env.rt.block_on(async {
+            let before = visible_state(observer, &base).await;
+            let reply = http.text(method, &url, body.clone()).await;
+            let after = visible_state(observer, &base).await;
+            (before, reply, after)
+        });
+        let (status, content_type, _) = match reply {
+            Ok(r) => r,
+            Err(e) => {
+                prop_assert!(false, "{method} {url}: {e:#}");
+                unreachable!()
+            }
+        };
+        prop_assert_eq!(status, 200, "{} {}", method, url);
+        let expected = if path == "/" {
+            "text/html"
+        } else {
+            "text/plain"
+        };
+        prop_assert!(
+            content_type.starts_with(expected),
+            "{method} {url}: content type {content_type}"
+        );
+        prop_assert_eq!(&before, &after, "{} {} changed the state", method, url);
+        return Ok(());
+    }
+    let (before, reply, after) = env.rt.block_on(async {
+        let before = visible_state(observer, &base).await;
+        let reply = match &body {
+            Some(bytes) => http.raw(method, &url, bytes.clone()).await,
+            None => http.request(method, &url, None).await,
+        };
+        let after = visible_state(observer, &base).await;
+        (before, reply, after)
+    });
+    let reply = match reply {
+        Ok(r) => r,
+        Err(e) => {
+            // A non-JSON reply or a dropped connection: not documented.
+            prop_assert!(false, "{method} {url}: {e:#}");
+            unreachable!()
+        }
+    };
+    let documented = [200, 201, 400, 401, 403, 404, 405, 409, 413, 429, 503, 504];
+    prop_assert!(
+        documented.contains(&reply.status),
+        "{method} {url}: status {} {:?}",
+        reply.status,
+        reply.body
+    );
+    if env.clients.len() == 1 {
+        prop_assert!(
+            ![401, 403].contains(&reply.status),
+            "{method} {url}: {} without auth",
+            reply.status
+        );
+    }
+    if reply.status >= 400 {
+        prop_assert!(
+            !reply.code().is_empty(),
+            "{method} {url}: error without a code: {:?}",
+            reply.body
+        );
+        prop_assert!(reply.body["error"]["message"].is_string());
+        prop_assert_eq!(
+            &before,
+            &after,
+            "{} {} was rejected ({}) but changed the state",
+            method,
+            url,
+            reply.status
+        );
+    }
+    // Every node still answers.
+    for i in 0..3 {
+        let ok = env
+            .rt
+            .block_on(observer.get(&format!("{}/healthz", env.cluster.url(i))));
+        prop_assert!(
+            ok.map(|r| r.status == 200).unwrap_or(false),
+            "node {i} stopped answering"
+        );
+    }
+    Ok(())
+}
+
+fn cases(default: u32) -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
 proptest! {
-    #![proptest_config(ProptestConfig { cases: std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(150), max_shrink_iters: 64, failure_persistence: None, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: cases(150), max_shrink_iters: 64, failure_persistence: None, ..ProptestConfig::default() })]
 
     #[test]
     fn every_reply_is_documented_and_rejections_change_nothing(
@@ -232,59 +410,23 @@ proptest! {
         query in arb_query(),
         body in arb_body(),
     ) {
-        let env = env();
-        let base = env.cluster.url(node);
-        let url = if query.is_empty() { format!("{base}{path}") } else { format!("{base}{path}?{query}") };
-        // The two documented pages that are not JSON: the status page and the Prometheus
-        // exposition. A GET gets 200 with their own content type and changes nothing.
-        if method == "GET" && (path == "/" || path == "/metrics") {
-            let (before, reply, after) = env.rt.block_on(async {
-                let before = visible_state(&env.http, &base).await;
-                let reply = env.http.text(method, &url, body.clone()).await;
-                let after = visible_state(&env.http, &base).await;
-                (before, reply, after)
-            });
-            let (status, content_type, _) = match reply {
-                Ok(r) => r,
-                Err(e) => {
-                    prop_assert!(false, "{method} {url}: {e:#}");
-                    unreachable!()
-                }
-            };
-            prop_assert_eq!(status, 200, "{} {}", method, url);
-            let expected = if path == "/" { "text/html" } else { "text/plain" };
-            prop_assert!(content_type.starts_with(expected), "{method} {url}: content type {content_type}");
-            prop_assert_eq!(&before, &after, "{} {} changed the state", method, url);
-            return Ok(());
-        }
-        let (before, reply, after) = env.rt.block_on(async {
-            let before = visible_state(&env.http, &base).await;
-            let reply = match &body {
-                Some(bytes) => env.http.raw(method, &url, bytes.clone()).await,
-                None => env.http.request(method, &url, None).await,
-            };
-            let after = visible_state(&env.http, &base).await;
-            (before, reply, after)
-        });
-        let reply = match reply {
-            Ok(r) => r,
-            Err(e) => {
-                // A non-JSON reply or a dropped connection: not documented.
-                prop_assert!(false, "{method} {url}: {e:#}");
-                unreachable!()
-            }
-        };
-        let documented = [200, 201, 400, 404, 405, 409, 413, 429, 503, 504];
-        prop_assert!(documented.contains(&reply.status), "{method} {url}: status {} {:?}", reply.status, reply.body);
-        if reply.status >= 400 {
-            prop_assert!(!reply.code().is_empty(), "{method} {url}: error without a code: {:?}", reply.body);
-            prop_assert!(reply.body["error"]["message"].is_string());
-            prop_assert_eq!(&before, &after, "{} {} was rejected ({}) but changed the state", method, url, reply.status);
-        }
-        // Every node still answers.
-        for i in 0..3 {
-            let ok = env.rt.block_on(env.http.get(&format!("{}/healthz", env.cluster.url(i))));
-            prop_assert!(ok.map(|r| r.status == 200).unwrap_or(false), "node {i} stopped answering");
-        }
+        check_one(env(), node, 0, method, &path, &query, body)?;
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: cases(80), max_shrink_iters: 64, failure_persistence: None, ..ProptestConfig::default() })]
+
+    /// With TLS and auth, a 401 or 403 is one more documented refusal that changes nothing.
+    #[test]
+    fn with_tls_and_auth_every_reply_is_documented_and_refusals_change_nothing(
+        node in 0usize..3,
+        who in 0usize..4,
+        method in arb_method(),
+        path in arb_path(),
+        query in arb_query(),
+        body in arb_body(),
+    ) {
+        check_one(secured_env(), node, who, method, &path, &query, body)?;
     }
 }

@@ -33,7 +33,7 @@ mod paused_time_tests;
 
 pub use crate::error::CoreError;
 pub use crate::node::{Listeners, Node, StartError};
-pub use crate::peer::{Faults, PEER_PROTOCOL_VERSION};
+pub use crate::peer::{probe as peer_probe, Faults, PEER_PROTOCOL_VERSION};
 pub use crate::service::NodeService;
 pub use crate::tls::{generate_local_certs, CertAuthority, LocalCerts, TlsError};
 pub use leasehold_config::Config;

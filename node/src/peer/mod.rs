@@ -12,8 +12,10 @@
 //! - [`server`]: the peer listener: one route, `POST /peer/v1`, that checks the secret,
 //!   decodes the envelope and dispatches to Raft or to the core.
 //!
-//! TLS for peers (mutual TLS) belongs here: the client's connector and the listener's
-//! acceptor are the only two places that touch sockets.
+//! With `[tls]`, [`crate::tls`] provides the material: the client presents the node's
+//! certificate and trusts only `tls.ca`, and the listener accepts only peers with a
+//! certificate signed by `tls.ca` (mutual TLS); the handshake fails before any HTTP is read.
+//! [`probe`] builds raw peer messages for tests that speak to a listener as a stranger.
 
 pub(crate) mod client;
 pub(crate) mod envelope;
@@ -26,3 +28,35 @@ pub(crate) use client::PeerClient;
 pub use envelope::PEER_PROTOCOL_VERSION;
 pub use faults::Faults;
 pub(crate) use forward::{ForwardRequest, ForwardResponse, MembershipChange};
+
+/// Raw peer messages, for tests that speak to a peer listener as a stranger would (a
+/// process without a certificate, a node of another cluster). Not a stable API.
+#[doc(hidden)]
+pub mod probe {
+    use leasehold_raft::typ::TypeConfig;
+    use openraft::raft::{AppendEntriesRequest, VoteRequest};
+    use openraft::Vote;
+
+    use super::envelope::{encode, PeerRequest};
+
+    /// The route every peer message is posted to.
+    pub const PATH: &str = super::client::PEER_PATH;
+
+    /// The body of a vote request from `candidate` at `term` (a node that grants it moves
+    /// to `term`, and a leader at a lower term steps down).
+    pub fn vote_request(candidate: u64, term: u64) -> Vec<u8> {
+        let request = VoteRequest::new(Vote::new(term, candidate), None);
+        encode(&PeerRequest::Vote(request)).expect("a vote request encodes")
+    }
+
+    /// The body of an empty AppendEntries (a heartbeat) from `leader` at `term`.
+    pub fn heartbeat(leader: u64, term: u64) -> Vec<u8> {
+        let request = AppendEntriesRequest::<TypeConfig> {
+            vote: Vote::new_committed(term, leader),
+            prev_log_id: None,
+            entries: Vec::new(),
+            leader_commit: None,
+        };
+        encode(&PeerRequest::Append(request)).expect("an append request encodes")
+    }
+}
