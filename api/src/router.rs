@@ -144,6 +144,10 @@ pub fn router_with_auth(
             state.clone(),
             authenticate,
         ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            extract::read_body_first,
+        ))
         .layer(axum::middleware::from_fn(trace::request_span))
         .with_state(state)
 }

@@ -405,3 +405,60 @@ async fn sighup_reloads_certificates_and_tokens_in_a_running_process() {
     let _ = child.start_kill();
     let _ = child.wait().await;
 }
+
+/// A request refused before its body is read (401 without a token, 400 for a bad query,
+/// 404, 405) still gets its reply: the server reads the body first, so it never closes a
+/// connection with unread input, which would reset it under the reply (found by the
+/// fuzzer over TLS, where the client saw a broken pipe instead of the 401).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_before_the_body_is_read_still_reaches_the_client() {
+    let cluster = TestCluster::start(ClusterOptions {
+        tls: true,
+        tweak: with_tokens,
+        ..ClusterOptions::default()
+    })
+    .await
+    .unwrap();
+    let ca = reqwest::Certificate::from_pem(&cluster.ca_pem().unwrap()).unwrap();
+    let http = reqwest::Client::builder()
+        .add_root_certificate(ca)
+        .build()
+        .unwrap();
+    let url = cluster.url(0);
+    // Under limits.max_body_bytes (128 KiB), so only the refusal itself is at stake.
+    let body = vec![b'x'; 120 * 1024];
+    for round in 0..20 {
+        for (method, path, token, expected) in [
+            ("POST", "/v1/locks/k", None, 401),
+            ("GET", "/v1/locks/k/wait?index=-1", Some("tok-jobs"), 400),
+            ("PATCH", "/v1/locks/k", Some("tok-jobs"), 405),
+        ] {
+            let mut req = http
+                .request(method.parse().unwrap(), format!("{url}{path}"))
+                .body(body.clone());
+            if let Some(token) = token {
+                req = req.bearer_auth(token);
+            }
+            let resp = req.send().await;
+            let status = resp.as_ref().map(|r| r.status().as_u16());
+            assert_eq!(
+                status.as_ref().ok(),
+                Some(&expected),
+                "round {round}: {method} {path}: {resp:?}"
+            );
+        }
+    }
+    cluster.shutdown().await;
+}
+
+fn with_tokens(config: &mut Config) {
+    static FILE: OnceLock<PathBuf> = OnceLock::new();
+    let path = FILE.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("leasehold-tls-tokens-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("tokens.toml");
+        std::fs::write(&path, tokens_toml("jobs", "tok-jobs")).unwrap();
+        path
+    });
+    config.auth.tokens_file = Some(path.clone());
+}

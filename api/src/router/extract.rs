@@ -4,9 +4,10 @@
 use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::extract::{FromRequest, FromRequestParts, Path, Request};
+use axum::extract::{FromRequest, FromRequestParts, Path, Request, State};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderValue};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde::de::DeserializeOwned;
 
@@ -75,24 +76,85 @@ impl FromRequest<AppState> for BodyBytes {
 /// [`DRAIN_MAX_BYTES`] and [`DRAIN_MAX_TIME`]). Closing a socket with unread input
 /// makes the kernel send a reset, which can destroy the 413 before the client reads it
 /// or fail the client's next write with a broken pipe.
-async fn refuse_oversized(mut body: axum::body::Body) -> Response {
-    use http_body_util::BodyExt;
-    let drain = async {
-        let mut drained = 0usize;
-        while let Some(Ok(frame)) = body.frame().await {
-            drained += frame.data_ref().map_or(0, |d| d.len());
-            if drained > DRAIN_MAX_BYTES {
-                break;
-            }
-        }
-    };
-    let _ = tokio::time::timeout(DRAIN_MAX_TIME, drain).await;
+async fn refuse_oversized(body: axum::body::Body) -> Response {
+    drain(body, DRAIN_MAX_BYTES).await;
     let mut response =
         ApiError::too_large("body", "request body is over limits.max_body_bytes").into_response();
     response
         .headers_mut()
         .insert(header::CONNECTION, HeaderValue::from_static("close"));
     response
+}
+
+/// Read and drop `body`, at most `max_bytes` of it and for at most [`DRAIN_MAX_TIME`];
+/// whether it was read to its end.
+async fn drain(mut body: axum::body::Body, max_bytes: usize) -> bool {
+    use http_body_util::BodyExt;
+    let drain = async {
+        let mut drained = 0usize;
+        while let Some(frame) = body.frame().await {
+            let Ok(frame) = frame else { return false };
+            drained += frame.data_ref().map_or(0, |d| d.len());
+            if drained > max_bytes {
+                return false;
+            }
+        }
+        true
+    };
+    tokio::time::timeout(DRAIN_MAX_TIME, drain)
+        .await
+        .unwrap_or(false)
+}
+
+/// Middleware: read the whole request body (at most `limits.max_body_bytes`) before the
+/// request is authenticated or routed, so that every reply, including one that refuses the
+/// request before looking at its body (401, 404, 405, a bad query), is sent on a
+/// connection whose input has been read. A server that closes a socket with unread input
+/// makes the kernel reset it, and the client may then never see the reply (a broken pipe
+/// while it is still sending). A body over the limit is refused here with 413.
+pub(super) async fn read_body_first(
+    State(s): State<AppState>,
+    req: Request,
+    next: Next,
+) -> Response {
+    use axum::body::HttpBody as _;
+    use http_body_util::BodyExt;
+    let (parts, mut body) = req.into_parts();
+    if body.is_end_stream() {
+        return next.run(Request::from_parts(parts, body)).await;
+    }
+    let limit = s.limits.max_body_bytes;
+    let declared = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return refuse_oversized(body).await;
+    }
+    let mut buf = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let frame = match frame {
+            Ok(frame) => frame,
+            Err(e) => {
+                let mut response =
+                    ApiError::invalid("body", format!("cannot read the request body: {e}"))
+                        .into_response();
+                response
+                    .headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                return response;
+            }
+        };
+        if let Ok(data) = frame.into_data() {
+            if buf.len() + data.len() > limit {
+                return refuse_oversized(body).await;
+            }
+            buf.extend_from_slice(&data);
+        }
+    }
+    next.run(Request::from_parts(parts, axum::body::Body::from(buf)))
+        .await
 }
 
 pub(super) fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
