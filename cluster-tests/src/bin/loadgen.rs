@@ -41,6 +41,13 @@ enum Mode {
         keys: usize,
         #[arg(long, default_value_t = 10)]
         seconds: u64,
+        /// Serve the in-process cluster over TLS (HTTPS for the clients, mutual TLS
+        /// between the nodes), to measure what TLS costs.
+        #[arg(long)]
+        tls: bool,
+        /// Turn bearer tokens on in the in-process cluster; every request sends one.
+        #[arg(long)]
+        auth: bool,
     },
     /// Kill the leader `--rounds` times and time until a write succeeds again.
     Failover {
@@ -58,9 +65,37 @@ async fn main() -> anyhow::Result<()> {
             clients,
             keys,
             seconds,
-        } => cycles(endpoints, data_dir, clients, keys, seconds).await,
+            tls,
+            auth,
+        } => {
+            let security = Security { tls, auth };
+            cycles(endpoints, data_dir, clients, keys, seconds, security).await
+        }
         Mode::Failover { rounds } => failover(rounds).await,
     }
+}
+
+#[derive(Clone, Copy)]
+struct Security {
+    tls: bool,
+    auth: bool,
+}
+
+/// The one token of `--auth` runs (an admin principal; the file holds its digest).
+const BENCH_TOKEN: &str = "lh_loadgen";
+
+fn with_bench_token(config: &mut leasehold_config::Config) {
+    static FILE: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    let path = FILE.get_or_init(|| {
+        let path = std::env::temp_dir().join(format!("loadgen-tokens-{}.toml", std::process::id()));
+        let text = format!(
+            "[[token]]\nname = \"loadgen\"\nsha256 = \"{}\"\nrole = \"admin\"\nprefixes = [\"\"]\n",
+            leasehold_api::auth::token_digest_hex(BENCH_TOKEN)
+        );
+        std::fs::write(&path, text).expect("write the tokens file");
+        path
+    });
+    config.auth.tokens_file = Some(path.clone());
 }
 
 async fn cycles(
@@ -69,12 +104,19 @@ async fn cycles(
     clients: usize,
     keys: usize,
     seconds: u64,
+    security: Security,
 ) -> anyhow::Result<()> {
     let (cluster, endpoints) = match endpoints {
         Some(e) => (None, e.split(',').map(str::to_string).collect::<Vec<_>>()),
         None => {
             let cluster = TestCluster::start(ClusterOptions {
                 data_dir: data_dir.clone(),
+                tls: security.tls,
+                tweak: if security.auth {
+                    with_bench_token
+                } else {
+                    |_| {}
+                },
                 ..ClusterOptions::default()
             })
             .await?;
@@ -82,10 +124,21 @@ async fn cycles(
             (Some(cluster), endpoints)
         }
     };
-    let http = reqwest::Client::builder()
+    let mut http = reqwest::Client::builder()
         .pool_max_idle_per_host(clients)
-        .tcp_nodelay(true)
-        .build()?;
+        .tcp_nodelay(true);
+    if let Some(ca) = cluster.as_ref().and_then(TestCluster::ca_pem) {
+        http = http.add_root_certificate(reqwest::Certificate::from_pem(&ca)?);
+    }
+    if security.auth {
+        let mut headers = reqwest::header::HeaderMap::new();
+        headers.insert(
+            reqwest::header::AUTHORIZATION,
+            format!("Bearer {BENCH_TOKEN}").parse()?,
+        );
+        http = http.default_headers(headers);
+    }
+    let http = http.build()?;
     let done = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));
     let deadline = Instant::now() + Duration::from_secs(seconds);
@@ -130,7 +183,7 @@ async fn cycles(
     let cycles = done.load(Ordering::Relaxed);
     println!(
         "cycles: {cycles} acquire+release cycles in {elapsed:.1} s = {:.0} cycles/s ({:.0} writes/s); \
-         errors {}; cycle latency p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms; clients {clients}, keys {keys}, storage {}",
+         errors {}; cycle latency p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms; clients {clients}, keys {keys}, storage {}{}{}",
         cycles as f64 / elapsed,
         2.0 * cycles as f64 / elapsed,
         errors.load(Ordering::Relaxed),
@@ -138,6 +191,8 @@ async fn cycles(
         pct(0.99),
         pct(1.0),
         if data_dir.is_some() { "sled (fsync)" } else { "in-memory" },
+        if security.tls { ", TLS" } else { "" },
+        if security.auth { ", auth" } else { "" },
     );
     if let Some(cluster) = cluster {
         cluster.shutdown().await;
