@@ -725,11 +725,16 @@ impl LeaseService for Client {
         .await
     }
 
-    async fn revoke_lease(&self, lease_id: u64) -> Result<RevokeResponse> {
+    async fn revoke_lease(
+        &self,
+        lease_id: u64,
+        mut params: RevokeParams,
+    ) -> Result<RevokeResponse> {
+        self.ensure_id(&mut params.request_id);
         self.call(
             Method::DELETE,
             &format!("/v1/leases/{lease_id}"),
-            None,
+            query(&params),
             None,
             None,
         )
@@ -757,7 +762,8 @@ impl LeaseService for Client {
         .await
     }
 
-    async fn extend_lock(&self, key: &str, req: ExtendRequest) -> Result<ExtendResponse> {
+    async fn extend_lock(&self, key: &str, mut req: ExtendRequest) -> Result<ExtendResponse> {
+        self.ensure_id(&mut req.request_id);
         self.send(
             Method::POST,
             &format!("/v1/locks/{}/extend", seg("key", key)?),
@@ -767,7 +773,8 @@ impl LeaseService for Client {
         .await
     }
 
-    async fn release_lock(&self, key: &str, params: ReleaseParams) -> Result<ReleaseResponse> {
+    async fn release_lock(&self, key: &str, mut params: ReleaseParams) -> Result<ReleaseResponse> {
+        self.ensure_id(&mut params.request_id);
         self.call(
             Method::DELETE,
             &format!("/v1/locks/{}", seg("key", key)?),
@@ -835,7 +842,8 @@ impl LeaseService for Client {
         .await
     }
 
-    async fn extend_semaphore(&self, key: &str, req: ExtendRequest) -> Result<ExtendResponse> {
+    async fn extend_semaphore(&self, key: &str, mut req: ExtendRequest) -> Result<ExtendResponse> {
+        self.ensure_id(&mut req.request_id);
         self.send(
             Method::POST,
             &format!("/v1/semaphores/{}/extend", seg("key", key)?),
@@ -845,7 +853,12 @@ impl LeaseService for Client {
         .await
     }
 
-    async fn release_semaphore(&self, key: &str, params: ReleaseParams) -> Result<ReleaseResponse> {
+    async fn release_semaphore(
+        &self,
+        key: &str,
+        mut params: ReleaseParams,
+    ) -> Result<ReleaseResponse> {
+        self.ensure_id(&mut params.request_id);
         self.call(
             Method::DELETE,
             &format!("/v1/semaphores/{}", seg("key", key)?),
@@ -888,7 +901,8 @@ impl LeaseService for Client {
         .await
     }
 
-    async fn proclaim(&self, name: &str, req: ProclaimRequest) -> Result<NameRecord> {
+    async fn proclaim(&self, name: &str, mut req: ProclaimRequest) -> Result<NameRecord> {
+        self.ensure_id(&mut req.request_id);
         self.send(
             Method::PATCH,
             &format!("/v1/names/{}", seg("name", name)?),
@@ -898,7 +912,8 @@ impl LeaseService for Client {
         .await
     }
 
-    async fn extend_name(&self, name: &str, req: NameExtendRequest) -> Result<ExtendResponse> {
+    async fn extend_name(&self, name: &str, mut req: NameExtendRequest) -> Result<ExtendResponse> {
+        self.ensure_id(&mut req.request_id);
         self.send(
             Method::POST,
             &format!("/v1/names/{}/extend", seg("name", name)?),
@@ -908,7 +923,12 @@ impl LeaseService for Client {
         .await
     }
 
-    async fn unregister_name(&self, name: &str, params: ReleaseParams) -> Result<ReleaseResponse> {
+    async fn unregister_name(
+        &self,
+        name: &str,
+        mut params: ReleaseParams,
+    ) -> Result<ReleaseResponse> {
+        self.ensure_id(&mut params.request_id);
         self.call(
             Method::DELETE,
             &format!("/v1/names/{}", seg("name", name)?),

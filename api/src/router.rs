@@ -321,9 +321,13 @@ async fn get_lease(Api(s): Api, PathParam(id): PathParam) -> Response {
     }
 }
 
-async fn revoke_lease(Api(s): Api, PathParam(id): PathParam) -> Response {
+async fn revoke_lease(
+    Api(s): Api,
+    PathParam(id): PathParam,
+    QueryParams(p): QueryParams<RevokeParams>,
+) -> Response {
     match path_id("lease_id", &id) {
-        Ok(id) => reply(deadline(&s.limits, None, s.service.revoke_lease(id)).await),
+        Ok(id) => reply(deadline(&s.limits, None, s.service.revoke_lease(id, p)).await),
         Err(e) => e.into_response(),
     }
 }

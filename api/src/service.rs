@@ -20,7 +20,7 @@ pub trait LeaseService: Send + Sync + 'static {
     // Leases
     async fn create_lease(&self, req: CreateLeaseRequest) -> Result<LeaseGrant>;
     async fn keepalive(&self, lease_id: u64) -> Result<KeepaliveResponse>;
-    async fn revoke_lease(&self, lease_id: u64) -> Result<RevokeResponse>;
+    async fn revoke_lease(&self, lease_id: u64, params: RevokeParams) -> Result<RevokeResponse>;
     async fn get_lease(&self, lease_id: u64) -> Result<LeaseInfo>;
     async fn list_leases(&self, params: LeaseListParams) -> Result<LeaseList>;
 
@@ -78,7 +78,7 @@ macro_rules! forward_arc {
 forward_arc! {
     fn create_lease(&self, req: CreateLeaseRequest) -> Result<LeaseGrant>;
     fn keepalive(&self, lease_id: u64) -> Result<KeepaliveResponse>;
-    fn revoke_lease(&self, lease_id: u64) -> Result<RevokeResponse>;
+    fn revoke_lease(&self, lease_id: u64, params: RevokeParams) -> Result<RevokeResponse>;
     fn get_lease(&self, lease_id: u64) -> Result<LeaseInfo>;
     fn list_leases(&self, params: LeaseListParams) -> Result<LeaseList>;
     fn acquire_lock(&self, key: &str, req: AcquireRequest) -> Result<LockHolder>;

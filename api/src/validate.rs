@@ -226,7 +226,8 @@ pub fn extend(k: &str, req: &ExtendRequest, limits: &Limits) -> Result<(), ApiEr
 
 pub fn release(k: &str, params: &ReleaseParams, limits: &Limits) -> Result<(), ApiError> {
     key("key", k, limits)?;
-    owner(&params.owner)
+    owner(&params.owner)?;
+    request_id(params.request_id.as_deref())
 }
 
 pub fn read(k: &str, params: &ReadParams, limits: &Limits) -> Result<(), ApiError> {
@@ -279,7 +280,8 @@ pub fn register(name: &str, req: &RegisterRequest, limits: &Limits) -> Result<()
 pub fn proclaim(name: &str, req: &ProclaimRequest, limits: &Limits) -> Result<(), ApiError> {
     key("name", name, limits)?;
     owner(&req.owner)?;
-    value(req.value.as_deref(), limits)
+    value(req.value.as_deref(), limits)?;
+    request_id(req.request_id.as_deref())
 }
 
 pub fn add_member(req: &AddMemberRequest) -> Result<(), ApiError> {

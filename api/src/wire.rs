@@ -76,6 +76,20 @@ pub struct ExtendRequest {
 pub struct ReleaseParams {
     pub owner: String,
     pub token: u64,
+    /// Makes a retried release answer as the first one did (SPEC §3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+}
+
+/// Query string of a lease revocation.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "server", derive(utoipa::IntoParams))]
+#[cfg_attr(feature = "server", into_params(parameter_in = Query))]
+#[serde(deny_unknown_fields)]
+pub struct RevokeParams {
+    /// Makes a retried revocation answer as the first one did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
 }
 
 /// Query string of a read: a blocking query with `index` + `wait_ms`, a dirty read with
@@ -162,6 +176,8 @@ pub struct ProclaimRequest {
     pub token: u64,
     #[serde(default)]
     pub value: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -170,6 +186,8 @@ pub struct ProclaimRequest {
 pub struct NameExtendRequest {
     pub owner: String,
     pub token: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

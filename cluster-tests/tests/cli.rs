@@ -125,7 +125,10 @@ async fn lock_kills_its_command_when_the_lock_is_revoked() {
         .trim()
         .parse()
         .unwrap();
-    client.revoke_lease(lease_id).await.unwrap();
+    client
+        .revoke_lease(lease_id, Default::default())
+        .await
+        .unwrap();
     let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
         .await
         .expect("lock exits after the loss")

@@ -7,6 +7,8 @@
 //! ```sh
 //! SOAK_SECS=600 cargo test --release -p leasehold-cluster-tests --test faults -- --ignored --nocapture soak
 //! ```
+//!
+//! `SOAK_SECURE=1` runs it on a cluster with TLS, mutual TLS between peers and tokens.
 
 use std::time::Duration;
 
@@ -377,7 +379,14 @@ async fn every_node_killed_and_restarted_loses_nothing_acknowledged() {
     let mut released = Vec::new();
     for (key, owner, token) in held.drain(..4).collect::<Vec<_>>() {
         client
-            .release_lock(&key, ReleaseParams { owner, token })
+            .release_lock(
+                &key,
+                ReleaseParams {
+                    owner,
+                    token,
+                    request_id: None,
+                },
+            )
             .await
             .unwrap();
         released.push(key);
@@ -454,11 +463,19 @@ async fn soak() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(600);
+    // SOAK_SECURE=1: the same soak with TLS, mutual TLS between peers and bearer tokens.
+    let secure = std::env::var("SOAK_SECURE").is_ok_and(|v| v == "1");
+    let (security, label) = match secure {
+        true => (Security::FULL, "soak (all nemeses mixed, TLS+auth)"),
+        false => (Security::default(), "soak (all nemeses mixed)"),
+    };
     let started = std::time::Instant::now();
-    let summary = scenario_for(
+    let summary = scenario_with(
+        3,
+        security,
         &ALL,
         Rounds::For(Duration::from_secs(secs)),
-        "soak (all nemeses mixed)",
+        label,
     )
     .await;
     println!("soak ran {:?}: {summary}", started.elapsed());

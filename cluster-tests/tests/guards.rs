@@ -55,7 +55,9 @@ async fn revoking_the_lease_from_outside_fires_lost_with_the_reason() {
         .await
         .unwrap();
     let lost = guard.lost();
-    c.revoke_lease(guard.lease_id()).await.unwrap();
+    c.revoke_lease(guard.lease_id(), Default::default())
+        .await
+        .unwrap();
     let reason = tokio::time::timeout(Duration::from_secs(5), lost)
         .await
         .expect("lost fires");

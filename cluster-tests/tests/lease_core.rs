@@ -1001,3 +1001,84 @@ async fn one_request_can_be_followed_through_the_logs_by_node_route_key_and_requ
         "no line of the leader names the forwarded write: {lines:#?}"
     );
 }
+
+/// A 409 names the time left on the holder's lease (SPEC §3: `holder.expires_in_ms`), not
+/// its full TTL, whichever node answers, for an immediate refusal and for a wait that ran
+/// out; names and semaphores alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_busy_reply_names_the_time_left_on_the_holders_lease() {
+    let cluster = TestCluster::start3().await.unwrap();
+    let http = Http::new();
+    let ttl = 10_000u64;
+    let base = cluster.url(0);
+    let held = acquire(&http, &base, "busy/k", json!({"owner": "a", "ttl_ms": ttl})).await;
+    assert_eq!(held.status, 200, "{:?}", held.body);
+    let named = http
+        .put(
+            &format!("{base}/v1/names/busy-n"),
+            json!({"owner": "a", "ttl_ms": ttl}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(named.status, 200, "{:?}", named.body);
+    let slot = http
+        .post(
+            &format!("{base}/v1/semaphores/busy-s"),
+            json!({"owner": "a", "ttl_ms": ttl, "limit": 1}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(slot.status, 200, "{:?}", slot.body);
+    // Let the leases age; the refusal must show it.
+    let aged = Instant::now() + Duration::from_millis(300);
+    tokio::time::sleep_until(aged).await;
+    for i in 0..3 {
+        let url = cluster.url(i);
+        let replies = [
+            (
+                "lock",
+                acquire(&http, &url, "busy/k", json!({"owner": "b", "ttl_ms": ttl})).await,
+            ),
+            (
+                "lock, wait ran out",
+                acquire(
+                    &http,
+                    &url,
+                    "busy/k",
+                    json!({"owner": "b", "ttl_ms": ttl, "wait_ms": 50}),
+                )
+                .await,
+            ),
+            (
+                "name",
+                http.put(
+                    &format!("{url}/v1/names/busy-n"),
+                    json!({"owner": "b", "ttl_ms": ttl}),
+                )
+                .await
+                .unwrap(),
+            ),
+            (
+                "semaphore",
+                http.post(
+                    &format!("{url}/v1/semaphores/busy-s"),
+                    json!({"owner": "b", "ttl_ms": ttl, "limit": 1}),
+                )
+                .await
+                .unwrap(),
+            ),
+        ];
+        for (what, r) in replies {
+            assert_eq!(r.status, 409, "node {i} {what}: {:?}", r.body);
+            let left = r.body["error"]["holder"]["expires_in_ms"]
+                .as_u64()
+                .unwrap_or_else(|| panic!("node {i} {what}: no time left in {:?}", r.body));
+            assert!(
+                left > 0 && left <= ttl - 250,
+                "node {i} {what}: {left} ms left of {ttl} after 300 ms: {:?}",
+                r.body
+            );
+        }
+    }
+    cluster.shutdown().await;
+}

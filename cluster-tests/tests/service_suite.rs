@@ -86,15 +86,14 @@ async fn behaviour<S: LeaseService + Clone>(s: &S) {
             .unwrap_or(false)
     })
     .await;
-    s.release_lock(
-        "suite/lock",
-        ReleaseParams {
-            owner: "a".into(),
-            token: a.token,
-        },
-    )
-    .await
-    .unwrap();
+    let release_a = ReleaseParams {
+        owner: "a".into(),
+        token: a.token,
+        request_id: Some(s_id("release-a")),
+    };
+    s.release_lock("suite/lock", release_a.clone())
+        .await
+        .unwrap();
     let b = waiter.await.unwrap().unwrap();
     assert_eq!(b.owner, "b");
     assert!(b.token > a.token);
@@ -103,12 +102,21 @@ async fn behaviour<S: LeaseService + Clone>(s: &S) {
     assert!(released.released);
     assert_eq!(released.reason, Some(ReleaseReason::Released));
     assert_eq!(released.token, Some(a.token));
+    // The same release retried (its reply lost) answers as the first one did, though
+    // the lock has passed to b since; a new release by a is refused.
+    let retried = s.release_lock("suite/lock", release_a).await;
+    assert_eq!(
+        retried.map(|r| r.released),
+        Ok(true),
+        "a retried release answers as the first"
+    );
     let again = s
         .release_lock(
             "suite/lock",
             ReleaseParams {
                 owner: "a".into(),
                 token: a.token,
+                request_id: None,
             },
         )
         .await
@@ -155,17 +163,18 @@ async fn behaviour<S: LeaseService + Clone>(s: &S) {
         whereis.record.as_ref().unwrap().value.as_deref(),
         Some("10.0.0.1:80")
     );
-    let proclaimed = s
-        .proclaim(
-            "suite/leader",
-            ProclaimRequest {
-                owner: "n1".into(),
-                token: leader.token,
-                value: Some("10.0.0.1:81".into()),
-            },
-        )
-        .await
-        .unwrap();
+    let proclaim = ProclaimRequest {
+        owner: "n1".into(),
+        token: leader.token,
+        value: Some("10.0.0.1:81".into()),
+        request_id: Some(s_id("proclaim")),
+    };
+    let proclaimed = s.proclaim("suite/leader", proclaim.clone()).await.unwrap();
+    assert_eq!(
+        s.proclaim("suite/leader", proclaim).await.unwrap().value,
+        proclaimed.value,
+        "a retried proclaim answers as the first"
+    );
     assert_eq!(proclaimed.value.as_deref(), Some("10.0.0.1:81"));
     let index = s
         .get_name("suite/leader", ReadParams::default())
@@ -184,15 +193,21 @@ async fn behaviour<S: LeaseService + Clone>(s: &S) {
         )
         .await
     });
-    s.unregister_name(
-        "suite/leader",
-        ReleaseParams {
-            owner: "n1".into(),
-            token: leader.token,
-        },
-    )
-    .await
-    .unwrap();
+    let resign = ReleaseParams {
+        owner: "n1".into(),
+        token: leader.token,
+        request_id: Some(s_id("resign")),
+    };
+    s.unregister_name("suite/leader", resign.clone())
+        .await
+        .unwrap();
+    assert_eq!(
+        s.unregister_name("suite/leader", resign)
+            .await
+            .map(|r| r.released),
+        Ok(true),
+        "a retried resign answers as the first"
+    );
     let vacancy = observer.await.unwrap().unwrap();
     assert!(!vacancy.registered, "the observer sees the vacancy");
     let gone = s
@@ -244,6 +259,7 @@ async fn behaviour<S: LeaseService + Clone>(s: &S) {
         ReleaseParams {
             owner: "s1".into(),
             token: s1.token,
+            request_id: None,
         },
     )
     .await
@@ -288,8 +304,24 @@ async fn behaviour<S: LeaseService + Clone>(s: &S) {
         .unwrap();
     }
     s.keepalive(lease.lease_id).await.unwrap();
-    let revoked = s.revoke_lease(lease.lease_id).await.unwrap();
+    let revoke = RevokeParams {
+        request_id: Some(s_id("revoke")),
+    };
+    let revoked = s
+        .revoke_lease(lease.lease_id, revoke.clone())
+        .await
+        .unwrap();
     assert_eq!(revoked.released.len(), 2);
+    assert_eq!(
+        s.revoke_lease(lease.lease_id, revoke).await,
+        Ok(revoked.clone()),
+        "a retried revoke answers as the first (not lease_not_found)"
+    );
+    let e = s
+        .revoke_lease(lease.lease_id, RevokeParams::default())
+        .await
+        .unwrap_err();
+    assert_eq!(e.code, ErrorCode::LeaseNotFound, "{e}");
     let history = s.lock_history("suite/s1").await.unwrap();
     assert_eq!(history.events[0].event, HistoryEventKind::Revoked);
 
@@ -330,4 +362,9 @@ async fn http_client_against_a_three_node_cluster_behaves() {
     let client = Client::new([cluster.url(2), cluster.url(1), cluster.url(0)]).unwrap();
     behaviour(&client).await;
     cluster.shutdown().await;
+}
+
+/// A request id for the suite's retried mutations.
+fn s_id(what: &str) -> String {
+    format!("suite-{what}")
 }

@@ -128,6 +128,7 @@ impl<S: LeaseService + Clone> LockGuard<S> {
                     owner: self.hold.owner.clone(),
                     token: self.hold.token,
                     value: Some(value.into()),
+                    request_id: None,
                 },
             )
             .await

@@ -110,6 +110,7 @@ impl Hold {
                 let req = NameExtendRequest {
                     owner: self.owner.clone(),
                     token: self.token,
+                    request_id: None,
                 };
                 service.extend_name(key, req).await.map(|_| ())
             }
@@ -131,6 +132,7 @@ impl Hold {
         let params = ReleaseParams {
             owner: self.owner.clone(),
             token: self.token,
+            request_id: None,
         };
         match self.target {
             Target::Lock => service.release_lock(key, params).await.map(|_| ()),

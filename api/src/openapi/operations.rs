@@ -20,6 +20,7 @@ pub enum Input {
 #[derive(Clone, Copy)]
 pub enum QueryKind {
     Release,
+    Revoke,
     Read,
     WaitRelease,
     List,
@@ -32,6 +33,7 @@ impl QueryKind {
         let query = || Some(ParameterIn::Query);
         match self {
             QueryKind::Release => ReleaseParams::into_params(query),
+            QueryKind::Revoke => RevokeParams::into_params(query),
             QueryKind::Read => ReadParams::into_params(query),
             QueryKind::WaitRelease => WaitReleaseParams::into_params(query),
             QueryKind::List => ListParams::into_params(query),
@@ -164,7 +166,7 @@ pub const OPERATIONS: &[Operation] = &[
         "DELETE",
         "/v1/leases/{id}",
         "Revoke a lease; its holds are released and pass to waiters",
-        Input::None,
+        Query(QueryKind::Revoke),
         200,
         Json("RevokeResponse"),
         &[404],

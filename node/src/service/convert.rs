@@ -43,11 +43,14 @@ pub(super) fn summary(v: &HoldView) -> HolderSummary {
     }
 }
 
+/// The 409 for a busy resource. `expires_in_ms`: the time left on the first holder's lease
+/// (`None`: unknown here, and its full TTL is reported as the upper bound).
 pub(super) fn busy_error(
     kind: Kind,
     key: &str,
     holders: &[HoldView],
     reason: &BusyReason,
+    expires_in_ms: Option<u64>,
 ) -> ApiError {
     let (code, what) = match kind {
         Kind::Lock => (ErrorCode::LockHeld, "lock"),
@@ -68,7 +71,11 @@ pub(super) fn busy_error(
         ),
     };
     let mut err = ApiError::new(code, message);
-    err.holder = holders.first().map(summary);
+    err.holder = holders.first().map(|h| {
+        let mut holder = summary(h);
+        holder.expires_in_ms = expires_in_ms.unwrap_or(holder.expires_in_ms);
+        holder
+    });
     err
 }
 

@@ -50,8 +50,13 @@ impl NodeService {
     pub(super) async fn revoke_lease_impl(
         &self,
         lease_id: u64,
+        params: RevokeParams,
     ) -> Result<RevokeResponse, ApiError> {
-        match self.write(None, Command::RevokeLease { lease_id }).await? {
+        validate::request_id(params.request_id.as_deref())?;
+        match self
+            .write(params.request_id, Command::RevokeLease { lease_id })
+            .await?
+        {
             CommandResult::LeaseEnded { released } => Ok(RevokeResponse {
                 revoked: true,
                 released: released

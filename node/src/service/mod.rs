@@ -32,7 +32,9 @@ use leasehold_api::error::ApiError;
 use leasehold_api::service::LeaseService;
 use leasehold_api::wire::*;
 use leasehold_api::Limits;
-use leasehold_raft::command::{Caller, Command, CommandResult, Kind, LeaseId, Proposal};
+use leasehold_raft::command::{
+    BusyReason, Caller, Command, CommandResult, HoldView, Kind, LeaseId, Proposal,
+};
 use leasehold_raft::state::{Lease, LeaseState};
 
 use crate::core::Core;
@@ -160,6 +162,26 @@ impl NodeService {
         self.core.read_barrier().await.map_err(core_error)
     }
 
+    /// The 409 for a busy resource, naming the time left on the first holder's lease.
+    async fn busy(
+        &self,
+        kind: Kind,
+        key: &str,
+        holders: &[HoldView],
+        reason: &BusyReason,
+    ) -> ApiError {
+        let left = match holders.first() {
+            Some(h) => self
+                .expires_in(vec![h.lease_id], false)
+                .await
+                .into_iter()
+                .next()
+                .flatten(),
+            None => None,
+        };
+        convert::busy_error(kind, key, holders, reason, left)
+    }
+
     /// Time left on each lease: exact from the leader's lease actor, else `None` (the
     /// caller reports the full TTL as an upper bound).
     async fn expires_in(&self, lease_ids: Vec<LeaseId>, stale: bool) -> Vec<Option<u64>> {
@@ -181,9 +203,13 @@ impl LeaseService for NodeService {
         self.allow(Role::Write, "keeping a lease alive")?;
         self.keepalive_impl(lease_id).await
     }
-    async fn revoke_lease(&self, lease_id: u64) -> Result<RevokeResponse, ApiError> {
+    async fn revoke_lease(
+        &self,
+        lease_id: u64,
+        params: RevokeParams,
+    ) -> Result<RevokeResponse, ApiError> {
         self.allow(Role::Write, "revoking a lease")?;
-        self.revoke_lease_impl(lease_id).await
+        self.revoke_lease_impl(lease_id, params).await
     }
     async fn get_lease(&self, lease_id: u64) -> Result<LeaseInfo, ApiError> {
         self.allow(Role::Read, "reading a lease")?;

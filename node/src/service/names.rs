@@ -76,7 +76,7 @@ impl NodeService {
             token: req.token,
             value: req.value,
         };
-        match self.write(None, command).await? {
+        match self.write(req.request_id, command).await? {
             CommandResult::ValueSet(hold) => {
                 let ttl = hold.ttl_ms;
                 Ok(name_record(hold, Some(ttl)))
@@ -94,11 +94,14 @@ impl NodeService {
     ) -> Result<ExtendResponse, ApiError> {
         validate::key("name", name, &self.limits)?;
         validate::owner(&req.owner)?;
+        validate::request_id(req.request_id.as_deref())?;
         let extend = ExtendRequest {
             owner: req.owner,
             token: req.token,
             ttl_ms: None,
-            request_id: None,
+            // A name extend is a keepalive (no log entry), idempotent by nature; the id
+            // is checked and accepted.
+            request_id: req.request_id,
         };
         self.extend(Kind::Name, name, &extend).await
     }

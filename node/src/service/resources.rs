@@ -8,13 +8,11 @@ use std::time::Duration;
 use leasehold_api::error::ApiError;
 use leasehold_api::validate;
 use leasehold_api::wire::*;
-use leasehold_raft::command::{Acquire, Command, CommandResult, HoldView, Kind, LeaseSpec, Token};
+use leasehold_raft::command::{Acquire, Command, CommandResult, HoldView, Kind, LeaseSpec};
 use leasehold_raft::state::{EndRecord, LeaseState};
 use tokio::time::Instant;
 
-use super::convert::{
-    busy_error, core_error, history_event, lease_spec, lock_holder, sm_error, unexpected,
-};
+use super::convert::{core_error, history_event, lease_spec, lock_holder, sm_error, unexpected};
 use super::NodeService;
 use crate::error::CoreError;
 
@@ -139,7 +137,7 @@ impl NodeService {
         match result {
             CommandResult::Granted(hold) => Ok((index, hold)),
             CommandResult::Busy { holders, reason } => {
-                Err(busy_error(args.kind, &args.key, &holders, &reason))
+                Err(self.busy(args.kind, &args.key, &holders, &reason).await)
             }
             CommandResult::Queued { lease_id, .. } => {
                 let deadline = started + Duration::from_millis(args.wait_ms);
@@ -161,23 +159,22 @@ impl NodeService {
         params: ReleaseParams,
     ) -> Result<ReleaseResponse, ApiError> {
         validate::release(key, &params, &self.limits)?;
-        self.release(kind, key, &params.owner, params.token).await
+        self.release(kind, key, params).await
     }
 
     async fn release(
         &self,
         kind: Kind,
         key: &str,
-        owner: &str,
-        token: Token,
+        params: ReleaseParams,
     ) -> Result<ReleaseResponse, ApiError> {
         let command = Command::Release {
             kind,
             key: key.to_string(),
-            owner: owner.to_string(),
-            token,
+            owner: params.owner,
+            token: params.token,
         };
-        match self.write(None, command).await? {
+        match self.write(params.request_id, command).await? {
             CommandResult::Released => Ok(ReleaseResponse { released: true }),
             CommandResult::Error(e) => Err(sm_error(kind, key, e)),
             other => Err(unexpected(other)),

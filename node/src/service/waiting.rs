@@ -16,7 +16,7 @@ use leasehold_raft::state::{HistoryKind, LeaseState};
 use tokio::time::Instant;
 use tracing::debug;
 
-use super::convert::{busy_error, core_error, release_reason, sm_error, unexpected};
+use super::convert::{core_error, release_reason, sm_error, unexpected};
 use super::resources::{current_holders, AcquireArgs};
 use super::NodeService;
 use crate::core::Core;
@@ -115,12 +115,9 @@ impl NodeService {
                     .await;
                 let holders = self.read(|s| current_holders(s, args.kind, &args.key));
                 // An implicit lease went with the wait (the state machine revoked it).
-                Err(busy_error(
-                    args.kind,
-                    &args.key,
-                    &holders,
-                    &BusyReason::Held,
-                ))
+                Err(self
+                    .busy(args.kind, &args.key, &holders, &BusyReason::Held)
+                    .await)
             }
             CommandResult::Error(e) => Err(sm_error(args.kind, &args.key, e)),
             other => Err(unexpected(other)),
