@@ -108,6 +108,10 @@ pub struct ApiError {
     pub holder: Option<HolderSummary>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_after_ms: Option<u64>,
+    /// Why, where the code alone does not say: `"stolen"` on a `not_owner` for a hold an
+    /// operator force-released.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 /// The body of every error reply.
@@ -125,6 +129,7 @@ impl ApiError {
             message: message.into(),
             holder: None,
             retry_after_ms: None,
+            reason: None,
         }
     }
 

@@ -226,8 +226,25 @@ pub fn extend(k: &str, req: &ExtendRequest, limits: &Limits) -> Result<(), ApiEr
 
 pub fn release(k: &str, params: &ReleaseParams, limits: &Limits) -> Result<(), ApiError> {
     key("key", k, limits)?;
+    request_id(params.request_id.as_deref())?;
+    if params.force == Some(true) {
+        // An operator's release names no owner: it ends the hold whoever owns it.
+        if !params.owner.is_empty() {
+            return Err(ApiError::invalid(
+                "owner",
+                "must not be given with force=true (a force release ends the hold whoever owns it; name the hold with token=N)",
+            ));
+        }
+        return Ok(());
+    }
     owner(&params.owner)?;
-    request_id(params.request_id.as_deref())
+    if params.token == 0 {
+        return Err(ApiError::invalid(
+            "token",
+            "is required: the fencing token the grant returned (tokens start at 1)",
+        ));
+    }
+    Ok(())
 }
 
 pub fn read(k: &str, params: &ReadParams, limits: &Limits) -> Result<(), ApiError> {

@@ -74,8 +74,16 @@ pub struct ExtendRequest {
 #[cfg_attr(feature = "server", into_params(parameter_in = Query))]
 #[serde(deny_unknown_fields)]
 pub struct ReleaseParams {
+    /// The holder (required unless `force`).
+    #[serde(default)]
     pub owner: String,
+    /// The hold's fencing token (required unless `force`; with `force`, the hold to end,
+    /// which a semaphore with several holders needs).
+    #[serde(default)]
     pub token: u64,
+    /// An operator's force release: end the hold whoever owns it (admin only with auth).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub force: Option<bool>,
     /// Makes a retried release answer as the first one did (SPEC §3).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_id: Option<String>,
@@ -290,6 +298,12 @@ pub struct ExtendResponse {
 #[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 pub struct ReleaseResponse {
     pub released: bool,
+    /// A force release: whose hold it ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+    /// A force release: the token of the hold it ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<u64>,
 }
 
 /// `GET /v1/locks/{key}`: the holder's fields at top level when held.
@@ -350,6 +364,8 @@ pub enum ReleaseReason {
     Released,
     Expired,
     Revoked,
+    /// An operator force-released it.
+    Stolen,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -377,6 +393,8 @@ pub enum HistoryEventKind {
     Released,
     Expired,
     Revoked,
+    /// Force-released by an operator (`principal`: who, with auth on).
+    Stolen,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

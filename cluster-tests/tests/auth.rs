@@ -684,3 +684,56 @@ async fn config_missing_file() {
         "{err}"
     );
 }
+
+/// A force release needs the admin role; the `stolen` event names the admin who did it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_an_admin_may_force_release_and_history_names_who_did() {
+    let cluster = secured_cluster().await;
+    let url = cluster.url(1);
+    let held = call(
+        "POST",
+        &format!("{url}/v1/locks/billing/job"),
+        Some(BILLING),
+        Some(json!({"owner": "w", "ttl_ms": 30000})),
+    )
+    .await;
+    assert_eq!(held.status, 200, "{:?}", held.body);
+    for token in [BILLING, INTRUDER, VIEWER] {
+        let r = call(
+            "DELETE",
+            &format!("{url}/v1/locks/billing/job?force=true"),
+            Some(token),
+            None,
+        )
+        .await;
+        assert_eq!(
+            (r.status, r.code()),
+            (403, "forbidden"),
+            "{token}: {:?}",
+            r.body
+        );
+    }
+    let forced = call(
+        "DELETE",
+        &format!("{}/v1/locks/billing/job?force=true", cluster.url(2)),
+        Some(ADMIN),
+        None,
+    )
+    .await;
+    assert_eq!(forced.status, 200, "{:?}", forced.body);
+    let history = call(
+        "GET",
+        &format!("{url}/v1/locks/billing/job/history"),
+        Some(BILLING),
+        None,
+    )
+    .await;
+    let stolen = &history.body["events"][0];
+    assert_eq!(stolen["event"], "stolen", "{:?}", history.body);
+    assert_eq!(
+        stolen["principal"], "ops",
+        "the admin who did it: {:?}",
+        history.body
+    );
+    cluster.shutdown().await;
+}

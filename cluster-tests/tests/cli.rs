@@ -271,6 +271,24 @@ async fn inspection_commands_print_text_and_json() {
         .await
         .unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).contains("owner=tester"));
+    let token = v["token"].as_u64().unwrap();
+    // An operator's force release, then the lock is free.
+    let out = leasehold(&cluster)
+        .args(["locks", "release", "inspect/me", "--force"])
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("inspect/me: ended the hold of tester (token {token})")
+    );
+    let out = leasehold(&cluster)
+        .args(["locks", "get", "inspect/me"])
+        .output()
+        .await
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("inspect/me is free"));
     let out = leasehold(&cluster)
         .args(["names", "get", "nobody"])
         .output()
@@ -289,8 +307,9 @@ async fn inspection_commands_print_text_and_json() {
     cluster.shutdown().await;
 }
 
-/// `[auth]` and `[tls]` are not implemented yet: a node asked for them must not start and
-/// serve plain, unauthenticated HTTP instead. Bad config is refused naming the key.
+/// A node whose security config cannot be honoured (a tokens file or certificates that
+/// are not there; `tls.cert` without `tls.ca`) must not start and serve plain,
+/// unauthenticated HTTP instead. Bad config is refused naming the key.
 #[tokio::test]
 async fn serve_refuses_config_it_cannot_honour() {
     for (args, key) in [

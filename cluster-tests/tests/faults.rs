@@ -385,6 +385,7 @@ async fn every_node_killed_and_restarted_loses_nothing_acknowledged() {
                     owner,
                     token,
                     request_id: None,
+                    force: None,
                 },
             )
             .await

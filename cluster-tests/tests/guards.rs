@@ -227,3 +227,37 @@ async fn election_hands_over_in_fifo_order_and_semaphores_admit_n() {
     b.release().await.unwrap();
     cluster.shutdown().await;
 }
+
+/// An operator's force release: the guard reports loss as "released by an operator", a
+/// reason of its own, at its next renewal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_force_release_fires_lost_as_stolen() {
+    let cluster = TestCluster::start3().await.unwrap();
+    let c = client(&cluster);
+    let guard = Lock::new(&c, "stolen")
+        .ttl(Duration::from_millis(900))
+        .acquire()
+        .await
+        .unwrap();
+    let lost = guard.lost();
+    let ended = c
+        .release_lock(
+            "stolen",
+            leasehold_api::wire::ReleaseParams {
+                force: Some(true),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(ended.token, Some(guard.token()));
+    let reason = tokio::time::timeout(Duration::from_secs(5), lost)
+        .await
+        .expect("lost fires");
+    match &reason {
+        LossReason::Stolen(m) => assert!(m.contains("operator"), "{m}"),
+        other => panic!("lost as {other:?}, not as stolen"),
+    }
+    assert!(reason.to_string().starts_with("released by an operator"));
+    cluster.shutdown().await;
+}

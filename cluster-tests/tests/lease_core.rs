@@ -1082,3 +1082,185 @@ async fn a_busy_reply_names_the_time_left_on_the_holders_lease() {
     }
     cluster.shutdown().await;
 }
+
+/// An operator's force release (SPEC §3): the hold ends whoever owns it, the next waiter
+/// is granted in the same commit, history says `stolen`, wait-for-release says `stolen`,
+/// and the former holder's extend, keepalive and release get 409 `not_owner` with
+/// `reason: "stolen"`. Semaphores name the slot; names work the same way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_force_release_hands_over_in_one_commit_and_says_stolen() {
+    let cluster = TestCluster::start3().await.unwrap();
+    let http = Http::new();
+    let (n0, n1, n2) = (cluster.url(0), cluster.url(1), cluster.url(2));
+    let a = acquire(
+        &http,
+        &n0,
+        "force/k",
+        json!({"owner": "a", "ttl_ms": 30_000}),
+    )
+    .await;
+    assert_eq!(a.status, 200, "{:?}", a.body);
+    let a_token = a.body["token"].as_u64().unwrap();
+    let waiter = {
+        let (http, n1) = (http.clone(), n1.clone());
+        tokio::spawn(async move {
+            acquire(
+                &http,
+                &n1,
+                "force/k",
+                json!({"owner": "b", "ttl_ms": 30_000, "wait_ms": 20_000}),
+            )
+            .await
+        })
+    };
+    wait_until(SECS_10, || async {
+        let g = http.get(&format!("{n2}/v1/locks/force/k")).await.ok()?;
+        (g.body["waiters"] == 1).then_some(())
+    })
+    .await
+    .unwrap();
+    let released = {
+        let (http, n2) = (http.clone(), n2.clone());
+        tokio::spawn(async move {
+            http.get(&format!(
+                "{n2}/v1/locks/force/k/wait?wait_ms=20000&token={a_token}"
+            ))
+            .await
+            .unwrap()
+        })
+    };
+
+    let forced = http
+        .delete(&format!("{n1}/v1/locks/force/k?force=true"))
+        .await
+        .unwrap();
+    assert_eq!(forced.status, 200, "{:?}", forced.body);
+    assert_eq!(forced.body["released"], true);
+    assert_eq!(forced.body["owner"], "a");
+    assert_eq!(forced.body["token"].as_u64(), Some(a_token));
+
+    let b = waiter.await.unwrap();
+    assert_eq!(b.status, 200, "the waiter is granted: {:?}", b.body);
+    assert_eq!(b.body["owner"], "b");
+    let w = released.await.unwrap();
+    assert_eq!(w.body["released"], true, "{:?}", w.body);
+    assert_eq!(w.body["reason"], "stolen", "{:?}", w.body);
+
+    // History, newest first: b acquired in the same commit (same entry clock) that
+    // ended a's hold as stolen.
+    let h = http
+        .get(&format!("{n0}/v1/locks/force/k/history"))
+        .await
+        .unwrap();
+    let events = h.body["events"].as_array().unwrap();
+    assert_eq!(events[0]["event"], "acquired", "{events:?}");
+    assert_eq!(events[0]["owner"], "b");
+    assert_eq!(events[1]["event"], "stolen", "{events:?}");
+    assert_eq!(events[1]["owner"], "a");
+    assert_eq!(
+        events[0]["at_ms"], events[1]["at_ms"],
+        "one commit: {events:?}"
+    );
+
+    // The former holder learns it was stolen, on every path.
+    let extend_keepalive = http
+        .post(
+            &format!("{n2}/v1/locks/force/k/extend"),
+            json!({"owner": "a", "token": a_token}),
+        )
+        .await
+        .unwrap();
+    let extend_ttl = http
+        .post(
+            &format!("{n0}/v1/locks/force/k/extend"),
+            json!({"owner": "a", "token": a_token, "ttl_ms": 5000}),
+        )
+        .await
+        .unwrap();
+    let release = http
+        .delete(&format!("{n1}/v1/locks/force/k?owner=a&token={a_token}"))
+        .await
+        .unwrap();
+    for (what, r) in [
+        ("keepalive", extend_keepalive),
+        ("extend with ttl", extend_ttl),
+        ("release", release),
+    ] {
+        assert_eq!(
+            (r.status, r.code()),
+            (409, "not_owner"),
+            "{what}: {:?}",
+            r.body
+        );
+        assert_eq!(r.body["error"]["reason"], "stolen", "{what}: {:?}", r.body);
+    }
+
+    // Nothing held: 404. A semaphore with two holders needs the slot's token.
+    let none = http
+        .delete(&format!("{n0}/v1/locks/force/free?force=true"))
+        .await
+        .unwrap();
+    assert_eq!(none.status, 404, "{:?}", none.body);
+    let mut slots = Vec::new();
+    for owner in ["s1", "s2"] {
+        let r = http
+            .post(
+                &format!("{n0}/v1/semaphores/force-s"),
+                json!({"owner": owner, "ttl_ms": 30_000, "limit": 2}),
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.status, 200, "{:?}", r.body);
+        slots.push(r.body["token"].as_u64().unwrap());
+    }
+    let ambiguous = http
+        .delete(&format!("{n0}/v1/semaphores/force-s?force=true"))
+        .await
+        .unwrap();
+    assert_eq!(
+        (ambiguous.status, ambiguous.code()),
+        (400, "invalid_argument")
+    );
+    assert!(
+        ambiguous.message().contains("token"),
+        "{:?}",
+        ambiguous.body
+    );
+    let one = http
+        .delete(&format!(
+            "{n2}/v1/semaphores/force-s?force=true&token={}",
+            slots[1]
+        ))
+        .await
+        .unwrap();
+    assert_eq!(one.status, 200, "{:?}", one.body);
+    assert_eq!(one.body["owner"], "s2");
+    let sem = http
+        .get(&format!("{n0}/v1/semaphores/force-s"))
+        .await
+        .unwrap();
+    assert_eq!(
+        sem.body["holders"].as_array().unwrap().len(),
+        1,
+        "{:?}",
+        sem.body
+    );
+
+    let named = http
+        .put(
+            &format!("{n0}/v1/names/force-n"),
+            json!({"owner": "leader-1", "ttl_ms": 30_000}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(named.status, 200, "{:?}", named.body);
+    let gone = http
+        .delete(&format!("{n1}/v1/names/force-n?force=true"))
+        .await
+        .unwrap();
+    assert_eq!(gone.status, 200, "{:?}", gone.body);
+    assert_eq!(gone.body["owner"], "leader-1");
+    let whereis = http.get(&format!("{n2}/v1/names/force-n")).await.unwrap();
+    assert_eq!(whereis.status, 404, "{:?}", whereis.body);
+    cluster.shutdown().await;
+}

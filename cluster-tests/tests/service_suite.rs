@@ -90,6 +90,7 @@ async fn behaviour<S: LeaseService + Clone>(s: &S) {
         owner: "a".into(),
         token: a.token,
         request_id: Some(s_id("release-a")),
+        force: None,
     };
     s.release_lock("suite/lock", release_a.clone())
         .await
@@ -117,6 +118,7 @@ async fn behaviour<S: LeaseService + Clone>(s: &S) {
                 owner: "a".into(),
                 token: a.token,
                 request_id: None,
+                force: None,
             },
         )
         .await
@@ -197,6 +199,7 @@ async fn behaviour<S: LeaseService + Clone>(s: &S) {
         owner: "n1".into(),
         token: leader.token,
         request_id: Some(s_id("resign")),
+        force: None,
     };
     s.unregister_name("suite/leader", resign.clone())
         .await
@@ -260,6 +263,7 @@ async fn behaviour<S: LeaseService + Clone>(s: &S) {
             owner: "s1".into(),
             token: s1.token,
             request_id: None,
+            force: None,
         },
     )
     .await
@@ -324,6 +328,46 @@ async fn behaviour<S: LeaseService + Clone>(s: &S) {
     assert_eq!(e.code, ErrorCode::LeaseNotFound, "{e}");
     let history = s.lock_history("suite/s1").await.unwrap();
     assert_eq!(history.events[0].event, HistoryEventKind::Revoked);
+
+    // An operator's force release, retried with the same request id.
+    let x = s
+        .acquire_lock("suite/forced", acquire("x", 10_000))
+        .await
+        .unwrap();
+    let force = ReleaseParams {
+        force: Some(true),
+        request_id: Some(s_id("force")),
+        ..Default::default()
+    };
+    let forced = s.release_lock("suite/forced", force.clone()).await.unwrap();
+    assert_eq!(
+        (forced.owner.as_deref(), forced.token),
+        (Some("x"), Some(x.token))
+    );
+    assert_eq!(
+        s.release_lock("suite/forced", force).await,
+        Ok(forced),
+        "a retried force release answers as the first"
+    );
+    let history = s.lock_history("suite/forced").await.unwrap();
+    assert_eq!(history.events[0].event, HistoryEventKind::Stolen);
+    let e = s
+        .extend_lock(
+            "suite/forced",
+            ExtendRequest {
+                owner: "x".into(),
+                token: x.token,
+                ttl_ms: Some(5_000),
+                request_id: None,
+            },
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (e.code, e.reason.as_deref()),
+        (ErrorCode::NotOwner, Some("stolen")),
+        "{e}"
+    );
 
     let status = s.cluster_status().await.unwrap();
     assert!(status.leader_id.is_some());

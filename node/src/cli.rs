@@ -714,4 +714,12 @@ mod tests {
         assert_eq!(shell_quote("it's"), r"'it'\''s'");
         assert_eq!(shell_quote(""), "''");
     }
+
+    /// Every subcommand's flags are well formed (clap checks a subcommand only when it
+    /// is parsed, so a clash such as a second `--token` would otherwise surface at run time).
+    #[test]
+    fn the_command_line_is_well_formed() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
 }

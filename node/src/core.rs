@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use leasehold_config::Config;
-use leasehold_raft::command::{Caller, CommandResult, Kind, LeaseId, Proposal, SmError, Token};
+use leasehold_raft::command::{Caller, CommandResult, Kind, LeaseId, Proposal, Token};
 use leasehold_raft::sm_store::SharedState;
 use leasehold_raft::state::LeaseState;
 use leasehold_raft::typ::{NodeId, Raft};
@@ -361,14 +361,16 @@ impl Core {
                 let lease_id = self
                     .shared
                     .read(|s| {
-                        let hold = s.find_hold(kind, &key, &owner, token)?;
-                        let access = match &caller {
+                        let Some(hold) = s.find_hold(kind, &key, &owner, token) else {
+                            // Not a holder: say why (force-released, or simply gone).
+                            return Err(s.not_owner(&(kind, key.clone()), token));
+                        };
+                        match &caller {
                             Some(caller) => s.lease_access(hold.lease_id, caller),
                             None => Ok(()),
-                        };
-                        Some(access.map(|()| hold.lease_id))
+                        }
+                        .map(|()| hold.lease_id)
                     })
-                    .ok_or(CoreError::Refused(SmError::NotOwner))?
                     .map_err(CoreError::Refused)?;
                 let ttl_ms = self.leases.refresh(lease_id, confirmed.term).await?;
                 Ok(ForwardResponse::Kept { lease_id, ttl_ms })

@@ -203,6 +203,14 @@ pub enum Command {
         kind: Kind,
         key: String,
     },
+    /// An operator ends a hold whoever owns it: the hold with `token`, or (`None`) the
+    /// key's only holder. The next waiter is granted in the same apply. The proposal's
+    /// caller, when there is one, is recorded as who did it.
+    ForceRelease {
+        kind: Kind,
+        key: String,
+        token: Option<Token>,
+    },
 }
 
 /// A granted hold as the state machine reports it.
@@ -234,6 +242,8 @@ pub enum EndReason {
     Released,
     Expired,
     Revoked,
+    /// Ended by an operator's force release.
+    Stolen,
 }
 
 impl EndReason {
@@ -242,6 +252,7 @@ impl EndReason {
             EndReason::Released => "released",
             EndReason::Expired => "expired",
             EndReason::Revoked => "revoked",
+            EndReason::Stolen => "stolen",
         }
     }
 }
@@ -277,6 +288,19 @@ pub enum SmError {
     PrincipalQuota {
         principal: String,
         max: u64,
+    },
+    /// Not the holder any more: an operator force-released this hold (`by`: the
+    /// operator's principal, when auth is on).
+    Stolen {
+        by: Option<String>,
+    },
+    /// A semaphore with several holders: a force release must name the slot's token.
+    SlotTokenRequired {
+        holders: u32,
+    },
+    /// Only an admin may do this (a force release).
+    AdminRequired {
+        principal: String,
     },
 }
 
@@ -317,4 +341,9 @@ pub enum CommandResult {
     ValueSet(HoldView),
     Promoted,
     Error(SmError),
+    /// A force release ended this hold.
+    ForceReleased {
+        owner: String,
+        token: Token,
+    },
 }

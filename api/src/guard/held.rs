@@ -209,7 +209,11 @@ async fn renewal_loop<S: LeaseService>(
                 });
             }
             Some(Err(e)) if hold_is_gone(&e) => {
-                let _ = state.send(GuardState::Lost(LossReason::Expired(e.message)));
+                let reason = match e.reason.as_deref() {
+                    Some("stolen") => LossReason::Stolen(e.message),
+                    _ => LossReason::Expired(e.message),
+                };
+                let _ = state.send(GuardState::Lost(reason));
                 return;
             }
             Some(Err(e)) => {

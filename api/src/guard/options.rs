@@ -17,6 +17,8 @@ pub enum LossReason {
     Unreachable(String),
     /// The guard was released by its owner.
     Released,
+    /// An operator force-released the hold (`DELETE ...?force=true`).
+    Stolen(String),
 }
 
 impl std::fmt::Display for LossReason {
@@ -27,6 +29,7 @@ impl std::fmt::Display for LossReason {
                 write!(f, "renewals failed until the client deadline passed: {m}")
             }
             LossReason::Released => write!(f, "released"),
+            LossReason::Stolen(m) => write!(f, "released by an operator: {m}"),
         }
     }
 }

@@ -133,6 +133,7 @@ impl Hold {
             owner: self.owner.clone(),
             token: self.token,
             request_id: None,
+            force: None,
         };
         match self.target {
             Target::Lock => service.release_lock(key, params).await.map(|_| ()),

@@ -1,5 +1,5 @@
 //! The commands that read or change cluster state without holding anything: `status`,
-//! `locks ls|get`, `names ls|get [--watch]`, `leases ls`, `members add|remove`.
+//! `locks ls|get|release`, `names ls|get [--watch]`, `leases ls`, `members add|remove`.
 
 use std::time::Duration;
 
@@ -20,6 +20,21 @@ pub enum LocksCommand {
     },
     /// Show one lock.
     Get { key: String },
+    /// Release a lock: yours (`--owner` and `--token`), or, with `--force`, whoever holds
+    /// it (an operator's force release; admin only with auth). The next waiter gets it.
+    Release {
+        key: String,
+        /// The holder (not with --force).
+        #[arg(long, required_unless_present = "force", conflicts_with = "force")]
+        owner: Option<String>,
+        /// The hold's fencing token (with --force: only end that hold). Not `--token`:
+        /// that is the bearer token of every command.
+        #[arg(long = "fencing-token", required_unless_present = "force")]
+        token: Option<u64>,
+        /// End the hold whoever owns it; history records it as `stolen`.
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -142,6 +157,31 @@ pub async fn locks(client_args: &ClientArgs, cmd: LocksCommand) -> i32 {
             }
             Err(e) => fail(&format!("cannot read lock {key}"), &e),
         },
+        LocksCommand::Release {
+            key,
+            owner,
+            token,
+            force,
+        } => {
+            let params = ReleaseParams {
+                owner: owner.unwrap_or_default(),
+                token: token.unwrap_or(0),
+                request_id: None,
+                force: force.then_some(true),
+            };
+            match client.release_lock(&key, params).await {
+                Ok(r) => {
+                    print(client_args.json, &r, |r| match (&r.owner, r.token) {
+                        (Some(owner), Some(token)) => {
+                            println!("{key}: ended the hold of {owner} (token {token})")
+                        }
+                        _ => println!("{key}: released"),
+                    });
+                    0
+                }
+                Err(e) => fail(&format!("cannot release lock {key}"), &e),
+            }
+        }
     }
 }
 

@@ -19,7 +19,10 @@ use super::forward::{ForwardRequest, ForwardResponse};
 use crate::error::CoreError;
 
 /// The version of the peer protocol this build speaks.
-pub const PEER_PROTOCOL_VERSION: u8 = 1;
+///
+/// 2: proposals carry the authenticated caller (`Batch::V2`), and the command set has
+/// `ForceRelease`.
+pub const PEER_PROTOCOL_VERSION: u8 = 2;
 
 /// Every request one node sends another.
 #[derive(Debug, Serialize, Deserialize)]

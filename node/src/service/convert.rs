@@ -92,6 +92,29 @@ pub(super) fn sm_error(kind: Kind, key: &str, e: SmError) -> ApiError {
                 kind.as_str()
             ),
         ),
+        SmError::Stolen { by } => {
+            let by = by.map(|p| format!(" ({p:?})")).unwrap_or_default();
+            let mut e = ApiError::new(
+                ErrorCode::NotOwner,
+                format!(
+                    "{} {key:?} is not held by this owner and token: it was released by an operator{by} (force release)",
+                    kind.as_str()
+                ),
+            );
+            e.reason = Some("stolen".into());
+            e
+        }
+        SmError::SlotTokenRequired { holders } => ApiError::invalid(
+            "token",
+            format!(
+                "{} {key:?} has {holders} holders: name the slot to force-release with token=N",
+                kind.as_str()
+            ),
+        ),
+        SmError::AdminRequired { principal } => ApiError::new(
+            ErrorCode::Forbidden,
+            format!("principal {principal:?} may not force-release: that needs the admin role"),
+        ),
         SmError::NotFound if kind == Kind::Name => {
             ApiError::new(ErrorCode::NameNotFound, format!("name {key:?} is not registered"))
         }
@@ -182,6 +205,7 @@ pub(super) fn release_reason(reason: EndReason) -> ReleaseReason {
         EndReason::Released => ReleaseReason::Released,
         EndReason::Expired => ReleaseReason::Expired,
         EndReason::Revoked => ReleaseReason::Revoked,
+        EndReason::Stolen => ReleaseReason::Stolen,
     }
 }
 
@@ -198,6 +222,7 @@ pub(super) fn history_kind(kind: HistoryKind) -> HistoryEventKind {
         HistoryKind::Acquired => HistoryEventKind::Acquired,
         HistoryKind::Released => HistoryEventKind::Released,
         HistoryKind::Expired => HistoryEventKind::Expired,
+        HistoryKind::Stolen => HistoryEventKind::Stolen,
         HistoryKind::Revoked => HistoryEventKind::Revoked,
     }
 }

@@ -159,7 +159,34 @@ impl NodeService {
         params: ReleaseParams,
     ) -> Result<ReleaseResponse, ApiError> {
         validate::release(key, &params, &self.limits)?;
+        if params.force == Some(true) {
+            return self.force_release(kind, key, params).await;
+        }
         self.release(kind, key, params).await
+    }
+
+    /// An operator's release (admin only with auth): ends the hold whoever owns it.
+    async fn force_release(
+        &self,
+        kind: Kind,
+        key: &str,
+        params: ReleaseParams,
+    ) -> Result<ReleaseResponse, ApiError> {
+        self.allow(leasehold_api::auth::Role::Admin, "force-releasing a hold")?;
+        let command = Command::ForceRelease {
+            kind,
+            key: key.to_string(),
+            token: (params.token > 0).then_some(params.token),
+        };
+        match self.write(params.request_id, command).await? {
+            CommandResult::ForceReleased { owner, token } => Ok(ReleaseResponse {
+                released: true,
+                owner: Some(owner),
+                token: Some(token),
+            }),
+            CommandResult::Error(e) => Err(sm_error(kind, key, e)),
+            other => Err(unexpected(other)),
+        }
     }
 
     async fn release(
@@ -175,7 +202,11 @@ impl NodeService {
             token: params.token,
         };
         match self.write(params.request_id, command).await? {
-            CommandResult::Released => Ok(ReleaseResponse { released: true }),
+            CommandResult::Released => Ok(ReleaseResponse {
+                released: true,
+                owner: None,
+                token: None,
+            }),
             CommandResult::Error(e) => Err(sm_error(kind, key, e)),
             other => Err(unexpected(other)),
         }

@@ -173,6 +173,7 @@ impl NodeService {
                             let reason = match e.event {
                                 HistoryKind::Expired => EndReason::Expired,
                                 HistoryKind::Revoked => EndReason::Revoked,
+                                HistoryKind::Stolen => EndReason::Stolen,
                                 _ => EndReason::Released,
                             };
                             (reason, e.owner.clone(), e.token, e.at_ms)

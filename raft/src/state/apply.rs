@@ -167,15 +167,16 @@ impl LeaseState {
                 value,
             } => {
                 let rid = (*kind, key.clone());
+                let not_owner = self.not_owner(&rid, *token);
                 let Some(resource) = self.resources.get_mut(&rid) else {
-                    return CommandResult::Error(SmError::NotOwner);
+                    return CommandResult::Error(not_owner);
                 };
                 let Some(hold) = resource
                     .holders
                     .iter_mut()
                     .find(|h| h.token == *token && h.owner == *owner)
                 else {
-                    return CommandResult::Error(SmError::NotOwner);
+                    return CommandResult::Error(not_owner);
                 };
                 hold.value = value.clone();
                 resource.mod_index = fx.index;
@@ -186,6 +187,10 @@ impl LeaseState {
                 let rid = (*kind, key.clone());
                 self.promote(&rid, fx);
                 CommandResult::Promoted
+            }
+            Command::ForceRelease { kind, key, token } => {
+                let by = fx.caller.map(|c| c.principal.clone());
+                self.force_release(*kind, key, *token, by, fx)
             }
         }
     }
@@ -230,6 +235,11 @@ impl LeaseState {
                 ..
             } => self.hold_access(*kind, key, owner, *token, caller),
             Command::CreateLease { .. } | Command::Promote { .. } => Ok(()),
+            // Only an admin may end another's hold (the node checks first; this holds it
+            // on every replica).
+            Command::ForceRelease { .. } => Err(SmError::AdminRequired {
+                principal: caller.principal.clone(),
+            }),
         }
     }
 

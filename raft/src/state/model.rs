@@ -79,6 +79,8 @@ pub enum HistoryKind {
     Released,
     Expired,
     Revoked,
+    /// Force-released by an operator; `principal` names the operator (auth on).
+    Stolen,
 }
 
 impl HistoryKind {
@@ -88,6 +90,7 @@ impl HistoryKind {
             HistoryKind::Released => "released",
             HistoryKind::Expired => "expired",
             HistoryKind::Revoked => "revoked",
+            HistoryKind::Stolen => "stolen",
         }
     }
 }
@@ -98,6 +101,7 @@ impl From<EndReason> for HistoryKind {
             EndReason::Released => HistoryKind::Released,
             EndReason::Expired => HistoryKind::Expired,
             EndReason::Revoked => HistoryKind::Revoked,
+            EndReason::Stolen => HistoryKind::Stolen,
         }
     }
 }

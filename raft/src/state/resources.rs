@@ -315,7 +315,7 @@ impl LeaseState {
             })
             .cloned()
         else {
-            return CommandResult::Error(SmError::NotOwner);
+            return CommandResult::Error(self.not_owner(&rid, token));
         };
         self.end_hold(&rid, token, EndReason::Released, fx);
         // An implicit lease exists for this one hold; it ends with it.
@@ -331,6 +331,73 @@ impl LeaseState {
         }
         self.promote(&rid, fx);
         CommandResult::Released
+    }
+
+    /// Why `token` is not a holder of `rid`: [`SmError::Stolen`] if an operator
+    /// force-released it (and the key's history still says so), else `NotOwner`.
+    pub fn not_owner(&self, rid: &ResourceId, token: Token) -> SmError {
+        let stolen = self.resources.get(rid).and_then(|r| {
+            r.history
+                .iter()
+                .rev()
+                .find(|e| e.token == token && e.event == HistoryKind::Stolen)
+        });
+        match stolen {
+            Some(e) => SmError::Stolen {
+                by: e.principal.clone(),
+            },
+            None => SmError::NotOwner,
+        }
+    }
+
+    /// An operator ends a hold of `kind/key` whoever owns it (the one with `token`, or the
+    /// only one), records it as `stolen` by `by`, and grants the next waiter at once.
+    pub(super) fn force_release(
+        &mut self,
+        kind: Kind,
+        key: &str,
+        token: Option<Token>,
+        by: Option<String>,
+        fx: &mut Effects<'_>,
+    ) -> CommandResult {
+        let rid = (kind, key.to_string());
+        let Some(resource) = self.resources.get(&rid) else {
+            return CommandResult::Error(SmError::NotFound);
+        };
+        let hold = match token {
+            Some(token) => resource.holders.iter().find(|h| h.token == token),
+            None if resource.holders.len() > 1 => {
+                return CommandResult::Error(SmError::SlotTokenRequired {
+                    holders: resource.holders.len() as u32,
+                })
+            }
+            None => resource.holders.first(),
+        };
+        let Some(hold) = hold.cloned() else {
+            return CommandResult::Error(SmError::NotFound);
+        };
+        self.end_hold(&rid, hold.token, EndReason::Stolen, fx);
+        if let Some(resource) = self.resources.get_mut(&rid) {
+            // The event names who forced it, not the hold's principal.
+            if let Some(event) = resource.history.back_mut() {
+                event.principal = by;
+            }
+        }
+        let lease_done = self
+            .leases
+            .get(&hold.lease_id)
+            .is_some_and(|l| l.implicit && l.holds.is_empty() && l.waits.is_empty());
+        if lease_done {
+            self.remove_lease(hold.lease_id);
+            fx.events.push(StateEvent::LeaseGone {
+                lease_id: hold.lease_id,
+            });
+        }
+        self.promote(&rid, fx);
+        CommandResult::ForceReleased {
+            owner: hold.owner,
+            token: hold.token,
+        }
     }
 
     pub(super) fn extend(
@@ -353,7 +420,7 @@ impl LeaseState {
             })
             .map(|h| h.lease_id)
         else {
-            return CommandResult::Error(SmError::NotOwner);
+            return CommandResult::Error(self.not_owner(&rid, token));
         };
         let Some(lease) = self.leases.get_mut(&lease_id) else {
             return CommandResult::Error(SmError::LeaseNotFound { lease_id });

@@ -658,6 +658,8 @@ fn arb_command() -> impl Strategy<Value = Command> {
                 ttl_ms,
             }),
         (arb_kind(), arb_key()).prop_map(|(kind, key)| Command::Promote { kind, key }),
+        (arb_kind(), arb_key(), proptest::option::of(1u64..40))
+            .prop_map(|(kind, key, token)| { Command::ForceRelease { kind, key, token } }),
     ]
 }
 
