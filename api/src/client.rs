@@ -818,6 +818,24 @@ impl LeaseService for Client {
         .await
     }
 
+    async fn semaphore_history(&self, key: &str) -> Result<HistoryResponse> {
+        self.get(
+            &format!("/v1/semaphores/{}/history", seg("key", key)?),
+            None,
+            None,
+        )
+        .await
+    }
+
+    async fn name_history(&self, name: &str) -> Result<HistoryResponse> {
+        self.get(
+            &format!("/v1/names/{}/history", seg("name", name)?),
+            None,
+            None,
+        )
+        .await
+    }
+
     async fn list_locks(&self, params: ListParams) -> Result<LockList> {
         self.get("/v1/locks", query(&params), None).await
     }

@@ -440,15 +440,22 @@ async fn semaphore_post(
     }
 }
 
-async fn semaphore_get(
-    Api(s): Api,
-    PathParam(key): PathParam,
-    QueryParams(p): QueryParams<ReadParams>,
-) -> Response {
-    let wait = p.wait_ms;
-    match deadline(&s.limits, wait, s.service.get_semaphore(&key, p)).await {
-        Ok(state) => with_index(&state, state.index),
-        Err(e) => e.into_response(),
+async fn semaphore_get(Api(s): Api, PathParam(path): PathParam, uri: axum::http::Uri) -> Response {
+    let (key, action) = split_action(&path);
+    match action {
+        None => {
+            let p: ReadParams = match parse_query(uri.query().unwrap_or("")) {
+                Ok(p) => p,
+                Err(e) => return e.into_response(),
+            };
+            let wait = p.wait_ms;
+            match deadline(&s.limits, wait, s.service.get_semaphore(key, p)).await {
+                Ok(state) => with_index(&state, state.index),
+                Err(e) => e.into_response(),
+            }
+        }
+        Some("history") => reply(deadline(&s.limits, None, s.service.semaphore_history(key)).await),
+        Some(_) => unknown_action(&path).into_response(),
     }
 }
 
@@ -471,15 +478,22 @@ async fn name_put(
     reply(deadline(&s.limits, wait, s.service.register_name(&name, req)).await)
 }
 
-async fn name_get(
-    Api(s): Api,
-    PathParam(name): PathParam,
-    QueryParams(p): QueryParams<ReadParams>,
-) -> Response {
-    let wait = p.wait_ms;
-    match deadline(&s.limits, wait, s.service.get_name(&name, p)).await {
-        Ok(state) => with_index(&state, state.index),
-        Err(e) => e.into_response(),
+async fn name_get(Api(s): Api, PathParam(path): PathParam, uri: axum::http::Uri) -> Response {
+    let (name, action) = split_action(&path);
+    match action {
+        None => {
+            let p: ReadParams = match parse_query(uri.query().unwrap_or("")) {
+                Ok(p) => p,
+                Err(e) => return e.into_response(),
+            };
+            let wait = p.wait_ms;
+            match deadline(&s.limits, wait, s.service.get_name(name, p)).await {
+                Ok(state) => with_index(&state, state.index),
+                Err(e) => e.into_response(),
+            }
+        }
+        Some("history") => reply(deadline(&s.limits, None, s.service.name_history(name)).await),
+        Some(_) => unknown_action(&path).into_response(),
     }
 }
 

@@ -47,6 +47,8 @@ pub trait LeaseService: Send + Sync + 'static {
     async fn extend_semaphore(&self, key: &str, req: ExtendRequest) -> Result<ExtendResponse>;
     async fn release_semaphore(&self, key: &str, params: ReleaseParams) -> Result<ReleaseResponse>;
     async fn get_semaphore(&self, key: &str, params: ReadParams) -> Result<SemaphoreState>;
+    /// A semaphore's recent events, newest first (as for locks).
+    async fn semaphore_history(&self, key: &str) -> Result<HistoryResponse>;
 
     // Names
     async fn register_name(&self, name: &str, req: RegisterRequest) -> Result<NameRecord>;
@@ -55,6 +57,8 @@ pub trait LeaseService: Send + Sync + 'static {
     async fn extend_name(&self, name: &str, req: NameExtendRequest) -> Result<ExtendResponse>;
     async fn unregister_name(&self, name: &str, params: ReleaseParams) -> Result<ReleaseResponse>;
     async fn list_names(&self, params: ListParams) -> Result<NameList>;
+    /// A name's recent events, newest first (as for locks).
+    async fn name_history(&self, name: &str) -> Result<HistoryResponse>;
 
     // Cluster
     async fn cluster_status(&self) -> Result<ClusterStatus>;
@@ -93,12 +97,14 @@ forward_arc! {
     fn extend_semaphore(&self, key: &str, req: ExtendRequest) -> Result<ExtendResponse>;
     fn release_semaphore(&self, key: &str, params: ReleaseParams) -> Result<ReleaseResponse>;
     fn get_semaphore(&self, key: &str, params: ReadParams) -> Result<SemaphoreState>;
+    fn semaphore_history(&self, key: &str) -> Result<HistoryResponse>;
     fn register_name(&self, name: &str, req: RegisterRequest) -> Result<NameRecord>;
     fn get_name(&self, name: &str, params: ReadParams) -> Result<NameState>;
     fn proclaim(&self, name: &str, req: ProclaimRequest) -> Result<NameRecord>;
     fn extend_name(&self, name: &str, req: NameExtendRequest) -> Result<ExtendResponse>;
     fn unregister_name(&self, name: &str, params: ReleaseParams) -> Result<ReleaseResponse>;
     fn list_names(&self, params: ListParams) -> Result<NameList>;
+    fn name_history(&self, name: &str) -> Result<HistoryResponse>;
     fn cluster_status(&self) -> Result<ClusterStatus>;
     fn add_member(&self, req: AddMemberRequest) -> Result<ClusterStatus>;
     fn remove_member(&self, id: u64) -> Result<ClusterStatus>;

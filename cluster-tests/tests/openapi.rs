@@ -208,6 +208,13 @@ async fn the_description_matches_what_the_cluster_serves() {
         None,
     )
     .await;
+    c.call(
+        "GET",
+        "/v1/semaphores/{key}/history",
+        "/v1/semaphores/oa/s/history",
+        None,
+    )
+    .await;
 
     // Names: registered, then vacant.
     let name = "/v1/names/{name}";
@@ -237,6 +244,13 @@ async fn the_description_matches_what_the_cluster_serves() {
     )
     .await;
     c.call("GET", "/v1/names", "/v1/names", None).await;
+    c.call(
+        "GET",
+        "/v1/names/{name}/history",
+        "/v1/names/oa/n/history",
+        None,
+    )
+    .await;
     let (_, state) = c.call("GET", name, "/v1/names/oa/n", None).await;
     let index = state["index"].as_u64().unwrap();
     c.call(

@@ -213,6 +213,20 @@ async fn behaviour<S: LeaseService + Clone>(s: &S) {
     );
     let vacancy = observer.await.unwrap().unwrap();
     assert!(!vacancy.registered, "the observer sees the vacancy");
+    // A name's history: registered, then resigned (held for some time).
+    let h = s.name_history("suite/leader").await.unwrap();
+    assert_eq!(h.events[0].event, HistoryEventKind::Released, "{h:?}");
+    assert_eq!(
+        (h.events[0].owner.as_str(), h.events[0].token),
+        ("n1", leader.token)
+    );
+    assert!(h.events[0].held_ms.is_some(), "{h:?}");
+    assert!(
+        h.events
+            .iter()
+            .any(|e| e.event == HistoryEventKind::Acquired && e.token == leader.token),
+        "{h:?}"
+    );
     let gone = s
         .get_name("suite/leader", ReadParams::default())
         .await
@@ -268,9 +282,27 @@ async fn behaviour<S: LeaseService + Clone>(s: &S) {
     )
     .await
     .unwrap();
-    s.acquire_semaphore("suite/sem", sem("s3", 2))
+    let s3 = s
+        .acquire_semaphore("suite/sem", sem("s3", 2))
         .await
         .unwrap();
+    // A semaphore's history: every grant and end, newest first, with owner and token.
+    let h = s.semaphore_history("suite/sem").await.unwrap();
+    let events: Vec<_> = h
+        .events
+        .iter()
+        .map(|e| (e.event, e.owner.as_str(), e.token))
+        .collect();
+    assert_eq!(
+        events[..3],
+        [
+            (HistoryEventKind::Acquired, "s3", s3.token),
+            (HistoryEventKind::Released, "s1", s1.token),
+            (HistoryEventKind::Acquired, "s2", events[2].2),
+        ],
+        "{events:?}"
+    );
+    assert!(h.events[1].held_ms.is_some(), "{:?}", h.events[1]);
 
     // Errors are the same errors.
     let bad = s

@@ -254,6 +254,19 @@ impl LeaseService for NodeService {
         self.allow_key(Role::Read, "reading a lock's history", Kind::Lock, key)?;
         self.history(leasehold_raft::command::Kind::Lock, key).await
     }
+    async fn semaphore_history(&self, key: &str) -> Result<HistoryResponse, ApiError> {
+        self.allow_key(
+            Role::Read,
+            "reading a semaphore's history",
+            Kind::Semaphore,
+            key,
+        )?;
+        self.history(Kind::Semaphore, key).await
+    }
+    async fn name_history(&self, name: &str) -> Result<HistoryResponse, ApiError> {
+        self.allow_key(Role::Read, "reading a name's history", Kind::Name, name)?;
+        self.history(Kind::Name, name).await
+    }
     async fn list_locks(&self, params: ListParams) -> Result<LockList, ApiError> {
         self.allow(Role::Read, "listing locks")?;
         self.list_locks_impl(params).await
