@@ -827,6 +827,10 @@ impl LeaseService for Client {
         .await
     }
 
+    async fn list_semaphores(&self, params: ListParams) -> Result<SemaphoreList> {
+        self.get("/v1/semaphores", query(&params), None).await
+    }
+
     async fn name_history(&self, name: &str) -> Result<HistoryResponse> {
         self.get(
             &format!("/v1/names/{}/history", seg("name", name)?),

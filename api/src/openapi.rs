@@ -56,6 +56,8 @@ use crate::wire::*;
     ExpiredList,
     SemaphoreSlot,
     SemaphoreState,
+    SemaphoreList,
+    QueuedWaiter,
     NameRecord,
     NameState,
     Vacancy,

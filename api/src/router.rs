@@ -120,6 +120,7 @@ pub fn router_with_auth(
             get(lock_get).post(lock_post).delete(lock_delete),
         )
         .route("/v1/expired", get(expired))
+        .route("/v1/semaphores", get(list_semaphores))
         .route(
             "/v1/semaphores/{*key}",
             get(semaphore_get)
@@ -465,6 +466,10 @@ async fn semaphore_delete(
     QueryParams(p): QueryParams<ReleaseParams>,
 ) -> Response {
     reply(deadline(&s.limits, None, s.service.release_semaphore(&key, p)).await)
+}
+
+async fn list_semaphores(Api(s): Api, QueryParams(p): QueryParams<ListParams>) -> Response {
+    reply(deadline(&s.limits, None, s.service.list_semaphores(p)).await)
 }
 
 // ----- names -----

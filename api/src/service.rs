@@ -49,6 +49,8 @@ pub trait LeaseService: Send + Sync + 'static {
     async fn get_semaphore(&self, key: &str, params: ReadParams) -> Result<SemaphoreState>;
     /// A semaphore's recent events, newest first (as for locks).
     async fn semaphore_history(&self, key: &str) -> Result<HistoryResponse>;
+    /// Held semaphores in key order, with holders and queues.
+    async fn list_semaphores(&self, params: ListParams) -> Result<SemaphoreList>;
 
     // Names
     async fn register_name(&self, name: &str, req: RegisterRequest) -> Result<NameRecord>;
@@ -98,6 +100,7 @@ forward_arc! {
     fn release_semaphore(&self, key: &str, params: ReleaseParams) -> Result<ReleaseResponse>;
     fn get_semaphore(&self, key: &str, params: ReadParams) -> Result<SemaphoreState>;
     fn semaphore_history(&self, key: &str) -> Result<HistoryResponse>;
+    fn list_semaphores(&self, params: ListParams) -> Result<SemaphoreList>;
     fn register_name(&self, name: &str, req: RegisterRequest) -> Result<NameRecord>;
     fn get_name(&self, name: &str, params: ReadParams) -> Result<NameState>;
     fn proclaim(&self, name: &str, req: ProclaimRequest) -> Result<NameRecord>;

@@ -315,6 +315,9 @@ pub struct LockState {
     #[serde(flatten, default, skip_serializing_if = "Option::is_none")]
     pub holder: Option<HolderFields>,
     pub waiters: u32,
+    /// The queued acquires, first in line first.
+    #[serde(default)]
+    pub queue: Vec<QueuedWaiter>,
     /// The key's modify index (for blocking queries).
     pub index: u64,
 }
@@ -474,6 +477,9 @@ pub struct SemaphoreState {
     pub limit: u32,
     pub holders: Vec<LockHolder>,
     pub waiters: u32,
+    /// The queued acquires, first in line first.
+    #[serde(default)]
+    pub queue: Vec<QueuedWaiter>,
     pub index: u64,
 }
 
@@ -503,7 +509,32 @@ pub struct NameState {
     /// one replicated step, so this is how an observer sees the vacancy it passed through.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vacated: Option<Vacancy>,
+    /// The queued campaigns, first in line first.
+    #[serde(default)]
+    pub queue: Vec<QueuedWaiter>,
     pub index: u64,
+}
+
+/// `GET /v1/semaphores`: held semaphores in key order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
+pub struct SemaphoreList {
+    pub semaphores: Vec<SemaphoreState>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_after: Option<String>,
+}
+
+/// One queued acquire or campaign.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
+pub struct QueuedWaiter {
+    pub owner: String,
+    /// The lease the wait (and the hold, once granted) lives under.
+    pub lease_id: u64,
+    /// Place in the queue, from 1 (next to be granted).
+    pub position: u32,
+    /// How long it has waited, by the cluster's clock as of the last applied entry.
+    pub waited_ms: u64,
 }
 
 /// The end of a holder's term.

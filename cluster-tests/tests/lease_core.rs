@@ -1264,3 +1264,83 @@ async fn a_force_release_hands_over_in_one_commit_and_says_stolen() {
     assert_eq!(whereis.status, 404, "{:?}", whereis.body);
     cluster.shutdown().await;
 }
+
+/// GET names the queue (owner, lease, position, time waited) for locks, semaphores and
+/// names, first in line first, on every node; `GET /v1/semaphores` lists semaphores with
+/// their holders and queues.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn reads_list_the_waiters_in_queue_order() {
+    let cluster = TestCluster::start3().await.unwrap();
+    let http = Http::new();
+    let n0 = cluster.url(0);
+    let cases = [
+        ("lock", "/v1/locks/q/k", "POST", json!({"ttl_ms": 30_000})),
+        (
+            "semaphore",
+            "/v1/semaphores/q/s",
+            "POST",
+            json!({"ttl_ms": 30_000, "limit": 1}),
+        ),
+        ("name", "/v1/names/q-n", "PUT", json!({"ttl_ms": 30_000})),
+    ];
+    let mut waiters = Vec::new();
+    for (what, path, method, body) in &cases {
+        let mut first = body.clone();
+        first["owner"] = json!("holder");
+        let r = http
+            .request(method, &format!("{n0}{path}"), Some(first))
+            .await
+            .unwrap();
+        assert_eq!(r.status, 200, "{what}: {:?}", r.body);
+        // Two waiters, queued one after the other through different nodes.
+        for (i, owner) in ["w1", "w2"].into_iter().enumerate() {
+            let mut body = body.clone();
+            body["owner"] = json!(owner);
+            body["wait_ms"] = json!(20_000);
+            let (client, url) = (http.clone(), format!("{}{path}", cluster.url(i + 1)));
+            let method = method.to_string();
+            waiters.push(tokio::spawn(async move {
+                client.request(&method, &url, Some(body)).await
+            }));
+            wait_until(SECS_10, || async {
+                let g = http.get(&format!("{n0}{path}")).await.ok()?;
+                (g.body["queue"].as_array()?.len() == i + 1).then_some(())
+            })
+            .await
+            .unwrap_or_else(|e| panic!("{what}: {owner} is queued: {e}"));
+        }
+    }
+    for (what, path, _, _) in &cases {
+        for i in 0..3 {
+            let g = http
+                .get(&format!("{}{path}", cluster.url(i)))
+                .await
+                .unwrap();
+            let queue = g.body["queue"].as_array().unwrap();
+            let owners: Vec<_> = queue.iter().map(|w| w["owner"].clone()).collect();
+            assert_eq!(
+                owners,
+                [json!("w1"), json!("w2")],
+                "{what} on node {i}: {:?}",
+                g.body
+            );
+            for (pos, w) in queue.iter().enumerate() {
+                assert_eq!(w["position"].as_u64(), Some(pos as u64 + 1), "{what}: {w}");
+                assert!(w["lease_id"].as_u64().is_some_and(|l| l > 0), "{what}: {w}");
+                assert!(w["waited_ms"].is_u64(), "{what}: {w}");
+            }
+        }
+    }
+    let list = http.get(&format!("{n0}/v1/semaphores")).await.unwrap();
+    assert_eq!(list.status, 200, "{:?}", list.body);
+    let sems = list.body["semaphores"].as_array().unwrap();
+    assert_eq!(sems.len(), 1, "{:?}", list.body);
+    assert_eq!(sems[0]["key"], "q/s");
+    assert_eq!(sems[0]["limit"], 1);
+    assert_eq!(sems[0]["holders"][0]["owner"], "holder");
+    assert_eq!(sems[0]["queue"][1]["owner"], "w2");
+    for w in waiters {
+        w.abort();
+    }
+    cluster.shutdown().await;
+}

@@ -208,6 +208,8 @@ async fn the_description_matches_what_the_cluster_serves() {
         None,
     )
     .await;
+    c.call("GET", "/v1/semaphores", "/v1/semaphores", None)
+        .await;
     c.call(
         "GET",
         "/v1/semaphores/{key}/history",

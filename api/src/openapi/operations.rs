@@ -308,6 +308,15 @@ pub const OPERATIONS: &[Operation] = &[
     ),
     op(
         "GET",
+        "/v1/semaphores",
+        "List held semaphores in key order, with holders and queues",
+        Query(QueryKind::List),
+        200,
+        Json("SemaphoreList"),
+        &[],
+    ),
+    op(
+        "GET",
         "/v1/names",
         "List registered names",
         Query(QueryKind::List),

@@ -40,6 +40,7 @@ impl NodeService {
             held: holder.is_some(),
             holder: holder.map(HolderFields::from),
             waiters: view.waiters,
+            queue: view.queue,
             index: view.index,
         })
     }

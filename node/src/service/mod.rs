@@ -263,6 +263,10 @@ impl LeaseService for NodeService {
         )?;
         self.history(Kind::Semaphore, key).await
     }
+    async fn list_semaphores(&self, params: ListParams) -> Result<SemaphoreList, ApiError> {
+        self.allow(Role::Read, "listing semaphores")?;
+        self.list_semaphores_impl(params).await
+    }
     async fn name_history(&self, name: &str) -> Result<HistoryResponse, ApiError> {
         self.allow_key(Role::Read, "reading a name's history", Kind::Name, name)?;
         self.history(Kind::Name, name).await

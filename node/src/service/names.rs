@@ -46,6 +46,7 @@ impl NodeService {
                     registered: true,
                     record: Some(record.into()),
                     vacated,
+                    queue: view.queue,
                     index: view.index,
                 })
             }
@@ -54,6 +55,7 @@ impl NodeService {
                 registered: false,
                 record: None,
                 vacated,
+                queue: view.queue,
                 index: view.index,
             }),
             None => Err(ApiError::new(

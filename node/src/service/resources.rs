@@ -91,10 +91,26 @@ impl IntoAcquire for SemaphoreAcquireRequest {
 pub(super) struct ResourceView {
     pub holders: Vec<HoldView>,
     pub waiters: u32,
+    /// The queue, first in line first.
+    pub queue: Vec<QueuedWaiter>,
     pub limit: u32,
     pub index: u64,
     /// How the last hold ended, if one did.
     pub last_end: Option<EndRecord>,
+}
+
+/// The queue of `r`, first in line first.
+pub(super) fn queue_of(s: &LeaseState, r: &leasehold_raft::state::Resource) -> Vec<QueuedWaiter> {
+    r.waiters
+        .iter()
+        .enumerate()
+        .map(|(i, w)| QueuedWaiter {
+            owner: w.owner.clone(),
+            lease_id: w.lease_id,
+            position: i as u32 + 1,
+            waited_ms: s.now_ms().saturating_sub(w.enqueued_at_ms),
+        })
+        .collect()
 }
 
 /// The holders of `kind/key`, in grant order.
@@ -277,6 +293,7 @@ impl NodeService {
             ResourceView {
                 holders: current_holders(s, kind, key),
                 waiters: r.map_or(0, |r| r.waiters.len() as u32),
+                queue: r.map_or_else(Vec::new, |r| queue_of(s, r)),
                 limit: r.map_or(0, |r| r.limit),
                 index: r.map_or(0, |r| r.mod_index),
                 last_end: r.and_then(|r| r.last_end.clone()),

@@ -6,7 +6,7 @@ use leasehold_api::validate;
 use leasehold_api::wire::*;
 use leasehold_raft::command::Kind;
 
-use super::resources::{current_holders, IntoAcquire};
+use super::resources::{current_holders, queue_of, IntoAcquire};
 use super::NodeService;
 
 impl NodeService {
@@ -37,6 +37,42 @@ impl NodeService {
         })
     }
 
+    /// Held semaphores in key order, each with its holders and queue.
+    pub(super) async fn list_semaphores_impl(
+        &self,
+        params: ListParams,
+    ) -> Result<SemaphoreList, ApiError> {
+        let (views, next_after) = self.list_held(Kind::Semaphore, &params).await?;
+        let mut semaphores: Vec<SemaphoreState> = Vec::new();
+        for holder in self.holder_views(views, false).await {
+            match semaphores.last_mut() {
+                Some(last) if last.key == holder.key => last.holders.push(holder),
+                _ => semaphores.push(SemaphoreState {
+                    key: holder.key.clone(),
+                    limit: 0,
+                    holders: vec![holder],
+                    waiters: 0,
+                    queue: Vec::new(),
+                    index: 0,
+                }),
+            }
+        }
+        self.read(|s| {
+            for sem in &mut semaphores {
+                if let Some(r) = s.resource(Kind::Semaphore, &sem.key) {
+                    sem.limit = r.limit;
+                    sem.waiters = r.waiters.len() as u32;
+                    sem.queue = queue_of(s, r);
+                    sem.index = r.mod_index;
+                }
+            }
+        });
+        Ok(SemaphoreList {
+            semaphores,
+            next_after,
+        })
+    }
+
     pub(super) async fn get_semaphore_impl(
         &self,
         key: &str,
@@ -51,6 +87,7 @@ impl NodeService {
             limit: view.limit,
             holders,
             waiters: view.waiters,
+            queue: view.queue,
             index: view.index,
         })
     }
