@@ -272,7 +272,10 @@ pub struct LockHolder {
     /// Leader wall-clock time of the grant (ms since the Unix epoch).
     pub locked_at_ms: u64,
     pub expires_in_ms: u64,
-    /// How many times this key has been acquired since it was first seen.
+    /// How many times this key has been granted while the cluster remembered it (a
+    /// per-key sequence, like Locker's). A key is remembered while held, queued, or idle
+    /// among the 100,000 most recently changed idle keys; a key forgotten as the oldest
+    /// idle one starts again from 1, and so does its history.
     pub acquisitions: u64,
     #[serde(default)]
     pub value: Option<String>,

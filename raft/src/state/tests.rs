@@ -937,3 +937,78 @@ fn entries_written_before_auth_still_apply() {
     };
     assert_eq!(state.lease(lease_id).unwrap().principal, None);
 }
+
+/// `acquisitions` counts a key's grants while the state remembers the key: held, queued
+/// or idle. An idle key is forgotten once `MAX_IDLE_RESOURCES` more recently changed keys
+/// are idle; only then does its count (and history) restart. This pins that rule.
+#[test]
+fn acquisitions_survive_until_the_key_is_evicted_as_the_oldest_idle_key() {
+    let mut state = LeaseState::default();
+    let mut index = 0;
+    let mut events = Vec::new();
+    let cycle = |key: &str| {
+        vec![Proposal::trusted(
+            None,
+            Command::Acquire(Acquire {
+                kind: Kind::Lock,
+                key: key.to_string(),
+                owner: "o".into(),
+                lease: LeaseSpec::New { ttl_ms: 10_000 },
+                wait: false,
+                value: None,
+                lock_delay_ms: 0,
+                limit: 1,
+                max_waiters: MAX_WAITERS,
+                max_leases: u64::MAX,
+            }),
+        )]
+    };
+    let mut run = |state: &mut LeaseState, keys: &[String]| {
+        let mut proposals = Vec::new();
+        for key in keys {
+            proposals.extend(cycle(key));
+        }
+        index += 1;
+        let out = state.apply_batch(index, &Batch::new(1_000, proposals), &mut events);
+        let mut releases = Vec::new();
+        for (key, result) in keys.iter().zip(out.results) {
+            let CommandResult::Granted(hold) = result else {
+                panic!("{key}: {result:?}");
+            };
+            releases.push(Proposal::trusted(
+                None,
+                Command::Release {
+                    kind: Kind::Lock,
+                    key: key.clone(),
+                    owner: "o".into(),
+                    token: hold.token,
+                },
+            ));
+        }
+        index += 1;
+        state.apply_batch(index, &Batch::new(1_000, releases), &mut events);
+        events.clear();
+    };
+    let acquisitions = |state: &LeaseState| {
+        state
+            .resource(Kind::Lock, "first")
+            .map_or(0, |r| r.acquisitions)
+    };
+    for _ in 0..3 {
+        run(&mut state, &["first".to_string()]);
+    }
+    assert_eq!(acquisitions(&state), 3);
+    // One short of the cap: "first" is the oldest idle key, still remembered.
+    let others: Vec<String> = (0..MAX_IDLE_RESOURCES - 1)
+        .map(|i| format!("other-{i}"))
+        .collect();
+    for chunk in others.chunks(5_000) {
+        run(&mut state, chunk);
+    }
+    assert_eq!(acquisitions(&state), 3, "remembered while within the cap");
+    // One more idle key: the oldest, "first", is forgotten; its count restarts.
+    run(&mut state, &["one-more".to_string()]);
+    assert_eq!(acquisitions(&state), 0, "forgotten as the oldest idle key");
+    run(&mut state, &["first".to_string()]);
+    assert_eq!(acquisitions(&state), 1);
+}
