@@ -27,7 +27,7 @@ mod tests;
 
 pub use self::acquire::{leader, with_lock, Election, Lock, Semaphore};
 pub use self::fence::{Fence, StaleToken};
-pub use self::held::{ElectionGuard, LockGuard, SemaphoreGuard};
+pub use self::held::{ElectionGuard, GuardHandle, LockGuard, SemaphoreGuard};
 pub use self::options::{
     default_owner, GuardError, GuardOptions, GuardState, LossReason, DEFAULT_DRIFT,
 };

@@ -139,12 +139,16 @@ async fn a_blocking_guard_reanchors_and_with_lock_releases() {
     .await
     .expect("dropping a guard releases it");
 
-    let out = with_lock(&c, "job", GuardOptions::default(), |token| async move {
-        token * 2
+    let out = with_lock(&c, "job", GuardOptions::default(), |guard| async move {
+        // The work gets the guard: token, lease, deadline and loss signal.
+        assert!(guard.is_held());
+        assert!(guard.valid_until() > Instant::now());
+        assert_eq!(guard.key(), "job");
+        (guard.token(), guard.lease_id())
     })
     .await
     .unwrap();
-    assert!(out > 0);
+    assert!(out.0 > 0 && out.1 > 0);
     assert!(!c.get_lock("job", ReadParams::default()).await.unwrap().held);
     // A held key makes with_lock fail fast without waiting.
     let _held = Lock::new(&c, "job").acquire().await.unwrap();
@@ -259,5 +263,123 @@ async fn a_force_release_fires_lost_as_stolen() {
         other => panic!("lost as {other:?}, not as stolen"),
     }
     assert!(reason.to_string().starts_with("released by an operator"));
+    cluster.shutdown().await;
+}
+
+/// `stop_heartbeat` (the DynamoDB lock client's StopHeartbeat): renewal stops, nothing is
+/// released (not even when the guard is dropped), the hold lasts until its lease runs out,
+/// and the guard reports the loss at its client deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn stop_heartbeat_keeps_the_hold_until_it_expires_then_reports_loss() {
+    let cluster = TestCluster::start3().await.unwrap();
+    let c = client(&cluster);
+    let ttl = Duration::from_millis(1500);
+    let mut guard = Lock::new(&c, "heartbeat").ttl(ttl).acquire().await.unwrap();
+    let token = guard.token();
+    let lost = guard.lost();
+    guard.stop_heartbeat();
+    let deadline = guard.valid_until();
+    assert_eq!(guard.state(), GuardState::Held, "held until the deadline");
+    drop(guard); // no release: the hold is left to expire
+    let reason = tokio::time::timeout(Duration::from_secs(5), lost)
+        .await
+        .expect("lost fires at the client deadline");
+    assert!(Instant::now() >= deadline, "not before the client deadline");
+    assert!(
+        matches!(&reason, LossReason::Expired(m) if m.contains("heartbeat was stopped")),
+        "{reason:?}"
+    );
+    // The cluster expires it (no renewal reached it), and never saw a release.
+    wait_until(Duration::from_secs(5), || async {
+        let s = c.get_lock("heartbeat", ReadParams::default()).await.ok()?;
+        (!s.held).then_some(())
+    })
+    .await
+    .expect("the hold expires");
+    let history = c.lock_history("heartbeat").await.unwrap();
+    let end = &history.events[0];
+    assert_eq!(
+        (end.event, end.token),
+        (leasehold_api::wire::HistoryEventKind::Expired, token),
+        "{history:?}"
+    );
+    assert!(
+        end.held_ms.unwrap() >= ttl.as_millis() as u64,
+        "held for its whole TTL: {end:?}"
+    );
+    cluster.shutdown().await;
+}
+
+/// Guards attach to an existing lease (one session, many locks): their holds live under
+/// it, renewal keeps it alive, releasing one leaves the session and its other holds, and
+/// revoking the session ends them all. `lock_delay` keeps an expired key closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn guards_share_a_session_lease_and_set_lock_delay() {
+    use leasehold_api::wire::CreateLeaseRequest;
+    let cluster = TestCluster::start3().await.unwrap();
+    let c = client(&cluster);
+    let session = c
+        .create_lease(CreateLeaseRequest {
+            ttl_ms: 1_200,
+            owner: Some("worker".into()),
+            request_id: None,
+        })
+        .await
+        .unwrap();
+    let a = Lock::new(&c, "session/a")
+        .lease(session.lease_id)
+        .acquire()
+        .await
+        .unwrap();
+    let b = Lock::new(&c, "session/b")
+        .lease(session.lease_id)
+        .acquire()
+        .await
+        .unwrap();
+    assert_eq!(
+        (a.lease_id(), b.lease_id()),
+        (session.lease_id, session.lease_id)
+    );
+    // The guards keep the shared lease (TTL 1.2 s) alive across several TTLs.
+    tokio::time::sleep(Duration::from_millis(3_000)).await;
+    assert!(a.is_held() && b.is_held());
+    a.release().await.unwrap();
+    let info = c.get_lease(session.lease_id).await.unwrap();
+    assert_eq!(info.locks, ["session/b"], "{info:?}");
+    let lost = b.lost();
+    c.revoke_lease(session.lease_id, Default::default())
+        .await
+        .unwrap();
+    let reason = tokio::time::timeout(Duration::from_secs(5), lost)
+        .await
+        .expect("revoking the session ends its holds");
+    assert!(matches!(reason, LossReason::Expired(_)), "{reason:?}");
+
+    // Lock-delay: a holder that dies (its hold expires) keeps the key closed after.
+    let mut dying = Lock::new(&c, "delayed")
+        .ttl(Duration::from_millis(900))
+        .lock_delay(Duration::from_secs(30))
+        .acquire()
+        .await
+        .unwrap();
+    dying.stop_heartbeat();
+    drop(dying);
+    wait_until(Duration::from_secs(5), || async {
+        let s = c.get_lock("delayed", ReadParams::default()).await.ok()?;
+        (!s.held).then_some(())
+    })
+    .await
+    .expect("the hold expires");
+    let refused = Lock::new(&c, "delayed").acquire().await;
+    match refused {
+        Err(GuardError::Api(e)) => {
+            assert_eq!(e.code, leasehold_api::ErrorCode::LockHeld, "{e}");
+            assert!(e.message.contains("lock-delay"), "{e}");
+        }
+        other => panic!(
+            "granted inside the lock-delay: {:?}",
+            other.map(|g| g.token())
+        ),
+    }
     cluster.shutdown().await;
 }

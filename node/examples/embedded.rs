@@ -35,9 +35,14 @@ async fn main() -> anyhow::Result<()> {
         &locks,
         "jobs:sitemap",
         GuardOptions::default(),
-        |token| async move {
-            println!("with_lock: working under token {token}");
-            token
+        |guard| async move {
+            // The guard: token, lease, client deadline and the loss signal.
+            println!(
+                "with_lock: working under token {} until at most {:?} from now",
+                guard.token(),
+                guard.valid_until() - tokio::time::Instant::now()
+            );
+            guard.token()
         },
     )
     .await?;

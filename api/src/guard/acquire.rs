@@ -4,7 +4,7 @@
 use std::future::Future;
 use std::time::Duration;
 
-use super::held::{ElectionGuard, LockGuard, SemaphoreGuard};
+use super::held::{ElectionGuard, GuardHandle, LockGuard, SemaphoreGuard};
 use super::options::{GuardError, GuardOptions};
 use super::target::{hold_is_gone, Target};
 use crate::error::{ApiError, ErrorCode};
@@ -39,6 +39,12 @@ macro_rules! builder_methods {
         }
         pub fn options(mut self, opts: GuardOptions) -> Self {
             self.spec.opts = opts;
+            self
+        }
+        /// Hold under an existing lease (one session, many holds). The guard's TTL is
+        /// then at most the lease's, which it reads first.
+        pub fn lease(mut self, lease_id: u64) -> Self {
+            self.spec.opts.lease_id = Some(lease_id);
             self
         }
     };
@@ -92,10 +98,15 @@ impl<'a, S: LeaseService + Clone> Spec<'a, S> {
     /// `retry` says), and start renewing. With `wait_ms` set the request may have queued,
     /// so the client deadline is first re-anchored with an immediate renewal.
     async fn acquire(
-        self,
+        mut self,
         wait_ms: Option<u64>,
         retry: RetryPolicy,
     ) -> Result<LockGuard<S>, GuardError> {
+        if let Some(lease_id) = self.opts.lease_id {
+            // The client deadline must not outlast the lease the hold lives under.
+            let lease = self.service.get_lease(lease_id).await?;
+            self.opts.ttl = self.opts.ttl.min(Duration::from_millis(lease.ttl_ms));
+        }
         let heartbeat = self.opts.heartbeat()?;
         let grant = loop {
             match self
@@ -137,6 +148,13 @@ impl<'a, S: LeaseService + Clone> Lock<'a, S> {
     }
 
     builder_methods!();
+
+    /// Lock-delay: if this hold ends by expiry (its holder died), nobody gets the key
+    /// for this long after.
+    pub fn lock_delay(mut self, delay: Duration) -> Self {
+        self.spec.opts.lock_delay = Some(delay);
+        self
+    }
 
     /// Acquire (queueing up to `wait`), then renew in the background.
     pub async fn acquire(self) -> Result<LockGuard<S>, GuardError> {
@@ -228,8 +246,9 @@ pub async fn leader<S: LeaseService>(
     }
 }
 
-/// Run `work` while holding `key`; release afterwards. If the lock is lost while `work`
-/// runs, `work` is dropped (cancelled) and the result is [`GuardError::Lost`].
+/// Run `work` while holding `key`; release afterwards. `work` gets a [`GuardHandle`]: the
+/// fencing token, the lease, the client deadline and the loss signal. If the lock is lost
+/// while `work` runs, `work` is dropped (cancelled) and the result is [`GuardError::Lost`].
 pub async fn with_lock<S, F, Fut, T>(
     service: &S,
     key: &str,
@@ -238,13 +257,13 @@ pub async fn with_lock<S, F, Fut, T>(
 ) -> Result<T, GuardError>
 where
     S: LeaseService + Clone,
-    F: FnOnce(u64) -> Fut,
+    F: FnOnce(GuardHandle) -> Fut,
     Fut: Future<Output = T>,
 {
     let guard = Lock::new(service, key).options(opts).acquire().await?;
     let lost = guard.lost();
     let outcome = tokio::select! {
-        out = work(guard.token()) => Ok(out),
+        out = work(guard.handle()) => Ok(out),
         reason = lost => Err(GuardError::Lost(reason)),
     };
     if outcome.is_ok() {

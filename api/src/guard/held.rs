@@ -2,9 +2,10 @@
 //! rule, and released when dropped.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
@@ -22,7 +23,69 @@ pub struct LockGuard<S: LeaseService + Clone> {
     state: watch::Receiver<GuardState>,
     valid_until: watch::Receiver<Instant>,
     renewal: Option<JoinHandle<()>>,
+    /// Tells the renewal task to stop renewing (and still signal the loss at the deadline).
+    stop: Arc<Notify>,
     released: bool,
+    /// [`stop_heartbeat`](Self::stop_heartbeat) was called: dropping the guard leaves the
+    /// hold to expire instead of releasing it.
+    keep_on_drop: bool,
+}
+
+/// What the work under [`with_lock`](super::with_lock) may know of its hold: the token,
+/// the lease, the client deadline and the loss signal. Owned and cheap to clone.
+#[derive(Clone)]
+pub struct GuardHandle {
+    key: String,
+    token: u64,
+    lease_id: u64,
+    state: watch::Receiver<GuardState>,
+    valid_until: watch::Receiver<Instant>,
+}
+
+impl GuardHandle {
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// The fencing token: pass it to downstream writes.
+    pub fn token(&self) -> u64 {
+        self.token
+    }
+
+    pub fn lease_id(&self) -> u64 {
+        self.lease_id
+    }
+
+    /// The client deadline (see [`LockGuard::valid_until`]).
+    pub fn valid_until(&self) -> Instant {
+        *self.valid_until.borrow()
+    }
+
+    /// True while the client deadline has not passed.
+    pub fn is_held(&self) -> bool {
+        !matches!(*self.state.borrow(), GuardState::Lost(_))
+    }
+
+    pub fn state(&self) -> GuardState {
+        self.state.borrow().clone()
+    }
+
+    /// Resolves when the hold is lost, with the reason.
+    pub fn lost(&self) -> impl Future<Output = LossReason> + Send + 'static {
+        lost_signal(self.state.clone())
+    }
+}
+
+async fn lost_signal(mut state: watch::Receiver<GuardState>) -> LossReason {
+    loop {
+        if let GuardState::Lost(reason) = &*state.borrow_and_update() {
+            return reason.clone();
+        }
+        if state.changed().await.is_err() {
+            // The renewal task ended without a loss: the guard was released.
+            return LossReason::Released;
+        }
+    }
 }
 
 /// An elected leader: a name held with renewal. Same API as [`LockGuard`].
@@ -46,12 +109,16 @@ impl<S: LeaseService + Clone> LockGuard<S> {
         let valid_for = opts.ttl.mul_f64(1.0 - opts.drift);
         let (tx, rx) = watch::channel(GuardState::Held);
         let (until_tx, until_rx) = watch::channel(t_send + valid_for);
+        let stop = Arc::new(Notify::new());
         let renewal = tokio::spawn(renewal_loop(
             service.clone(),
             hold.clone(),
-            t_send,
-            valid_for,
-            heartbeat,
+            Renewal {
+                t_send,
+                valid_for,
+                heartbeat,
+                stop: stop.clone(),
+            },
             tx,
             until_tx,
         ));
@@ -62,7 +129,9 @@ impl<S: LeaseService + Clone> LockGuard<S> {
             state: rx,
             valid_until: until_rx,
             renewal: Some(renewal),
+            stop,
             released: false,
+            keep_on_drop: false,
         }
     }
 
@@ -105,18 +174,28 @@ impl<S: LeaseService + Clone> LockGuard<S> {
 
     /// Resolves when the hold is lost, with the reason.
     pub fn lost(&self) -> impl Future<Output = LossReason> + Send + 'static {
-        let mut state = self.state.clone();
-        async move {
-            loop {
-                if let GuardState::Lost(reason) = &*state.borrow_and_update() {
-                    return reason.clone();
-                }
-                if state.changed().await.is_err() {
-                    // The renewal task ended without a loss: the guard was released.
-                    return LossReason::Released;
-                }
-            }
+        lost_signal(self.state.clone())
+    }
+
+    /// The token, lease, deadline and loss signal, owned (what [`with_lock`](super::with_lock)
+    /// hands its work).
+    pub fn handle(&self) -> GuardHandle {
+        GuardHandle {
+            key: self.hold.key.clone(),
+            token: self.hold.token,
+            lease_id: self.lease_id,
+            state: self.state.clone(),
+            valid_until: self.valid_until.clone(),
         }
+    }
+
+    /// Stop renewing, and keep the hold until its lease runs out (the DynamoDB lock
+    /// client's `StopHeartbeat`): nothing is released, now or when the guard is dropped.
+    /// The guard reports the loss when its client deadline passes; the cluster expires
+    /// the hold at the lease's TTL. A later [`release`](Self::release) still releases.
+    pub fn stop_heartbeat(&mut self) {
+        self.keep_on_drop = true;
+        self.stop.notify_one();
     }
 
     /// Proclaim a new value (names only).
@@ -147,9 +226,14 @@ impl<S: LeaseService + Clone> LockGuard<S> {
 impl<S: LeaseService + Clone> Drop for LockGuard<S> {
     fn drop(&mut self) {
         if let Some(renewal) = self.renewal.take() {
-            renewal.abort();
+            // After stop_heartbeat the task only waits for the client deadline to signal
+            // the loss (it renews nothing); let it, so `lost()` still resolves then.
+            if !self.keep_on_drop {
+                renewal.abort();
+            }
         }
-        if self.released || matches!(*self.state.borrow(), GuardState::Lost(_)) {
+        if self.released || self.keep_on_drop || matches!(*self.state.borrow(), GuardState::Lost(_))
+        {
             return;
         }
         // Best effort: release in the background if a runtime is still there.
@@ -165,15 +249,28 @@ impl<S: LeaseService + Clone> Drop for LockGuard<S> {
 /// Keep `hold` alive: renew every `heartbeat` (sooner while renewals fail), moving the
 /// client deadline to `valid_for` after each successful renewal was sent, until the
 /// deadline passes or the cluster says the hold is gone.
+/// How a renewal loop starts: the send time of the grant's request, how long a renewal
+/// keeps the hold valid on this side, the period, and the stop switch.
+struct Renewal {
+    t_send: Instant,
+    valid_for: Duration,
+    heartbeat: Duration,
+    stop: Arc<Notify>,
+}
+
 async fn renewal_loop<S: LeaseService>(
     service: S,
     hold: Hold,
-    mut t_send: Instant,
-    valid_for: Duration,
-    heartbeat: Duration,
+    renewal: Renewal,
     state: watch::Sender<GuardState>,
     valid_until: watch::Sender<Instant>,
 ) {
+    let Renewal {
+        mut t_send,
+        valid_for,
+        heartbeat,
+        stop,
+    } = renewal;
     let mut deadline = t_send + valid_for;
     let mut next = t_send + heartbeat;
     let mut last_error = String::new();
@@ -181,6 +278,14 @@ async fn renewal_loop<S: LeaseService>(
         tokio::select! {
             _ = tokio::time::sleep_until(deadline) => {
                 let _ = state.send(GuardState::Lost(LossReason::Unreachable(last_error)));
+                return;
+            }
+            _ = stop.notified() => {
+                // stop_heartbeat: renew no more; the hold is believed until the deadline.
+                tokio::time::sleep_until(deadline).await;
+                let _ = state.send(GuardState::Lost(LossReason::Expired(
+                    "the heartbeat was stopped and the client deadline passed".into(),
+                )));
                 return;
             }
             _ = tokio::time::sleep_until(next) => {}

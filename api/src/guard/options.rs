@@ -66,6 +66,12 @@ pub struct GuardOptions {
     pub heartbeat: Option<Duration>,
     pub value: Option<String>,
     pub drift: f64,
+    /// Hold under this existing lease (a session with many holds) instead of a new
+    /// implicit one. The guard renews that lease; releasing the guard leaves it alive.
+    pub lease_id: Option<u64>,
+    /// Lock-delay (locks only): if the hold ends by expiry, nobody gets the key for this
+    /// long after (Chubby, Consul).
+    pub lock_delay: Option<Duration>,
 }
 
 impl Default for GuardOptions {
@@ -77,6 +83,8 @@ impl Default for GuardOptions {
             heartbeat: None,
             value: None,
             drift: DEFAULT_DRIFT,
+            lease_id: None,
+            lock_delay: None,
         }
     }
 }

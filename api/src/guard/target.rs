@@ -36,15 +36,21 @@ impl Target {
     ) -> Result<Grant, ApiError> {
         let t_send = Instant::now();
         let owner = opts.owner.clone();
-        let ttl_ms = Some(opts.ttl_ms());
+        // Under an existing lease, or a new implicit one with the guard's TTL.
+        let (ttl_ms, lease) = match opts.lease_id {
+            Some(lease_id) => (None, Some(lease_id)),
+            None => (Some(opts.ttl_ms()), None),
+        };
         let value = opts.value.clone();
         let (owner, token, lease_id) = match self {
             Target::Lock => {
                 let req = AcquireRequest {
                     owner,
                     ttl_ms,
+                    lease_id: lease,
                     wait_ms,
                     value,
+                    lock_delay_ms: opts.lock_delay.map(|d| d.as_millis() as u64),
                     ..Default::default()
                 };
                 let hold = service.acquire_lock(key, req).await?;
@@ -55,6 +61,7 @@ impl Target {
                     owner,
                     limit,
                     ttl_ms,
+                    lease_id: lease,
                     wait_ms,
                     value,
                     ..Default::default()
@@ -67,6 +74,7 @@ impl Target {
                     owner,
                     value,
                     ttl_ms,
+                    lease_id: lease,
                     wait_ms,
                     ..Default::default()
                 };
