@@ -303,6 +303,14 @@ async fn behaviour<S: LeaseService + Clone>(s: &S) {
         "{events:?}"
     );
     assert!(h.events[1].held_ms.is_some(), "{:?}", h.events[1]);
+    let listed = s.list_semaphores(ListParams::default()).await.unwrap();
+    let listed = listed
+        .semaphores
+        .iter()
+        .find(|x| x.key == "suite/sem")
+        .expect("suite/sem is listed");
+    assert_eq!((listed.limit, listed.holders.len()), (2, 2), "{listed:?}");
+    assert!(listed.queue.is_empty(), "{listed:?}");
 
     // Errors are the same errors.
     let bad = s
