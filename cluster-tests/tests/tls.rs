@@ -279,6 +279,30 @@ async fn with_a_client_ca_clients_must_present_a_certificate_it_signed() {
     cluster.shutdown().await;
 }
 
+/// `leasehold serve` on free loopback ports, logging at info to `log_path`, with the
+/// flags `more` adds; the child and its client address.
+async fn spawn_serve(
+    log_path: &Path,
+    more: impl FnOnce(&mut tokio::process::Command),
+) -> (tokio::process::Child, std::net::SocketAddr) {
+    let log = std::fs::File::create(log_path).unwrap();
+    let (client_addr, peer_addr) = (free_addr().await, free_addr().await);
+    let mut cmd = tokio::process::Command::new(leasehold_bin());
+    cmd.arg("serve")
+        .args(["--client-addr", &client_addr.to_string()])
+        .args(["--peer-addr", &peer_addr.to_string()]);
+    more(&mut cmd);
+    let child = cmd
+        .env("LEASEHOLD_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    (child, client_addr)
+}
+
 /// A free loopback address (bound, then released for the process to take).
 async fn free_addr() -> std::net::SocketAddr {
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -331,28 +355,18 @@ async fn sighup_reloads_certificates_and_tokens_in_a_running_process() {
     install(&first, &files.join("first"), &cert, &key, &ca_path);
     std::fs::write(&tokens, tokens_toml("first", "tok-first")).unwrap();
 
-    let (client_addr, peer_addr) = (free_addr().await, free_addr().await);
     let log_path = files.join("node.log");
-    let log = std::fs::File::create(&log_path).unwrap();
-    let mut child = tokio::process::Command::new(leasehold_bin())
-        .arg("serve")
-        .args(["--client-addr", &client_addr.to_string()])
-        .args(["--peer-addr", &peer_addr.to_string()])
-        .arg("--tls-cert")
-        .arg(&cert)
-        .arg("--tls-key")
-        .arg(&key)
-        .arg("--tls-ca")
-        .arg(&ca_path)
-        .arg("--auth-tokens-file")
-        .arg(&tokens)
-        .env("LEASEHOLD_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log)
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let (mut child, client_addr) = spawn_serve(&log_path, |cmd| {
+        cmd.arg("--tls-cert")
+            .arg(&cert)
+            .arg("--tls-key")
+            .arg(&key)
+            .arg("--tls-ca")
+            .arg(&ca_path)
+            .arg("--auth-tokens-file")
+            .arg(&tokens);
+    })
+    .await;
     let pid = child.id().unwrap() as libc::pid_t;
     let url = format!("https://{client_addr}");
     wait_until(Duration::from_secs(15), || async {
@@ -402,6 +416,10 @@ async fn sighup_reloads_certificates_and_tokens_in_a_running_process() {
     status_with(&url, &second, "tok-second")
         .await
         .expect("the certificate in force keeps serving");
+    assert!(
+        !log.contains("the peer port is unauthenticated"),
+        "a node with [tls] does not warn about its peer port:\n{log}"
+    );
     let _ = child.start_kill();
     let _ = child.wait().await;
 }
@@ -461,4 +479,32 @@ fn with_tokens(config: &mut Config) {
         path
     });
     config.auth.tokens_file = Some(path.clone());
+}
+
+/// A node with neither `[tls]` nor `cluster.secret_file` says at start that anyone who
+/// can reach its peer port can vote and append; with a secret it does not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_with_an_open_peer_port_warns_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, "a-long-enough-cluster-secret-for-the-test").unwrap();
+    for with_secret in [false, true] {
+        let log_path = dir.path().join(format!("node-{with_secret}.log"));
+        let (mut child, _) = spawn_serve(&log_path, |cmd| {
+            if with_secret {
+                cmd.arg("--cluster-secret-file").arg(&secret);
+            }
+        })
+        .await;
+        let text = wait_until(Duration::from_secs(15), || async {
+            let text = std::fs::read_to_string(&log_path).ok()?;
+            text.contains("leasehold node started").then_some(text)
+        })
+        .await
+        .expect("the node starts");
+        let warned = text.contains("the peer port is unauthenticated");
+        assert_eq!(warned, !with_secret, "secret {with_secret}:\n{text}");
+        let _ = child.start_kill();
+        let _ = child.wait().await;
+    }
 }

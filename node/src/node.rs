@@ -499,32 +499,30 @@ fn serve(
         addr: SocketAddr::from(([0, 0, 0, 0], 0)),
         source,
     };
-    let task = match tls {
-        None => tokio::spawn(
-            async move {
-                let result = axum::serve(listener, router)
-                    .with_graceful_shutdown(cancel.cancelled_owned())
-                    .await;
-                if let Err(e) = result {
-                    warn!(error = %e, "listener stopped with an error");
-                }
-            }
-            .in_current_span(),
-        ),
+    Ok(match tls {
+        None => spawn_server(listener, router, cancel),
         Some((tls, config)) => {
             let listener = TlsListener::new(listener, tls, config).map_err(bind_err)?;
-            tokio::spawn(
-                async move {
-                    let result = axum::serve(listener, router)
-                        .with_graceful_shutdown(cancel.cancelled_owned())
-                        .await;
-                    if let Err(e) = result {
-                        warn!(error = %e, "listener stopped with an error");
-                    }
-                }
-                .in_current_span(),
-            )
+            spawn_server(listener, router, cancel)
         }
-    };
-    Ok(task)
+    })
+}
+
+/// Run axum on `listener` until `cancel`, in the current span.
+fn spawn_server<L>(listener: L, router: axum::Router, cancel: CancellationToken) -> JoinHandle<()>
+where
+    L: axum::serve::Listener,
+    L::Addr: std::fmt::Debug,
+{
+    tokio::spawn(
+        async move {
+            let result = axum::serve(listener, router)
+                .with_graceful_shutdown(cancel.cancelled_owned())
+                .await;
+            if let Err(e) = result {
+                warn!(error = %e, "listener stopped with an error");
+            }
+        }
+        .in_current_span(),
+    )
 }

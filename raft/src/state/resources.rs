@@ -318,19 +318,21 @@ impl LeaseState {
             return CommandResult::Error(self.not_owner(&rid, token));
         };
         self.end_hold(&rid, token, EndReason::Released, fx);
-        // An implicit lease exists for this one hold; it ends with it.
-        let lease_done = self
-            .leases
-            .get(&hold.lease_id)
-            .is_some_and(|l| l.implicit && l.holds.is_empty() && l.waits.is_empty());
-        if lease_done {
-            self.remove_lease(hold.lease_id);
-            fx.events.push(StateEvent::LeaseGone {
-                lease_id: hold.lease_id,
-            });
-        }
+        self.end_implicit_lease(hold.lease_id, fx);
         self.promote(&rid, fx);
         CommandResult::Released
+    }
+
+    /// An implicit lease exists for one hold (or wait); once it has neither, it ends.
+    fn end_implicit_lease(&mut self, lease_id: LeaseId, fx: &mut Effects<'_>) {
+        let done = self
+            .leases
+            .get(&lease_id)
+            .is_some_and(|l| l.implicit && l.holds.is_empty() && l.waits.is_empty());
+        if done {
+            self.remove_lease(lease_id);
+            fx.events.push(StateEvent::LeaseGone { lease_id });
+        }
     }
 
     /// Why `token` is not a holder of `rid`: [`SmError::Stolen`] if an operator
@@ -383,16 +385,7 @@ impl LeaseState {
                 event.principal = by;
             }
         }
-        let lease_done = self
-            .leases
-            .get(&hold.lease_id)
-            .is_some_and(|l| l.implicit && l.holds.is_empty() && l.waits.is_empty());
-        if lease_done {
-            self.remove_lease(hold.lease_id);
-            fx.events.push(StateEvent::LeaseGone {
-                lease_id: hold.lease_id,
-            });
-        }
+        self.end_implicit_lease(hold.lease_id, fx);
         self.promote(&rid, fx);
         CommandResult::ForceReleased {
             owner: hold.owner,
