@@ -280,11 +280,15 @@ async fn with_a_client_ca_clients_must_present_a_certificate_it_signed() {
 }
 
 /// `leasehold serve` on free loopback ports, logging at info to `log_path`, with the
-/// flags `more` adds; the child and its client address.
+/// flags `more` adds; the child, its client address and its peer address.
 async fn spawn_serve(
     log_path: &Path,
     more: impl FnOnce(&mut tokio::process::Command),
-) -> (tokio::process::Child, std::net::SocketAddr) {
+) -> (
+    tokio::process::Child,
+    std::net::SocketAddr,
+    std::net::SocketAddr,
+) {
     let log = std::fs::File::create(log_path).unwrap();
     let (client_addr, peer_addr) = (free_addr().await, free_addr().await);
     let mut cmd = tokio::process::Command::new(leasehold_bin());
@@ -300,7 +304,7 @@ async fn spawn_serve(
         .kill_on_drop(true)
         .spawn()
         .unwrap();
-    (child, client_addr)
+    (child, client_addr, peer_addr)
 }
 
 /// A free loopback address (bound, then released for the process to take).
@@ -356,7 +360,7 @@ async fn sighup_reloads_certificates_and_tokens_in_a_running_process() {
     std::fs::write(&tokens, tokens_toml("first", "tok-first")).unwrap();
 
     let log_path = files.join("node.log");
-    let (mut child, client_addr) = spawn_serve(&log_path, |cmd| {
+    let (mut child, client_addr, _) = spawn_serve(&log_path, |cmd| {
         cmd.arg("--tls-cert")
             .arg(&cert)
             .arg("--tls-key")
@@ -490,7 +494,7 @@ async fn a_node_with_an_open_peer_port_warns_at_start() {
     std::fs::write(&secret, "a-long-enough-cluster-secret-for-the-test").unwrap();
     for with_secret in [false, true] {
         let log_path = dir.path().join(format!("node-{with_secret}.log"));
-        let (mut child, _) = spawn_serve(&log_path, |cmd| {
+        let (mut child, _, peer_addr) = spawn_serve(&log_path, |cmd| {
             if with_secret {
                 cmd.arg("--cluster-secret-file").arg(&secret);
             }
@@ -504,7 +508,49 @@ async fn a_node_with_an_open_peer_port_warns_at_start() {
         .expect("the node starts");
         let warned = text.contains("the peer port is unauthenticated");
         assert_eq!(warned, !with_secret, "secret {with_secret}:\n{text}");
+        if with_secret {
+            // The secret is what stands between the peer port and a stranger's vote.
+            let http = reqwest::Client::builder().no_proxy().build().unwrap();
+            let url = format!("http://{peer_addr}{}", peer_probe::PATH);
+            for (header, expected) in [
+                (None, 401),
+                (Some("wrong"), 401),
+                (Some("a-long-enough-cluster-secret-for-the-test"), 200),
+            ] {
+                let mut req = http.post(&url).body(peer_probe::vote_request(99, 1));
+                if let Some(h) = header {
+                    req = req.header("x-leasehold-secret", h);
+                }
+                let status = req.send().await.unwrap().status().as_u16();
+                assert_eq!(status, expected, "secret header {header:?}");
+            }
+        }
         let _ = child.start_kill();
         let _ = child.wait().await;
     }
+    // An empty secret would let through anyone who sends an empty header: refused.
+    std::fs::write(&secret, "  \n").unwrap();
+    let out = tokio::process::Command::new(leasehold_bin())
+        .args([
+            "serve",
+            "--client-addr",
+            "127.0.0.1:0",
+            "--peer-addr",
+            "127.0.0.1:0",
+        ])
+        .arg("--cluster-secret-file")
+        .arg(&secret)
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(30), out)
+        .await
+        .expect("serve exits instead of serving")
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "serve started with an empty secret");
+    assert!(
+        stderr.contains("cluster secret file") && stderr.contains("empty"),
+        "{stderr}"
+    );
 }

@@ -464,7 +464,18 @@ fn read_secret(config: &Config) -> Result<Option<Arc<String>>, StartError> {
         path: path.display().to_string(),
         source,
     })?;
-    Ok(Some(Arc::new(secret.trim().to_string())))
+    let secret = secret.trim();
+    if secret.is_empty() {
+        // An empty secret would let through any request that sends an empty header.
+        return Err(StartError::Secret {
+            path: path.display().to_string(),
+            source: std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "the file is empty (or only whitespace); put the cluster's secret in it",
+            ),
+        });
+    }
+    Ok(Some(Arc::new(secret.to_string())))
 }
 
 /// Serve every request of `router` in `span`. axum runs each connection in a task of its
