@@ -88,6 +88,7 @@ keys! {
     "raft.proposal_timeout_ms", "LEASEHOLD_RAFT_PROPOSAL_TIMEOUT_MS", "--raft-proposal-timeout-ms", U64, "5000", "deadline of one proposal";
     "raft.max_batch", "LEASEHOLD_RAFT_MAX_BATCH", "--raft-max-batch", USIZE, "512", "most commands in one log entry";
     "raft.snapshot_every_logs", "LEASEHOLD_RAFT_SNAPSHOT_EVERY_LOGS", "--raft-snapshot-every-logs", U64, "10000", "snapshot and purge after this many entries";
+    "raft.keepalive_window_ms", "LEASEHOLD_RAFT_KEEPALIVE_WINDOW_MS", "--raft-keepalive-window-ms", U64, "5", "keepalives forwarded and leadership rounds run at most once per window";
     "limits.max_key_bytes", "LEASEHOLD_LIMITS_MAX_KEY_BYTES", "--limits-max-key-bytes", USIZE, "512", "longest key or name";
     "limits.max_value_bytes", "LEASEHOLD_LIMITS_MAX_VALUE_BYTES", "--limits-max-value-bytes", USIZE, "65536", "largest value";
     "limits.max_body_bytes", "LEASEHOLD_LIMITS_MAX_BODY_BYTES", "--limits-max-body-bytes", USIZE, "131072", "largest request body";

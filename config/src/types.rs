@@ -65,6 +65,10 @@ pub struct RaftConfig {
     pub max_batch: usize,
     /// Build a snapshot (and purge the log) after this many entries.
     pub snapshot_every_logs: u64,
+    /// Keepalives and read-index reads: a node forwards the keepalives gathered within
+    /// this window as one message, and the leader runs at most one leadership round per
+    /// window. The first request after a quiet window goes at once; 0 never waits.
+    pub keepalive_window_ms: u64,
 }
 
 impl Default for RaftConfig {
@@ -76,6 +80,7 @@ impl Default for RaftConfig {
             proposal_timeout_ms: 5_000,
             max_batch: 512,
             snapshot_every_logs: 10_000,
+            keepalive_window_ms: 5,
         }
     }
 }

@@ -116,6 +116,9 @@ impl Config {
     }
 }
 
+/// Longest keepalive batching window.
+const MAX_KEEPALIVE_WINDOW_MS: u64 = 100;
+
 fn validate_raft(r: &RaftConfig) -> Result<(), ConfigError> {
     if r.heartbeat_interval_ms == 0 {
         return Err(invalid(
@@ -161,6 +164,17 @@ fn validate_raft(r: &RaftConfig) -> Result<(), ConfigError> {
         return Err(invalid(
             "raft.snapshot_every_logs",
             "must be greater than 0",
+        ));
+    }
+    // A keepalive may wait up to two windows (its node's, then the leader's round): keep
+    // that far below any TTL and the client's renewal margin.
+    if r.keepalive_window_ms > MAX_KEEPALIVE_WINDOW_MS {
+        return Err(invalid(
+            "raft.keepalive_window_ms",
+            format!(
+                "must be at most {MAX_KEEPALIVE_WINDOW_MS}, got {}",
+                r.keepalive_window_ms
+            ),
         ));
     }
     Ok(())
@@ -326,6 +340,12 @@ mod tests {
                 |c| c.raft.snapshot_every_logs = 0,
                 "raft.snapshot_every_logs",
                 "greater than 0",
+            ),
+            (
+                "keepalive window too long",
+                |c| c.raft.keepalive_window_ms = 101,
+                "raft.keepalive_window_ms",
+                "must be at most 100, got 101",
             ),
             (
                 "empty keys",

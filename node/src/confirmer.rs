@@ -3,13 +3,20 @@
 //! Keepalives and linearizable reads need proof that this node still leads: a heartbeat
 //! round acknowledged by a quorum, after which the local state machine has applied
 //! everything committed before the round. One round serves every caller that asked before
-//! it started; callers that arrive during a round wait for the next one.
+//! it started; callers that arrive during a round wait for the next one. Rounds start at
+//! most once per `window` (`raft.keepalive_window_ms`): the first caller after a quiet
+//! window starts one at once, and callers within a busy window share the next, so rounds
+//! cost the peers at most `1 / window` heartbeats a second however many keepalives and
+//! reads arrive.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use leasehold_raft::typ::Raft;
 use openraft::ServerState;
 use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
@@ -36,11 +43,13 @@ impl ConfirmerHandle {
     pub fn spawn(
         raft: Raft,
         round_timeout: Duration,
+        window: Duration,
+        rounds: Arc<AtomicU64>,
         tracker: &TaskTracker,
         cancel: CancellationToken,
     ) -> Self {
         let (tx, rx) = mpsc::channel(INBOX_CAPACITY);
-        tracker.spawn(run(raft, round_timeout, rx, cancel).in_current_span());
+        tracker.spawn(run(raft, round_timeout, window, rounds, rx, cancel).in_current_span());
         ConfirmerHandle { tx }
     }
 
@@ -59,9 +68,12 @@ impl ConfirmerHandle {
 async fn run(
     raft: Raft,
     round_timeout: Duration,
+    window: Duration,
+    rounds: Arc<AtomicU64>,
     mut rx: mpsc::Receiver<Reply>,
     cancel: CancellationToken,
 ) {
+    let mut last_round: Option<Instant> = None;
     loop {
         let first = tokio::select! {
             _ = cancel.cancelled() => return,
@@ -70,10 +82,18 @@ async fn run(
                 None => return,
             },
         };
+        if let Some(last) = last_round {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep_until(last + window) => {}
+            }
+        }
         let mut waiting = vec![first];
         while let Ok(next) = rx.try_recv() {
             waiting.push(next);
         }
+        last_round = Some(Instant::now());
+        rounds.fetch_add(1, Ordering::Relaxed);
         let result = confirm_round(&raft, round_timeout).await;
         for reply in waiting {
             let _ = reply.send(result.clone());

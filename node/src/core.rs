@@ -11,6 +11,7 @@
 
 use std::collections::BTreeSet;
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,11 +27,12 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, Instrument};
 
+use crate::batcher::{Batcher, Pace, FORWARD_IN_FLIGHT};
 use crate::clock::Clock;
 use crate::confirmer::ConfirmerHandle;
 use crate::error::CoreError;
 use crate::lease_actor::LeaseHandle;
-use crate::peer::{ForwardRequest, ForwardResponse, MembershipChange, PeerClient};
+use crate::peer::{ForwardRequest, ForwardResponse, Keep, MembershipChange, PeerClient};
 use crate::proposer::{ProposerHandle, ProposerSettings};
 
 /// Longest pause between retries while no leader is known (or it could not be reached).
@@ -43,6 +45,11 @@ pub(crate) struct Core {
     proposer: ProposerHandle,
     confirmer: ConfirmerHandle,
     leases: LeaseHandle,
+    counters: BatchCounters,
+    /// Gathers this node's keepalives into batches for the leader, once per window.
+    keepalives: Batcher<Keep, (LeaseId, u64)>,
+    /// Gathers this node's writes into batches for the leader while others are in flight.
+    writes: Batcher<Proposal, (u64, CommandResult)>,
     peers: PeerClient,
     /// The deadline of one proposal or read barrier.
     request_timeout: Duration,
@@ -67,6 +74,19 @@ pub(crate) struct MemberView {
     pub matched_index: Option<u64>,
     /// Leader only: does it keep up (within 64 entries of the leader's log)?
     pub reachable: Option<bool>,
+}
+
+/// Counters of how this node batches what it asks of the leader (`/metrics`).
+#[derive(Debug, Default)]
+pub(crate) struct BatchCounters {
+    /// Keepalives this node's batcher sent, and the batches they went in.
+    pub keepalives_batched: AtomicU64,
+    pub keepalive_batches: AtomicU64,
+    /// Writes this node's batcher forwarded, and the batches they went in.
+    pub writes_batched: AtomicU64,
+    pub write_batches: AtomicU64,
+    /// Leadership-confirmation rounds this node ran as leader.
+    pub confirm_rounds: Arc<AtomicU64>,
 }
 
 /// This node's view of the cluster, read from openraft's metrics in one go.
@@ -108,7 +128,8 @@ impl RequestIds {
 }
 
 impl Core {
-    /// Spawn the actors (proposer, confirmer, lease actor) on `tracker` and build the core.
+    /// Spawn the actors (proposer, confirmer, lease actor, keepalive batcher) on `tracker`
+    /// and build the core.
     pub(crate) fn start(
         config: &Config,
         raft: Raft,
@@ -117,7 +138,7 @@ impl Core {
         clock: Clock,
         tracker: &TaskTracker,
         cancel: &CancellationToken,
-    ) -> Core {
+    ) -> Arc<Core> {
         let election_timeout_max = Duration::from_millis(config.raft.election_timeout_max_ms);
         let proposer = ProposerHandle::spawn(
             raft.clone(),
@@ -130,9 +151,13 @@ impl Core {
             tracker,
             cancel.clone(),
         );
+        let window = Duration::from_millis(config.raft.keepalive_window_ms);
+        let counters = BatchCounters::default();
         let confirmer = ConfirmerHandle::spawn(
             raft.clone(),
             election_timeout_max * 2,
+            window,
+            counters.confirm_rounds.clone(),
             tracker,
             cancel.clone(),
         );
@@ -144,20 +169,51 @@ impl Core {
             tracker,
             cancel.clone(),
         );
-        Core {
+        Arc::new_cyclic(|core| Core {
             node_id: config.node_id,
             raft,
             shared,
             proposer,
             confirmer,
             leases,
+            counters,
+            keepalives: Batcher::spawn(
+                core.clone(),
+                Pace::Window(window),
+                |core, keeps| {
+                    Box::pin(async move {
+                        let c = &core.counters;
+                        c.keepalive_batches.fetch_add(1, Ordering::Relaxed);
+                        c.keepalives_batched
+                            .fetch_add(keeps.len() as u64, Ordering::Relaxed);
+                        core.keep_batch(keeps).await
+                    })
+                },
+                tracker,
+                cancel.clone(),
+            ),
+            writes: Batcher::spawn(
+                core.clone(),
+                Pace::InFlight(FORWARD_IN_FLIGHT),
+                |core, proposals| {
+                    Box::pin(async move {
+                        let c = &core.counters;
+                        c.write_batches.fetch_add(1, Ordering::Relaxed);
+                        c.writes_batched
+                            .fetch_add(proposals.len() as u64, Ordering::Relaxed);
+                        core.write_batch(proposals).await
+                    })
+                },
+                tracker,
+                cancel.clone(),
+            ),
             peers,
             request_timeout: config.limits.request_timeout(),
             leader_wait: election_timeout_max * 3,
             request_ids: RequestIds::new(config.node_id),
             tracker: tracker.clone(),
             cancel: cancel.clone(),
-        }
+        })
     }
 
     pub(crate) fn node_id(&self) -> NodeId {
@@ -205,6 +261,11 @@ impl Core {
             }
             .in_current_span(),
         );
+    }
+
+    /// How this node has batched what it asked of the leader.
+    pub(crate) fn counters(&self) -> &BatchCounters {
+        &self.counters
     }
 
     /// This node's view of the cluster (members, leader, replication progress).
@@ -332,48 +393,35 @@ impl Core {
         req: ForwardRequest,
     ) -> Result<ForwardResponse, CoreError> {
         match req {
-            ForwardRequest::Propose(proposal) => {
-                let (index, result) = self.proposer.propose(proposal).await?;
-                Ok(ForwardResponse::Result { index, result })
+            ForwardRequest::Propose(proposals) => {
+                // Each goes to the proposer, which gathers them into as few entries as it
+                // can. A failure that a retry may cure (no longer leader, no quorum) fails
+                // the batch, and the sender retries it whole: writes that did commit are
+                // answered from the state machine's request-id table, not applied twice.
+                let results = futures::future::join_all(
+                    proposals.into_iter().map(|p| self.proposer.propose(p)),
+                )
+                .await;
+                results
+                    .into_iter()
+                    .collect::<Result<Vec<_>, CoreError>>()
+                    .map(ForwardResponse::Results)
             }
             ForwardRequest::ReadIndex => {
                 let confirmed = self.confirmer.confirm().await?;
                 Ok(ForwardResponse::ReadIndex(confirmed.read_index))
             }
-            ForwardRequest::KeepaliveLease { lease_id, caller } => {
+            ForwardRequest::Keepalive(keeps) => {
+                // One round proves leadership for every keepalive in the batch: each was
+                // sent before the batch left its node, so before the round began (rule 3).
                 let confirmed = self.confirmer.confirm().await?;
-                if let Some(caller) = &caller {
-                    self.shared
-                        .read(|s| s.lease_access(lease_id, caller))
-                        .map_err(CoreError::Refused)?;
-                }
-                let ttl_ms = self.leases.refresh(lease_id, confirmed.term).await?;
-                Ok(ForwardResponse::Kept { lease_id, ttl_ms })
-            }
-            ForwardRequest::KeepaliveHold {
-                kind,
-                key,
-                owner,
-                token,
-                caller,
-            } => {
-                let confirmed = self.confirmer.confirm().await?;
-                let lease_id = self
-                    .shared
-                    .read(|s| {
-                        let Some(hold) = s.find_hold(kind, &key, &owner, token) else {
-                            // Not a holder: say why (force-released, or simply gone).
-                            return Err(s.not_owner(&(kind, key.clone()), token));
-                        };
-                        match &caller {
-                            Some(caller) => s.lease_access(hold.lease_id, caller),
-                            None => Ok(()),
-                        }
-                        .map(|()| hold.lease_id)
-                    })
-                    .map_err(CoreError::Refused)?;
-                let ttl_ms = self.leases.refresh(lease_id, confirmed.term).await?;
-                Ok(ForwardResponse::Kept { lease_id, ttl_ms })
+                let kept = futures::future::join_all(
+                    keeps
+                        .into_iter()
+                        .map(|keep| self.keep_locally(keep, confirmed.term)),
+                )
+                .await;
+                Ok(ForwardResponse::Kept(kept))
             }
             ForwardRequest::RemainingMs(lease_ids) => Ok(ForwardResponse::RemainingMs(
                 self.leases.remaining_ms(lease_ids).await,
@@ -397,8 +445,24 @@ impl Core {
         if proposal.request_id.is_none() {
             proposal.request_id = Some(self.request_ids.next());
         }
-        match self.on_leader(ForwardRequest::Propose(proposal)).await? {
-            ForwardResponse::Result { index, result } => Ok((index, result)),
+        if self.is_leader() {
+            // The proposer batches the leader's own writes; a hop through the batcher
+            // would only add a task switch.
+            let mut results = self.write_batch(vec![proposal]).await?;
+            return results
+                .pop()
+                .unwrap_or_else(|| Err(unexpected(ForwardResponse::Done)));
+        }
+        self.writes.submit(proposal).await
+    }
+
+    /// Send one batch of writes to the leader (the write batcher calls this).
+    async fn write_batch(
+        &self,
+        proposals: Vec<Proposal>,
+    ) -> Result<Vec<Result<(u64, CommandResult), CoreError>>, CoreError> {
+        match self.on_leader(ForwardRequest::Propose(proposals)).await? {
+            ForwardResponse::Results(results) => Ok(results.into_iter().map(Ok).collect()),
             other => Err(unexpected(other)),
         }
     }
@@ -437,13 +501,8 @@ impl Core {
         lease_id: LeaseId,
         caller: Option<Caller>,
     ) -> Result<u64, CoreError> {
-        match self
-            .on_leader(ForwardRequest::KeepaliveLease { lease_id, caller })
-            .await?
-        {
-            ForwardResponse::Kept { ttl_ms, .. } => Ok(ttl_ms),
-            other => Err(unexpected(other)),
-        }
+        let (_, ttl_ms) = self.keep(Keep::Lease { lease_id, caller }).await?;
+        Ok(ttl_ms)
     }
 
     /// Keep the lease of a current hold alive; `not_owner` if it is not current.
@@ -455,15 +514,73 @@ impl Core {
         token: Token,
         caller: Option<Caller>,
     ) -> Result<(LeaseId, u64), CoreError> {
-        let req = ForwardRequest::KeepaliveHold {
+        self.keep(Keep::Hold {
             kind,
             key: key.to_string(),
             owner: owner.to_string(),
             token,
             caller,
+        })
+        .await
+    }
+
+    /// One keepalive: on the leader straight to the (windowed) confirmer, elsewhere with
+    /// the next batch.
+    async fn keep(&self, keep: Keep) -> Result<(LeaseId, u64), CoreError> {
+        if self.is_leader() {
+            let mut kept = self.keep_batch(vec![keep]).await?;
+            return kept
+                .pop()
+                .unwrap_or_else(|| Err(unexpected(ForwardResponse::Done)));
+        }
+        self.keepalives.submit(keep).await
+    }
+
+    /// One keepalive on the leader, whose leadership in `term` was confirmed after the
+    /// keepalive was sent.
+    async fn keep_locally(&self, keep: Keep, term: u64) -> Result<(LeaseId, u64), CoreError> {
+        let lease_id = match keep {
+            Keep::Lease { lease_id, caller } => {
+                if let Some(caller) = &caller {
+                    self.shared
+                        .read(|s| s.lease_access(lease_id, caller))
+                        .map_err(CoreError::Refused)?;
+                }
+                lease_id
+            }
+            Keep::Hold {
+                kind,
+                key,
+                owner,
+                token,
+                caller,
+            } => self
+                .shared
+                .read(|s| {
+                    let Some(hold) = s.find_hold(kind, &key, &owner, token) else {
+                        // Not a holder: say why (force-released, or simply gone).
+                        return Err(s.not_owner(&(kind, key.clone()), token));
+                    };
+                    match &caller {
+                        Some(caller) => s.lease_access(hold.lease_id, caller),
+                        None => Ok(()),
+                    }
+                    .map(|()| hold.lease_id)
+                })
+                .map_err(CoreError::Refused)?,
         };
-        match self.on_leader(req).await? {
-            ForwardResponse::Kept { lease_id, ttl_ms } => Ok((lease_id, ttl_ms)),
+        let ttl_ms = self.leases.refresh(lease_id, term).await?;
+        Ok((lease_id, ttl_ms))
+    }
+
+    /// Send one batch of keepalives to the leader (the keepalive batcher calls this).
+    async fn keep_batch(
+        &self,
+        keeps: Vec<Keep>,
+    ) -> Result<Vec<Result<(LeaseId, u64), CoreError>>, CoreError> {
+        let n = keeps.len();
+        match self.on_leader(ForwardRequest::Keepalive(keeps)).await? {
+            ForwardResponse::Kept(kept) if kept.len() == n => Ok(kept),
             other => Err(unexpected(other)),
         }
     }

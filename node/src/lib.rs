@@ -9,7 +9,10 @@
 //! - `peer`: everything nodes say to one another: the versioned envelope, the pooled peer
 //!   client, openraft's transport, forwarding, the bootstrap probe and the peer listener.
 //! - `proposer`: gathers concurrent commands into one Raft entry (group commit).
-//! - `confirmer`: batched leadership confirmation (read-index rounds).
+//! - `confirmer`: batched leadership confirmation (read-index rounds), at most one
+//!   round per `raft.keepalive_window_ms`.
+//! - `batcher`: gathers a node's writes (while earlier ones are in flight) and keepalives
+//!   (once per window) into one message to the leader.
 //! - `lease_actor`: lease deadlines, expiry and lock-delay on the leader.
 //! - `clock`: the wall clock the actors are given.
 //! - `error`: the core's typed errors ([`CoreError`]).
@@ -17,6 +20,7 @@
 //! Only this crate opens sockets and spawns long-lived tasks, and every task it spawns
 //! is tracked so that [`Node::shutdown`] waits for it.
 
+mod batcher;
 mod clock;
 mod confirmer;
 mod core;

@@ -179,7 +179,7 @@ impl Node {
 
         let cancel = CancellationToken::new();
         let tracker = TaskTracker::new();
-        let core = Arc::new(Core::start(
+        let core = Core::start(
             &config,
             raft,
             shared,
@@ -187,7 +187,7 @@ impl Node {
             Clock::System,
             &tracker,
             &cancel,
-        ));
+        );
 
         let mut servers = Vec::new();
         let peer_router = in_span(crate::peer::server::router(core.clone(), secret), &span);

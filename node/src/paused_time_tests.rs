@@ -49,7 +49,7 @@ async fn one_node_core() -> (Arc<Core>, TaskTracker, CancellationToken) {
     raft.initialize(members).await.unwrap();
     let tracker = TaskTracker::new();
     let cancel = CancellationToken::new();
-    let core = Arc::new(Core::start(
+    let core = Core::start(
         &config,
         raft,
         shared,
@@ -57,7 +57,7 @@ async fn one_node_core() -> (Arc<Core>, TaskTracker, CancellationToken) {
         Clock::following_tokio(),
         &tracker,
         &cancel,
-    ));
+    );
     // Leadership, then the lease actor's takeover (a read-index round) must be done.
     let mut metrics = core.raft().metrics();
     metrics

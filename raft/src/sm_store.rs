@@ -313,6 +313,7 @@ pub struct SnapshotBuilder {
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
+        let started = std::time::Instant::now();
         let envelope = {
             let applied = self
                 .shared
@@ -325,6 +326,8 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
                 state: applied.lease.encode(),
             }
         };
+        // Writers (apply) wait for the state machine lock while the state is encoded.
+        let encoded_ms = started.elapsed().as_millis() as u64;
         let data = encode_envelope(&envelope)?;
         let seq = self.snapshot_seq.fetch_add(1, Ordering::AcqRel) + 1;
         let snapshot_id = match envelope.last_applied {
@@ -344,6 +347,13 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
                 .map_err(|e| snapshot_err(ErrorVerb::Write, &e.to_string()))??;
         }
         *self.current.lock().expect("snapshot lock poisoned") = Some(stored.clone());
+        tracing::info!(
+            snapshot_id = %stored.meta.snapshot_id,
+            bytes = stored.data.len(),
+            encoded_ms,
+            total_ms = started.elapsed().as_millis() as u64,
+            "snapshot built"
+        );
         Ok(Snapshot {
             meta: stored.meta,
             snapshot: Box::new(Cursor::new(stored.data)),

@@ -22,7 +22,9 @@ use crate::error::CoreError;
 ///
 /// 2: proposals carry the authenticated caller (`Batch::V2`), and the command set has
 /// `ForceRelease`.
-pub const PEER_PROTOCOL_VERSION: u8 = 2;
+/// 3: keepalives travel in batches (`ForwardRequest::Keepalive`), answered one result per
+/// keepalive.
+pub const PEER_PROTOCOL_VERSION: u8 = 3;
 
 /// Every request one node sends another.
 #[derive(Debug, Serialize, Deserialize)]
@@ -56,10 +58,22 @@ impl PeerRequest {
         }
     }
 
-    /// The client's request id of a forwarded write, so that the leader's log names it.
-    pub(crate) fn request_id(&self) -> Option<&str> {
+    /// The clients' request ids of forwarded writes, so that the leader's log names them
+    /// (the first eight of a larger batch, and how many more there were).
+    pub(crate) fn request_ids(&self) -> Option<String> {
+        const SHOWN: usize = 8;
         match self {
-            PeerRequest::Forward(ForwardRequest::Propose(p)) => p.request_id.as_deref(),
+            PeerRequest::Forward(ForwardRequest::Propose(batch)) => {
+                let mut ids: Vec<&str> = batch
+                    .iter()
+                    .filter_map(|p| p.request_id.as_deref())
+                    .take(SHOWN)
+                    .collect();
+                let more = batch.len().saturating_sub(SHOWN);
+                let more = (more > 0).then(|| format!("(+{more} more)"));
+                ids.extend(more.as_deref());
+                (!ids.is_empty()).then(|| ids.join(","))
+            }
             _ => None,
         }
     }

@@ -17,20 +17,13 @@ use crate::error::CoreError;
 /// Requests a follower forwards to the leader over the peer link.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) enum ForwardRequest {
-    Propose(Proposal),
+    /// Writes gathered on one node while its earlier batches were in flight
+    /// (`node::batcher`); the leader proposes each through its proposer.
+    Propose(Vec<Proposal>),
     ReadIndex,
-    /// Keep a lease alive for `caller` (the principal the forwarding node authenticated).
-    KeepaliveLease {
-        lease_id: LeaseId,
-        caller: Option<Caller>,
-    },
-    KeepaliveHold {
-        kind: Kind,
-        key: String,
-        owner: String,
-        token: Token,
-        caller: Option<Caller>,
-    },
+    /// Keepalives gathered on one node over a batching window: one leadership round on
+    /// the leader serves them all (`node::keepalives`).
+    Keepalive(Vec<Keep>),
     RemainingMs(Vec<LeaseId>),
     ChangeMembership(MembershipChange),
     /// Used at bootstrap: is the asked node part of an initialized cluster?
@@ -39,19 +32,35 @@ pub(crate) enum ForwardRequest {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) enum ForwardResponse {
-    /// A command's result and the log index it was applied at.
-    Result {
-        index: u64,
-        result: CommandResult,
-    },
+    /// One result per proposal of a [`ForwardRequest::Propose`], in order: the log index
+    /// it was applied at and its result.
+    Results(Vec<(u64, CommandResult)>),
     ReadIndex(u64),
-    Kept {
-        lease_id: LeaseId,
-        ttl_ms: u64,
-    },
+    /// One result per [`Keep`] of a [`ForwardRequest::Keepalive`], in order: the lease
+    /// kept alive and its TTL, or why not.
+    Kept(Vec<Result<(LeaseId, u64), CoreError>>),
     RemainingMs(Vec<Option<u64>>),
     Initialized(bool),
     Done,
+}
+
+/// One keepalive; `caller`, when set, is the principal the receiving node authenticated,
+/// and must be allowed to use the lease.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) enum Keep {
+    /// Keep a lease alive.
+    Lease {
+        lease_id: LeaseId,
+        caller: Option<Caller>,
+    },
+    /// Keep alive the lease of a current hold (`not_owner` if it is not current).
+    Hold {
+        kind: Kind,
+        key: String,
+        owner: String,
+        token: Token,
+        caller: Option<Caller>,
+    },
 }
 
 /// An admin change of the voting members.

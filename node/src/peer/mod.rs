@@ -27,7 +27,7 @@ pub(crate) mod server;
 pub(crate) use client::PeerClient;
 pub use envelope::PEER_PROTOCOL_VERSION;
 pub use faults::Faults;
-pub(crate) use forward::{ForwardRequest, ForwardResponse, MembershipChange};
+pub(crate) use forward::{ForwardRequest, ForwardResponse, Keep, MembershipChange};
 
 /// Raw peer messages, for tests that speak to a peer listener as a stranger would (a
 /// process without a certificate, a node of another cluster). Not a stable API.

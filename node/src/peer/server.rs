@@ -49,8 +49,10 @@ async fn handle(State(state): State<PeerState>, headers: HeaderMap, body: Bytes)
         rpc = request.kind(),
         request_id = tracing::field::Empty
     );
-    if let Some(id) = request.request_id() {
-        span.record("request_id", id);
+    if !span.is_disabled() {
+        if let Some(ids) = request.request_ids() {
+            span.record("request_id", ids.as_str());
+        }
     }
     let reply = dispatch(&state.core, request)
         .instrument(span.clone())

@@ -110,6 +110,38 @@ impl NodeService {
             "last log index",
             view.last_log_index,
         );
+        let c = self.core.counters();
+        let load = |n: &std::sync::atomic::AtomicU64| n.load(std::sync::atomic::Ordering::Relaxed);
+        let mut counter = |name: &str, help: &str, value: u64| {
+            out.push_str(&format!(
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}\n"
+            ));
+        };
+        counter(
+            "leasehold_keepalives_batched_total",
+            "keepalives this node sent to the leader in batches",
+            load(&c.keepalives_batched),
+        );
+        counter(
+            "leasehold_keepalive_batches_total",
+            "keepalive batches this node sent to the leader",
+            load(&c.keepalive_batches),
+        );
+        counter(
+            "leasehold_writes_batched_total",
+            "writes this node forwarded to the leader in batches",
+            load(&c.writes_batched),
+        );
+        counter(
+            "leasehold_write_batches_total",
+            "write batches this node forwarded to the leader",
+            load(&c.write_batches),
+        );
+        counter(
+            "leasehold_confirm_rounds_total",
+            "leadership-confirmation rounds this node ran as leader",
+            load(&c.confirm_rounds),
+        );
         out
     }
 }

@@ -2,7 +2,8 @@
 //!
 //! `loadgen cycles`: many clients run acquire+release cycles over HTTP and the run reports
 //! throughput and latency. `loadgen failover`: kill the leader of an in-process cluster
-//! repeatedly and report how long writes were unavailable.
+//! repeatedly and report how long writes were unavailable. `loadgen scale`: fill durable
+//! three-process clusters with 10 k to 1 M leases and record what they cost (`scale`).
 //!
 //! Without `--endpoints` it starts its own in-process three-node cluster on loopback
 //! (real Raft, real sockets; `--data-dir` makes it durable with sled and fsync).
@@ -16,6 +17,8 @@ use clap::{Parser, Subcommand};
 use leasehold_cluster_tests::{ClusterOptions, TestCluster};
 use serde_json::json;
 use tokio::time::Instant;
+
+mod scale;
 
 #[derive(Parser)]
 #[command(about = "Load generator and failover timer for leasehold")]
@@ -54,6 +57,31 @@ enum Mode {
         #[arg(long, default_value_t = 5)]
         rounds: usize,
     },
+    /// Fill fresh durable 3-process clusters with N leases each holding a lock, and record
+    /// memory, write latency, snapshot, restart and failover at each size.
+    Scale {
+        /// Comma-separated sizes.
+        #[arg(long, default_value = "10000,100000,1000000", value_delimiter = ',')]
+        leases: Vec<u64>,
+        /// The `leasehold` binary (default: the one next to this loadgen).
+        #[arg(long)]
+        bin: Option<std::path::PathBuf>,
+        /// Where the clusters' data directories go (a real disk, for real fsync).
+        #[arg(long, default_value = "/tmp/leasehold-scale")]
+        dir: std::path::PathBuf,
+        /// Concurrent clients filling the cluster.
+        #[arg(long, default_value_t = 128)]
+        fill_clients: usize,
+        /// Sequential writes measured on the empty and on the full cluster.
+        #[arg(long, default_value_t = 1000)]
+        samples: usize,
+        /// Leader kills timed at each size.
+        #[arg(long, default_value_t = 3)]
+        failovers: usize,
+        /// Then an expiry storm: this many leases re-armed at once by a new leader.
+        #[arg(long)]
+        storm: Option<u64>,
+    },
 }
 
 #[tokio::main]
@@ -72,6 +100,38 @@ async fn main() -> anyhow::Result<()> {
             cycles(endpoints, data_dir, clients, keys, seconds, security).await
         }
         Mode::Failover { rounds } => failover(rounds).await,
+        Mode::Scale {
+            leases,
+            bin,
+            dir,
+            fill_clients,
+            samples,
+            failovers,
+            storm,
+        } => {
+            let bin = match bin {
+                Some(bin) => bin,
+                None => std::env::current_exe()?
+                    .parent()
+                    .context("loadgen's directory")?
+                    .join("leasehold"),
+            };
+            anyhow::ensure!(
+                bin.exists(),
+                "{} not found: cargo build --release -p leasehold-node --bin leasehold, or pass --bin",
+                bin.display()
+            );
+            scale::run(scale::ScaleArgs {
+                sizes: leases,
+                bin,
+                dir,
+                fill_clients,
+                samples,
+                failovers,
+                storm,
+            })
+            .await
+        }
     }
 }
 
