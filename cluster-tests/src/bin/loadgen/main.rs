@@ -81,6 +81,10 @@ enum Mode {
         /// Then an expiry storm: this many leases re-armed at once by a new leader.
         #[arg(long)]
         storm: Option<u64>,
+        /// `raft.snapshot_every_logs` of the clusters: low enough that the writes measured
+        /// after the fill build a snapshot of the full state.
+        #[arg(long, default_value_t = 1000)]
+        snapshot_every: u64,
     },
 }
 
@@ -108,6 +112,7 @@ async fn main() -> anyhow::Result<()> {
             samples,
             failovers,
             storm,
+            snapshot_every,
         } => {
             let bin = match bin {
                 Some(bin) => bin,
@@ -129,6 +134,7 @@ async fn main() -> anyhow::Result<()> {
                 samples,
                 failovers,
                 storm,
+                snapshot_every,
             })
             .await
         }

@@ -29,6 +29,7 @@ pub struct ScaleArgs {
     pub samples: usize,
     pub failovers: usize,
     pub storm: Option<u64>,
+    pub snapshot_every: u64,
 }
 
 struct Node {
@@ -45,6 +46,7 @@ struct Cluster {
     nodes: Vec<Node>,
     members: String,
     max_leases: u64,
+    snapshot_every: u64,
     http: reqwest::Client,
 }
 
@@ -54,7 +56,12 @@ async fn free_port() -> anyhow::Result<u16> {
 }
 
 impl Cluster {
-    async fn start(bin: &Path, dir: &Path, max_leases: u64) -> anyhow::Result<Cluster> {
+    async fn start(
+        bin: &Path,
+        dir: &Path,
+        max_leases: u64,
+        snapshot_every: u64,
+    ) -> anyhow::Result<Cluster> {
         let _ = std::fs::remove_dir_all(dir);
         std::fs::create_dir_all(dir)?;
         let mut nodes = Vec::new();
@@ -84,6 +91,7 @@ impl Cluster {
             nodes,
             members,
             max_leases,
+            snapshot_every,
             http,
         };
         for i in 0..3 {
@@ -107,6 +115,10 @@ impl Cluster {
             .args(["--cluster-members", &self.members])
             .args(["--data-dir", &node.data.display().to_string()])
             .args(["--limits-max-leases", &self.max_leases.to_string()])
+            .args([
+                "--raft-snapshot-every-logs",
+                &self.snapshot_every.to_string(),
+            ])
             .env("LEASEHOLD_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -214,6 +226,8 @@ impl Cluster {
             .map(|n| {
                 let text = std::fs::read_to_string(&n.log).unwrap_or_default();
                 let line = text.lines().rev().find(|l| l.contains("snapshot built"))?;
+                let line = strip_ansi(line);
+                let line = line.as_str();
                 let field = |name: &str| -> Option<u64> {
                     let at = line.find(&format!("{name}="))? + name.len() + 1;
                     line[at..]
@@ -226,6 +240,25 @@ impl Cluster {
             })
             .collect()
     }
+}
+
+/// A log line without terminal colour codes.
+fn strip_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // ESC [ ... letter
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 fn dir_bytes(path: &Path) -> u64 {
@@ -373,7 +406,7 @@ pub async fn run(args: ScaleArgs) -> anyhow::Result<()> {
     println!("|---:|---:|---|---:|---:|---:|---|---|---|---:|---:|---|");
     for &n in &args.sizes {
         let dir = args.dir.join(format!("scale-{n}"));
-        let mut cluster = Cluster::start(&args.bin, &dir, n + 10_000).await?;
+        let mut cluster = Cluster::start(&args.bin, &dir, n + 10_000, args.snapshot_every).await?;
         let empty_lat = write_latency(&cluster, "empty", args.samples).await?;
         let rss_empty = cluster.rss_total_kib();
         let rate = fill(&cluster, "scale/", 0..n, 3_600_000, args.fill_clients).await?;
@@ -429,7 +462,9 @@ pub async fn run(args: ScaleArgs) -> anyhow::Result<()> {
             gaps.iter().map(|g| format!("{g:.0}")).collect::<Vec<_>>().join(", "),
         );
         cluster.stop_all().await;
-        let _ = std::fs::remove_dir_all(&dir);
+        for node in &cluster.nodes {
+            let _ = std::fs::remove_dir_all(&node.data);
+        }
     }
     if let Some(n) = args.storm {
         storm(&args, n).await?;
@@ -442,7 +477,7 @@ pub async fn run(args: ScaleArgs) -> anyhow::Result<()> {
 async fn storm(args: &ScaleArgs, n: u64) -> anyhow::Result<()> {
     const TTL_MS: u64 = 60_000;
     let dir = args.dir.join(format!("storm-{n}"));
-    let mut cluster = Cluster::start(&args.bin, &dir, n + 10_000).await?;
+    let mut cluster = Cluster::start(&args.bin, &dir, n + 10_000, args.snapshot_every).await?;
     fill(&cluster, "storm/", 0..n, TTL_MS, args.fill_clients).await?;
     // The new leader gives every lease a full TTL from its takeover: one storm.
     let leader = cluster.leader().await?;
