@@ -89,6 +89,7 @@ keys! {
     "raft.max_batch", "LEASEHOLD_RAFT_MAX_BATCH", "--raft-max-batch", USIZE, "512", "most commands in one log entry";
     "raft.snapshot_every_logs", "LEASEHOLD_RAFT_SNAPSHOT_EVERY_LOGS", "--raft-snapshot-every-logs", U64, "10000", "snapshot and purge after this many entries";
     "raft.keepalive_window_ms", "LEASEHOLD_RAFT_KEEPALIVE_WINDOW_MS", "--raft-keepalive-window-ms", U64, "5", "keepalives forwarded and leadership rounds run at most once per window";
+    "raft.log_cache_mib", "LEASEHOLD_RAFT_LOG_CACHE_MIB", "--raft-log-cache-mib", U64, "64", "memory for caching the durable log's pages (sled), in MiB";
     "limits.max_key_bytes", "LEASEHOLD_LIMITS_MAX_KEY_BYTES", "--limits-max-key-bytes", USIZE, "512", "longest key or name";
     "limits.max_value_bytes", "LEASEHOLD_LIMITS_MAX_VALUE_BYTES", "--limits-max-value-bytes", USIZE, "65536", "largest value";
     "limits.max_body_bytes", "LEASEHOLD_LIMITS_MAX_BODY_BYTES", "--limits-max-body-bytes", USIZE, "131072", "largest request body";

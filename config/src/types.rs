@@ -69,6 +69,9 @@ pub struct RaftConfig {
     /// this window as one message, and the leader runs at most one leadership round per
     /// window. The first request after a quiet window goes at once; 0 never waits.
     pub keepalive_window_ms: u64,
+    /// Memory sled may use to cache the durable log's pages (MiB). sled's own default is
+    /// 1 GiB, far more than the entries since the last snapshot need.
+    pub log_cache_mib: u64,
 }
 
 impl Default for RaftConfig {
@@ -81,6 +84,7 @@ impl Default for RaftConfig {
             max_batch: 512,
             snapshot_every_logs: 10_000,
             keepalive_window_ms: 5,
+            log_cache_mib: 64,
         }
     }
 }

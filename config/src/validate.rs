@@ -118,6 +118,8 @@ impl Config {
 
 /// Longest keepalive batching window.
 const MAX_KEEPALIVE_WINDOW_MS: u64 = 100;
+/// 64 GiB: a typo guard, not a recommendation.
+const MAX_LOG_CACHE_MIB: u64 = 65_536;
 
 fn validate_raft(r: &RaftConfig) -> Result<(), ConfigError> {
     if r.heartbeat_interval_ms == 0 {
@@ -174,6 +176,15 @@ fn validate_raft(r: &RaftConfig) -> Result<(), ConfigError> {
             format!(
                 "must be at most {MAX_KEEPALIVE_WINDOW_MS}, got {}",
                 r.keepalive_window_ms
+            ),
+        ));
+    }
+    if r.log_cache_mib == 0 || r.log_cache_mib > MAX_LOG_CACHE_MIB {
+        return Err(invalid(
+            "raft.log_cache_mib",
+            format!(
+                "must be between 1 and {MAX_LOG_CACHE_MIB}, got {}",
+                r.log_cache_mib
             ),
         ));
     }
@@ -340,6 +351,12 @@ mod tests {
                 |c| c.raft.snapshot_every_logs = 0,
                 "raft.snapshot_every_logs",
                 "greater than 0",
+            ),
+            (
+                "no log cache",
+                |c| c.raft.log_cache_mib = 0,
+                "raft.log_cache_mib",
+                "between 1 and 65536, got 0",
             ),
             (
                 "keepalive window too long",

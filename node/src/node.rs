@@ -157,7 +157,11 @@ impl Node {
                     message,
                 };
                 std::fs::create_dir_all(dir).map_err(|e| storage_err(e.to_string()))?;
-                let db = sled::open(dir.join("raft")).map_err(|e| storage_err(e.to_string()))?;
+                let db = sled::Config::new()
+                    .path(dir.join("raft"))
+                    .cache_capacity(config.raft.log_cache_mib * 1024 * 1024)
+                    .open()
+                    .map_err(|e| storage_err(e.to_string()))?;
                 let log_store = SledLogStore::open(&db).map_err(|e| storage_err(e.to_string()))?;
                 let (sm_store, shared) =
                     StateMachineStore::new(Some(db)).map_err(|e| storage_err(e.to_string()))?;

@@ -314,29 +314,41 @@ pub struct SnapshotBuilder {
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
         let started = std::time::Instant::now();
-        let envelope = {
+        // Copy the state under the read lock (applies wait only for the copy), then encode
+        // the copy on a blocking thread, off the lock and off the runtime's workers.
+        let (last_applied, membership, lease) = {
             let applied = self
                 .shared
                 .applied
                 .read()
                 .expect("state machine lock poisoned");
-            SnapshotEnvelope {
-                last_applied: applied.last_applied,
-                membership: applied.membership.clone(),
-                state: applied.lease.encode(),
-            }
+            (
+                applied.last_applied,
+                applied.membership.clone(),
+                applied.lease.clone(),
+            )
         };
-        // Writers (apply) wait for the state machine lock while the state is encoded.
+        let locked_ms = started.elapsed().as_millis() as u64;
+        let envelope_membership = membership.clone();
+        let data = tokio::task::spawn_blocking(move || {
+            let envelope = SnapshotEnvelope {
+                last_applied,
+                membership: envelope_membership,
+                state: lease.encode(),
+            };
+            encode_envelope(&envelope)
+        })
+        .await
+        .map_err(|e| snapshot_err(ErrorVerb::Write, &e.to_string()))??;
         let encoded_ms = started.elapsed().as_millis() as u64;
-        let data = encode_envelope(&envelope)?;
         let seq = self.snapshot_seq.fetch_add(1, Ordering::AcqRel) + 1;
-        let snapshot_id = match envelope.last_applied {
+        let snapshot_id = match last_applied {
             Some(l) => format!("{}-{}-{seq}", l.leader_id.term, l.index),
             None => format!("0-0-{seq}"),
         };
         let meta = SnapshotMeta {
-            last_log_id: envelope.last_applied,
-            last_membership: envelope.membership,
+            last_log_id: last_applied,
+            last_membership: membership,
             snapshot_id,
         };
         let stored = StoredSnapshot { meta, data };
@@ -350,6 +362,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         tracing::info!(
             snapshot_id = %stored.meta.snapshot_id,
             bytes = stored.data.len(),
+            locked_ms,
             encoded_ms,
             total_ms = started.elapsed().as_millis() as u64,
             "snapshot built"

@@ -30,8 +30,8 @@ mod resources;
 
 pub use codec::{DecodeError, STATE_FORMAT_VERSION};
 pub use model::{
-    EndRecord, ExpiredRecord, HistoryKind, HistoryRecord, Hold, Lease, LeaseState, Resource,
-    StateEvent, Waiter, DEDUPE_MAX_ENTRIES, DEDUPE_WINDOW_MS, EXPIRED_RING_CAPACITY,
+    EndRecord, ExpiredRecord, HistoryKind, HistoryRecord, Hold, KeySet, Lease, LeaseState,
+    Resource, StateEvent, Waiter, DEDUPE_MAX_ENTRIES, DEDUPE_WINDOW_MS, EXPIRED_RING_CAPACITY,
     HISTORY_RING_CAPACITY, MAX_IDLE_RESOURCES,
 };
 

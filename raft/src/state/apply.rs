@@ -2,6 +2,7 @@
 //! the dispatch of each [`Command`] to the lease and resource logic.
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 
 use crate::command::{
     Batch, BatchResult, Caller, Command, CommandResult, EndReason, Kind, LeaseId, ResourceId,
@@ -94,10 +95,10 @@ impl LeaseState {
         if let Some(request_id) = dedupe_key {
             self.dedupe.insert(
                 request_id.clone(),
-                DedupeEntry {
+                Arc::new(DedupeEntry {
                     at_ms: self.now_ms,
                     result: result.clone(),
-                },
+                }),
             );
             self.dedupe_order.push_back((self.now_ms, request_id));
         }
@@ -122,22 +123,24 @@ impl LeaseState {
                 },
                 Err(e) => CommandResult::Error(e),
             },
-            Command::SetLeaseTtl { lease_id, ttl_ms } => match self.leases.get_mut(lease_id) {
-                Some(lease) => {
-                    lease.ttl_ms = *ttl_ms;
-                    fx.events.push(StateEvent::LeaseArmed {
-                        lease_id: *lease_id,
-                        ttl_ms: *ttl_ms,
-                    });
-                    CommandResult::LeaseUpdated {
-                        lease_id: *lease_id,
-                        ttl_ms: *ttl_ms,
+            Command::SetLeaseTtl { lease_id, ttl_ms } => {
+                match self.leases.get_mut(lease_id).map(Arc::make_mut) {
+                    Some(lease) => {
+                        lease.ttl_ms = *ttl_ms;
+                        fx.events.push(StateEvent::LeaseArmed {
+                            lease_id: *lease_id,
+                            ttl_ms: *ttl_ms,
+                        });
+                        CommandResult::LeaseUpdated {
+                            lease_id: *lease_id,
+                            ttl_ms: *ttl_ms,
+                        }
                     }
+                    None => CommandResult::Error(SmError::LeaseNotFound {
+                        lease_id: *lease_id,
+                    }),
                 }
-                None => CommandResult::Error(SmError::LeaseNotFound {
-                    lease_id: *lease_id,
-                }),
-            },
+            }
             Command::RevokeLease { lease_id } => self.end_lease(*lease_id, EndReason::Revoked, fx),
             Command::ExpireLease { lease_id } => self.end_lease(*lease_id, EndReason::Expired, fx),
             Command::Acquire(acquire) => self.acquire(acquire, fx),
@@ -168,7 +171,7 @@ impl LeaseState {
             } => {
                 let rid = (*kind, key.clone());
                 let not_owner = self.not_owner(&rid, *token);
-                let Some(resource) = self.resources.get_mut(&rid) else {
+                let Some(resource) = self.resources.get_mut(&rid).map(Arc::make_mut) else {
                     return CommandResult::Error(not_owner);
                 };
                 let Some(hold) = resource

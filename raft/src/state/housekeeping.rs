@@ -2,6 +2,7 @@
 //! the request-id dedupe window, and the idle-resource index that forgets the oldest idle keys.
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 
 use crate::command::ResourceId;
 
@@ -11,11 +12,11 @@ use super::{LeaseState, StateEvent, DEDUPE_MAX_ENTRIES, DEDUPE_WINDOW_MS, MAX_ID
 impl LeaseState {
     /// Grant the waiters of keys whose lock-delay has ended by this entry's time.
     pub(super) fn end_elapsed_delays(&mut self, index: u64, events: &mut Vec<StateEvent>) {
-        while let Some((until_ms, _)) = self.delayed.first() {
+        while let Some((until_ms, _)) = self.delayed.get_min() {
             if *until_ms > self.now_ms {
                 break;
             }
-            let Some((_, rid)) = self.delayed.pop_first() else {
+            let Some((_, rid)) = self.delayed.remove_min() else {
                 break;
             };
             let mut fx = Effects {
@@ -49,7 +50,7 @@ impl LeaseState {
     }
 
     pub(super) fn reindex_idle(&mut self, rid: &ResourceId) {
-        let Some(resource) = self.resources.get_mut(rid) else {
+        let Some(resource) = self.resources.get_mut(rid).map(Arc::make_mut) else {
             return;
         };
         let idle = resource.is_idle();
@@ -69,7 +70,7 @@ impl LeaseState {
             (false, None) => {}
         }
         while self.idle.len() > MAX_IDLE_RESOURCES {
-            if let Some((_, oldest)) = self.idle.pop_first() {
+            if let Some((_, oldest)) = self.idle.remove_min() {
                 if let Some(gone) = self.resources.remove(&oldest) {
                     self.delayed.remove(&(gone.delay_until_ms, oldest));
                 }

@@ -1,12 +1,11 @@
 //! Lease lifecycle: creating a lease (explicit or implicit for a single acquire) and ending
 //! one (revoke or expiry), which releases every hold and waiter under it in the same step.
 
-use std::collections::BTreeSet;
-
 use crate::command::{CommandResult, EndReason, LeaseId, SmError};
+use std::sync::Arc;
 
 use super::apply::Effects;
-use super::{Lease, LeaseState, StateEvent};
+use super::{KeySet, Lease, LeaseState, StateEvent};
 
 impl LeaseState {
     pub(super) fn create_lease(
@@ -41,16 +40,16 @@ impl LeaseState {
         let lease_id = self.last_lease_id;
         self.leases.insert(
             lease_id,
-            Lease {
+            Arc::new(Lease {
                 id: lease_id,
                 ttl_ms,
                 owner: owner.to_string(),
                 created_at_ms: fx.now_ms,
                 implicit,
-                holds: BTreeSet::new(),
-                waits: BTreeSet::new(),
+                holds: KeySet::new(),
+                waits: KeySet::new(),
                 principal,
-            },
+            }),
         );
         fx.events.push(StateEvent::LeaseArmed { lease_id, ttl_ms });
         Ok(lease_id)
@@ -67,7 +66,7 @@ impl LeaseState {
         };
         fx.events.push(StateEvent::LeaseGone { lease_id });
         for rid in &lease.waits {
-            if let Some(resource) = self.resources.get_mut(rid) {
+            if let Some(resource) = self.resources.get_mut(rid).map(Arc::make_mut) {
                 resource.waiters.retain(|w| w.lease_id != lease_id);
                 resource.mod_index = fx.index;
                 fx.touched.insert(rid.clone());
@@ -105,6 +104,6 @@ impl LeaseState {
                 }
             }
         }
-        Some(lease)
+        Some(Arc::unwrap_or_clone(lease))
     }
 }

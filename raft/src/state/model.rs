@@ -5,7 +5,10 @@
 //! Field order in every serialized struct here is part of the snapshot format: do not
 //! reorder fields without bumping [`STATE_FORMAT_VERSION`](super::STATE_FORMAT_VERSION).
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+
+use imbl::{OrdMap, OrdSet, Vector};
 
 use serde::{Deserialize, Serialize};
 
@@ -47,10 +50,76 @@ pub struct Lease {
     pub created_at_ms: u64,
     /// Created by an acquire for a single hold; ends with that hold.
     pub implicit: bool,
-    pub holds: BTreeSet<ResourceId>,
-    pub waits: BTreeSet<ResourceId>,
+    pub holds: KeySet,
+    pub waits: KeySet,
     /// The principal that created the lease (auth on); it alone (or an admin) may use it.
     pub principal: Option<String>,
+}
+
+/// The resources a lease holds or waits for: a sorted vector without duplicates.
+///
+/// Most leases hold one key, for which a `BTreeSet` allocates a whole node (eleven slots,
+/// about 400 bytes); this allocates one. It serializes as a sequence in ascending order,
+/// exactly as the `BTreeSet` it replaced, so snapshots are unchanged.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct KeySet(Vec<ResourceId>);
+
+impl KeySet {
+    pub fn new() -> Self {
+        KeySet(Vec::new())
+    }
+
+    pub fn contains(&self, rid: &ResourceId) -> bool {
+        self.0.binary_search(rid).is_ok()
+    }
+
+    /// Insert `rid`; false if it was already there.
+    pub fn insert(&mut self, rid: ResourceId) -> bool {
+        match self.0.binary_search(&rid) {
+            Ok(_) => false,
+            Err(at) => {
+                if self.0.len() == self.0.capacity() && self.0.len() < 4 {
+                    self.0.reserve_exact(1);
+                }
+                self.0.insert(at, rid);
+                true
+            }
+        }
+    }
+
+    /// Remove `rid`; false if it was not there.
+    pub fn remove(&mut self, rid: &ResourceId) -> bool {
+        match self.0.binary_search(rid) {
+            Ok(at) => {
+                self.0.remove(at);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// In ascending order.
+    pub fn iter(&self) -> std::slice::Iter<'_, ResourceId> {
+        self.0.iter()
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl<'a> IntoIterator for &'a KeySet {
+    type Item = &'a ResourceId;
+    type IntoIter = std::slice::Iter<'a, ResourceId>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -171,8 +240,26 @@ impl Resource {
     pub(super) fn record(&mut self, record: HistoryRecord) {
         if self.history.len() == HISTORY_RING_CAPACITY {
             self.history.pop_front();
+        } else if self.history.len() == self.history.capacity() {
+            // Grow 1, 2, 4, ... 32: most keys keep a few events, and `VecDeque`'s own first
+            // allocation would be four records (over 400 bytes) for every key.
+            self.history.reserve_exact(
+                self.history
+                    .len()
+                    .max(1)
+                    .min(HISTORY_RING_CAPACITY - self.history.len()),
+            );
         }
         self.history.push_back(record);
+    }
+
+    /// Add a holder, growing the vector one slot at a time (a lock has one holder; `Vec`'s
+    /// first allocation would be four).
+    pub(super) fn push_holder(&mut self, hold: Hold) {
+        if self.holders.len() == self.holders.capacity() {
+            self.holders.reserve_exact(1);
+        }
+        self.holders.push(hold);
     }
 }
 
@@ -199,16 +286,21 @@ pub struct LeaseState {
     pub(super) last_lease_id: LeaseId,
     /// The last fencing token issued (cluster-wide, never repeats).
     pub(super) last_token: Token,
-    pub(super) leases: BTreeMap<LeaseId, Lease>,
-    pub(super) resources: BTreeMap<ResourceId, Resource>,
+    /// The large collections are persistent (`imbl`) B-trees with shared records, so a
+    /// snapshot clones the state in O(1) under the lock and encodes the clone off it; an
+    /// apply that follows copies only the nodes and records it changes. Records are behind
+    /// `Arc` so that copying a node copies pointers, not records. Both serialize exactly as
+    /// the `BTreeMap`/`BTreeSet`/`VecDeque` they replaced: the snapshot format is unchanged.
+    pub(super) leases: OrdMap<LeaseId, Arc<Lease>>,
+    pub(super) resources: OrdMap<ResourceId, Arc<Resource>>,
     /// Idle resources by the index at which they became idle, oldest first.
-    pub(super) idle: BTreeSet<(u64, ResourceId)>,
+    pub(super) idle: OrdSet<(u64, ResourceId)>,
     /// Resources under lock-delay, by the time it ends.
-    pub(super) delayed: BTreeSet<(u64, ResourceId)>,
+    pub(super) delayed: OrdSet<(u64, ResourceId)>,
     pub(super) expired: VecDeque<ExpiredRecord>,
-    pub(super) dedupe: BTreeMap<String, DedupeEntry>,
+    pub(super) dedupe: OrdMap<String, Arc<DedupeEntry>>,
     /// `request_id`s in arrival order, for pruning the window.
-    pub(super) dedupe_order: VecDeque<(u64, String)>,
+    pub(super) dedupe_order: Vector<(u64, String)>,
     /// Live leases per principal, for `max_leases` quotas. Derived from `leases`: not in
     /// the snapshot, rebuilt on decode.
     #[serde(skip)]

@@ -37,7 +37,7 @@ impl LeaseState {
     }
 
     pub fn lease(&self, lease_id: LeaseId) -> Option<&Lease> {
-        self.leases.get(&lease_id)
+        self.leases.get(&lease_id).map(|l| &**l)
     }
 
     pub fn lease_count(&self) -> usize {
@@ -48,11 +48,11 @@ impl LeaseState {
     pub fn leases_after(&self, after: LeaseId) -> impl Iterator<Item = &Lease> {
         self.leases
             .range((std::ops::Bound::Excluded(after), std::ops::Bound::Unbounded))
-            .map(|(_, l)| l)
+            .map(|(_, l)| &**l)
     }
 
     pub fn resource(&self, kind: Kind, key: &str) -> Option<&Resource> {
-        self.resources.get(&(kind, key.to_string()))
+        self.resources.get(&(kind, key.to_string())).map(|r| &**r)
     }
 
     /// Held resources of `kind` whose key starts with `prefix` and sorts after `after`.
@@ -71,7 +71,7 @@ impl LeaseState {
             .take_while(move |((k, _), _)| *k == kind)
             .filter(move |((_, key), _)| key.starts_with(prefix))
             .filter(|(_, r)| !r.holders.is_empty())
-            .map(|((_, key), r)| (key.as_str(), r))
+            .map(|((_, key), r)| (key.as_str(), &**r))
     }
 
     /// Resources with waiters that are held back by lock-delay: (kind, key, until_ms).

@@ -6,6 +6,7 @@ use crate::command::{
     Acquire, BusyReason, CommandResult, EndReason, Kind, LeaseId, LeaseSpec, ResourceId, SmError,
     Token,
 };
+use std::sync::Arc;
 
 use super::apply::Effects;
 use super::{
@@ -40,7 +41,8 @@ impl LeaseState {
         let resource = self
             .resources
             .entry(rid.clone())
-            .or_insert_with(|| Resource::new(a.limit));
+            .or_insert_with(|| Arc::new(Resource::new(a.limit)));
+        let resource = Arc::make_mut(resource);
         if resource.is_idle() {
             resource.limit = a.limit;
         } else if resource.limit != a.limit {
@@ -100,7 +102,7 @@ impl LeaseState {
             );
             return CommandResult::Granted(self.view(&rid, &hold));
         }
-        let Some(resource) = self.resources.get_mut(&rid) else {
+        let Some(resource) = self.resources.get_mut(&rid).map(Arc::make_mut) else {
             unreachable!("inserted above");
         };
         resource.waiters.push_back(Waiter {
@@ -113,7 +115,7 @@ impl LeaseState {
         });
         resource.mod_index = fx.index;
         let position = resource.waiters.len() as u32;
-        if let Some(lease) = self.leases.get_mut(&lease_id) {
+        if let Some(lease) = self.leases.get_mut(&lease_id).map(Arc::make_mut) {
             lease.waits.insert(rid.clone());
         }
         CommandResult::Queued {
@@ -140,17 +142,18 @@ impl LeaseState {
             value: waiter.value,
             lock_delay_ms: waiter.lock_delay_ms,
         };
-        if let Some(lease) = self.leases.get_mut(&hold.lease_id) {
+        if let Some(lease) = self.leases.get_mut(&hold.lease_id).map(Arc::make_mut) {
             lease.waits.remove(rid);
             lease.holds.insert(rid.clone());
         }
         let resource = self
             .resources
             .entry(rid.clone())
-            .or_insert_with(|| Resource::new(1));
+            .or_insert_with(|| Arc::new(Resource::new(1)));
+        let resource = Arc::make_mut(resource);
         resource.acquisitions += 1;
         resource.mod_index = fx.index;
-        resource.holders.push(hold.clone());
+        resource.push_holder(hold.clone());
         let principal = self
             .leases
             .get(&hold.lease_id)
@@ -158,6 +161,7 @@ impl LeaseState {
         let resource = self
             .resources
             .get_mut(rid)
+            .map(Arc::make_mut)
             .expect("the resource was inserted above");
         resource.record(HistoryRecord {
             event: HistoryKind::Acquired,
@@ -175,7 +179,7 @@ impl LeaseState {
     /// Pass free slots of `rid` to the head of its queue, in order.
     pub(super) fn promote(&mut self, rid: &ResourceId, fx: &mut Effects<'_>) {
         loop {
-            let Some(resource) = self.resources.get_mut(rid) else {
+            let Some(resource) = self.resources.get_mut(rid).map(Arc::make_mut) else {
                 return;
             };
             if resource.holders.len() >= resource.limit as usize || resource.waiters.is_empty() {
@@ -215,7 +219,7 @@ impl LeaseState {
             .leases
             .get(&resource.holders[pos].lease_id)
             .and_then(|l| l.principal.clone());
-        let Some(resource) = self.resources.get_mut(rid) else {
+        let Some(resource) = self.resources.get_mut(rid).map(Arc::make_mut) else {
             return;
         };
         let hold = resource.holders.remove(pos);
@@ -256,7 +260,7 @@ impl LeaseState {
                 expired_at_ms: fx.now_ms,
             });
         }
-        if let Some(lease) = self.leases.get_mut(&hold.lease_id) {
+        if let Some(lease) = self.leases.get_mut(&hold.lease_id).map(Arc::make_mut) {
             lease.holds.remove(rid);
         }
         fx.touched.insert(rid.clone());
@@ -270,7 +274,7 @@ impl LeaseState {
         fx: &mut Effects<'_>,
     ) -> CommandResult {
         let rid = (kind, key.to_string());
-        let Some(resource) = self.resources.get_mut(&rid) else {
+        let Some(resource) = self.resources.get_mut(&rid).map(Arc::make_mut) else {
             return CommandResult::Error(SmError::NotFound);
         };
         if let Some(pos) = resource.waiters.iter().position(|w| w.lease_id == lease_id) {
@@ -280,7 +284,7 @@ impl LeaseState {
             if let Some(waiter) = waiter {
                 if waiter.implicit_lease {
                     self.end_lease(lease_id, EndReason::Revoked, fx);
-                } else if let Some(lease) = self.leases.get_mut(&lease_id) {
+                } else if let Some(lease) = self.leases.get_mut(&lease_id).map(Arc::make_mut) {
                     lease.waits.remove(&rid);
                 }
             }
@@ -379,7 +383,7 @@ impl LeaseState {
             return CommandResult::Error(SmError::NotFound);
         };
         self.end_hold(&rid, hold.token, EndReason::Stolen, fx);
-        if let Some(resource) = self.resources.get_mut(&rid) {
+        if let Some(resource) = self.resources.get_mut(&rid).map(Arc::make_mut) {
             // The event names who forced it, not the hold's principal.
             if let Some(event) = resource.history.back_mut() {
                 event.principal = by;
@@ -415,7 +419,7 @@ impl LeaseState {
         else {
             return CommandResult::Error(self.not_owner(&rid, token));
         };
-        let Some(lease) = self.leases.get_mut(&lease_id) else {
+        let Some(lease) = self.leases.get_mut(&lease_id).map(Arc::make_mut) else {
             return CommandResult::Error(SmError::LeaseNotFound { lease_id });
         };
         if let Some(ttl_ms) = ttl_ms {

@@ -1012,3 +1012,102 @@ fn acquisitions_survive_until_the_key_is_evicted_as_the_oldest_idle_key() {
     run(&mut state, &["first".to_string()]);
     assert_eq!(acquisitions(&state), 1);
 }
+
+/// `KeySet` replaced a `BTreeSet<ResourceId>` in `Lease`: both must encode to the same
+/// bytes, so snapshots written before the change decode after it and the other way round.
+#[test]
+fn key_set_encodes_as_the_btree_set_it_replaced() {
+    use std::collections::BTreeSet;
+    let keys = [
+        (Kind::Semaphore, "s".to_string()),
+        (Kind::Lock, "b".to_string()),
+        (Kind::Lock, "a".to_string()),
+        (Kind::Name, "n".to_string()),
+    ];
+    let mut set = KeySet::new();
+    let mut btree = BTreeSet::new();
+    for k in keys.iter().cycle().take(7) {
+        assert_eq!(set.insert(k.clone()), btree.insert(k.clone()));
+    }
+    assert_eq!(set.len(), 4);
+    assert!(set.iter().zip(btree.iter()).all(|(a, b)| a == b));
+    let config = bincode::config::standard();
+    let ours = bincode::serde::encode_to_vec(&set, config).unwrap();
+    let theirs = bincode::serde::encode_to_vec(&btree, config).unwrap();
+    assert_eq!(ours, theirs);
+    let (decoded, _): (KeySet, usize) = bincode::serde::decode_from_slice(&theirs, config).unwrap();
+    assert_eq!(decoded, set);
+    assert!(set.remove(&(Kind::Lock, "a".to_string())));
+    assert!(!set.remove(&(Kind::Lock, "a".to_string())));
+    assert!(!set.contains(&(Kind::Lock, "a".to_string())));
+    assert!(set.contains(&(Kind::Name, "n".to_string())));
+}
+
+/// The history ring grows one record at a time up to its capacity, then drops the oldest.
+#[test]
+fn history_ring_grows_to_capacity_and_keeps_the_newest() {
+    let mut r = Resource::new(1);
+    for i in 0..(HISTORY_RING_CAPACITY as u64 + 5) {
+        r.record(HistoryRecord {
+            event: HistoryKind::Acquired,
+            owner: "o".into(),
+            token: i,
+            at_ms: i,
+            held_ms: None,
+            waited_ms: None,
+            principal: None,
+        });
+        assert!(r.history.capacity() <= HISTORY_RING_CAPACITY.max(4));
+    }
+    assert_eq!(r.history.len(), HISTORY_RING_CAPACITY);
+    assert_eq!(r.history.front().unwrap().token, 5);
+    assert_eq!(
+        r.history.back().unwrap().token,
+        HISTORY_RING_CAPACITY as u64 + 4
+    );
+}
+
+/// The state's persistent collections (`imbl`, with records behind `Arc`) replaced
+/// `BTreeMap`, `BTreeSet` and `VecDeque`: each must encode to the same bytes, so snapshots
+/// written before the change decode after it.
+#[test]
+fn persistent_collections_encode_as_the_std_ones_they_replaced() {
+    use std::collections::{BTreeSet, VecDeque};
+    use std::sync::Arc;
+    let config = bincode::config::standard();
+    let enc = |v: &dyn erased::Enc| v.bytes(config);
+    let pairs: Vec<(u64, String)> = [(9, "c"), (1, "a"), (5, "b")]
+        .iter()
+        .map(|(k, v)| (*k, v.to_string()))
+        .collect();
+
+    let std_map: BTreeMap<u64, String> = pairs.iter().cloned().collect();
+    let our_map: imbl::OrdMap<u64, Arc<String>> = pairs
+        .iter()
+        .map(|(k, v)| (*k, Arc::new(v.clone())))
+        .collect();
+    assert_eq!(enc(&our_map), enc(&std_map));
+
+    let std_set: BTreeSet<(u64, String)> = pairs.iter().cloned().collect();
+    let our_set: imbl::OrdSet<(u64, String)> = pairs.iter().cloned().collect();
+    assert_eq!(enc(&our_set), enc(&std_set));
+
+    let std_deque: VecDeque<(u64, String)> = pairs.iter().cloned().collect();
+    let our_vector: imbl::Vector<(u64, String)> = pairs.iter().cloned().collect();
+    assert_eq!(enc(&our_vector), enc(&std_deque));
+
+    let (decoded, _): (imbl::OrdMap<u64, Arc<String>>, usize) =
+        bincode::serde::decode_from_slice(&enc(&std_map), config).unwrap();
+    assert_eq!(decoded, our_map);
+}
+
+mod erased {
+    pub trait Enc {
+        fn bytes(&self, config: bincode::config::Configuration) -> Vec<u8>;
+    }
+    impl<T: serde::Serialize> Enc for T {
+        fn bytes(&self, config: bincode::config::Configuration) -> Vec<u8> {
+            bincode::serde::encode_to_vec(self, config).unwrap()
+        }
+    }
+}
