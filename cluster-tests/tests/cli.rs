@@ -110,21 +110,22 @@ async fn lock_kills_its_command_when_the_lock_is_revoked() {
         ])
         .spawn()
         .unwrap();
-    let lease_id = wait_until(Duration::from_secs(10), || async {
+    // The shell creates the pid file before it writes to it, so wait for
+    // a whole pid, not merely for the file.
+    let (lease_id, pid) = wait_until(Duration::from_secs(10), || async {
         let s = client
             .get_lock("revokable", ReadParams::default())
             .await
             .ok()?;
-        let pid_written = pidfile.exists();
-        s.holder.filter(|_| pid_written).map(|h| h.lease_id)
+        let pid: i32 = std::fs::read_to_string(&pidfile)
+            .ok()?
+            .trim()
+            .parse()
+            .ok()?;
+        s.holder.map(|h| (h.lease_id, pid))
     })
     .await
     .unwrap();
-    let pid: i32 = std::fs::read_to_string(&pidfile)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
     client
         .revoke_lease(lease_id, Default::default())
         .await

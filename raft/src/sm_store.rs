@@ -359,17 +359,37 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
                 .map_err(|e| snapshot_err(ErrorVerb::Write, &e.to_string()))??;
         }
         *self.current.lock().expect("snapshot lock poisoned") = Some(stored.clone());
+        let result = Snapshot {
+            meta: stored.meta.clone(),
+            snapshot: Box::new(Cursor::new(stored.data.clone())),
+        };
+        drop(stored);
+        // Building freed several snapshot-sized buffers; hand their pages back (below).
+        tokio::task::spawn_blocking(release_free_memory);
         tracing::info!(
-            snapshot_id = %stored.meta.snapshot_id,
-            bytes = stored.data.len(),
+            snapshot_id = %result.meta.snapshot_id,
+            bytes = result.snapshot.get_ref().len(),
             locked_ms,
             encoded_ms,
             total_ms = started.elapsed().as_millis() as u64,
             "snapshot built"
         );
-        Ok(Snapshot {
-            meta: stored.meta,
-            snapshot: Box::new(Cursor::new(stored.data)),
-        })
+        Ok(result)
+    }
+}
+
+/// Return the allocator's free pages to the OS.
+///
+/// A snapshot build allocates and frees a few buffers the size of the snapshot (the
+/// encoding, the envelope, the persisted copy). glibc's allocator keeps freed memory that is
+/// not at the top of its heap, so without this the node's RSS stays at its peak: at 100 k
+/// leases, about 1 KB per lease more (docs/performance.md). `malloc_trim` releases it; it
+/// walks the heap once, off the runtime's workers. Other allocators return memory by
+/// themselves.
+fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only touches the allocator's own free lists.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
