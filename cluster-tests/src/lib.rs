@@ -327,6 +327,26 @@ pub fn leasehold_bin() -> PathBuf {
     .clone()
 }
 
+/// A loopback address free to bind now, never one this process handed out before.
+///
+/// The listener is closed before the caller's process binds the port, so the kernel may
+/// offer the same port to the next call: a cluster once got a node's client port as
+/// another node's peer port. Remembering what was handed out rules that out within
+/// one test or loadgen process.
+pub async fn free_addr() -> anyhow::Result<SocketAddr> {
+    static HANDED_OUT: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    for _ in 0..1000 {
+        let l = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = l.local_addr()?;
+        let mut seen = HANDED_OUT.lock().expect("port list poisoned");
+        if !seen.contains(&addr.port()) {
+            seen.push(addr.port());
+            return Ok(addr);
+        }
+    }
+    bail!("no fresh loopback port after 1000 tries")
+}
+
 /// Poll `check` every few milliseconds until it returns `Some`, or fail after `timeout`.
 pub async fn wait_until<T, F, Fut>(timeout: Duration, mut check: F) -> anyhow::Result<T>
 where

@@ -72,7 +72,8 @@ const PLAIN_BACKLOG: usize = 64;
 
 impl LinkProxy {
     pub async fn start() -> anyhow::Result<Self> {
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        // A port no node of this process was given (crate::free_addr).
+        let listener = TcpListener::bind(crate::free_addr().await?).await?;
         let addr = listener.local_addr()?;
         let blocked = Arc::new(RwLock::new(HashSet::new()));
         let (cuts, cuts_rx) = watch::channel(0u64);
@@ -431,11 +432,6 @@ pub struct ProcCluster {
     pub faults: u64,
 }
 
-async fn free_addr() -> anyhow::Result<SocketAddr> {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    Ok(l.local_addr()?)
-}
-
 impl Credentials {
     fn new(dir: &std::path::Path, security: Security) -> anyhow::Result<Self> {
         let ca = match security.tls {
@@ -495,8 +491,8 @@ impl ProcCluster {
             let (tls, tokens_file) = credentials.for_node(&data_dir)?;
             nodes.push(ProcNode {
                 id: i as u64 + 1,
-                client_addr: free_addr().await?,
-                peer_addr: free_addr().await?,
+                client_addr: crate::free_addr().await?,
+                peer_addr: crate::free_addr().await?,
                 data_dir,
                 proxy: LinkProxy::start().await?,
                 members: String::new(),
@@ -674,8 +670,8 @@ impl ProcCluster {
         let (tls, tokens_file) = self.credentials.for_node(&data_dir)?;
         let mut node = ProcNode {
             id,
-            client_addr: free_addr().await?,
-            peer_addr: free_addr().await?,
+            client_addr: crate::free_addr().await?,
+            peer_addr: crate::free_addr().await?,
             data_dir,
             proxy: LinkProxy::start().await?,
             members: String::new(),

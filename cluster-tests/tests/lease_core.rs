@@ -1385,3 +1385,82 @@ async fn reads_list_the_waiters_in_queue_order() {
     }
     cluster.shutdown().await;
 }
+
+/// A member address that another server answers (here with 404, as when a port is taken
+/// by something else) is backed off like an unreachable peer, not retried in a hot loop:
+/// before the fix a leader sent it about 12,000 appends a second and logged each one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_member_address_that_is_not_a_peer_is_backed_off_not_hammered() {
+    use leasehold_node::{Config, Listeners, Node};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use tokio::net::TcpListener;
+
+    let hits = Arc::new(AtomicUsize::new(0));
+    let stranger = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let stranger_addr = stranger.local_addr().unwrap();
+    let counted = hits.clone();
+    let app = axum::Router::new().fallback(move || {
+        counted.fetch_add(1, Ordering::Relaxed);
+        async { (axum::http::StatusCode::NOT_FOUND, "not here") }
+    });
+    tokio::spawn(async move { axum::serve(stranger, app).await });
+
+    let mut listeners = Vec::new();
+    for _ in 0..2 {
+        let client = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let peer = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        listeners.push(Listeners { client, peer });
+    }
+    let mut members: Vec<leasehold_config::Member> = listeners
+        .iter()
+        .enumerate()
+        .map(|(i, l)| leasehold_config::Member {
+            id: i as u64 + 1,
+            peer_addr: l.peer.local_addr().unwrap(),
+        })
+        .collect();
+    members.push(leasehold_config::Member {
+        id: 3,
+        peer_addr: stranger_addr,
+    });
+    let mut nodes = Vec::new();
+    for (i, l) in listeners.into_iter().enumerate() {
+        let mut config = Config {
+            node_id: i as u64 + 1,
+            client_addr: l.client.local_addr().unwrap(),
+            peer_addr: l.peer.local_addr().unwrap(),
+            ..Config::default()
+        };
+        config.cluster.members = members.clone();
+        nodes.push(Node::start_on(config, l).await.unwrap());
+    }
+    // Two of three members are real, so the cluster works.
+    let http = Http::new();
+    let base = nodes[0].client_url();
+    let r = wait_until(SECS_10, || async {
+        let r = acquire(
+            &http,
+            &base,
+            "still-works",
+            json!({"owner": "w", "ttl_ms": 5000}),
+        )
+        .await;
+        (r.status == 200).then_some(r)
+    })
+    .await
+    .expect("a two-of-three cluster takes writes");
+    assert!(r.body["token"].as_u64().is_some());
+    // Over two seconds the leader calls the stranger a few times (openraft's 500 ms
+    // backoff per stream), not thousands.
+    let before = hits.load(Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let calls = hits.load(Ordering::Relaxed) - before;
+    assert!(
+        calls <= 100,
+        "{calls} calls in 2 s to an address that answers 404"
+    );
+    for node in nodes {
+        node.shutdown().await;
+    }
+}

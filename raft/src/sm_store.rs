@@ -99,6 +99,43 @@ struct StoredSnapshot {
     data: Vec<u8>,
 }
 
+/// The last snapshot, as openraft hands it to a follower that is too far behind.
+///
+/// A durable node keeps only its meta in memory and reads the bytes back from disk when
+/// asked (rarely: only for a lagging or new member). Holding them would cost every node
+/// the snapshot's size again, ~140 B per lease (docs/performance.md). An in-memory node
+/// has nowhere else to keep them.
+#[derive(Debug, Clone)]
+enum CurrentSnapshot {
+    InMemory(StoredSnapshot),
+    OnDisk(SnapshotMeta),
+}
+
+type SharedCurrent = Arc<Mutex<Option<CurrentSnapshot>>>;
+
+/// Remember `stored` as the current snapshot: its bytes only if there is no disk.
+fn set_current(current: &SharedCurrent, stored: StoredSnapshot, durable: bool) {
+    let entry = if durable {
+        CurrentSnapshot::OnDisk(stored.meta)
+    } else {
+        CurrentSnapshot::InMemory(stored)
+    };
+    *current.lock().expect("snapshot lock poisoned") = Some(entry);
+}
+
+fn read_persisted(tree: &sled::Tree) -> Result<Option<StoredSnapshot>, StorageError> {
+    let Some(bytes) = tree
+        .get(SNAPSHOT_KEY)
+        .map_err(|e| sm_err(ErrorVerb::Read, e))?
+    else {
+        return Ok(None);
+    };
+    let (stored, _): (StoredSnapshot, usize) =
+        bincode::serde::decode_from_slice(&bytes, bincode::config::standard())
+            .map_err(|e| sm_err(ErrorVerb::Read, e))?;
+    Ok(Some(stored))
+}
+
 fn encode_envelope(envelope: &SnapshotEnvelope) -> Result<Vec<u8>, StorageError> {
     let mut out = vec![SNAPSHOT_FORMAT_VERSION];
     let body = bincode::serde::encode_to_vec(envelope, bincode::config::standard())
@@ -133,7 +170,7 @@ fn snapshot_err(verb: ErrorVerb, message: &str) -> StorageError {
 /// openraft's handle on the state machine.
 pub struct StateMachineStore {
     shared: Arc<SharedState>,
-    current: Arc<Mutex<Option<StoredSnapshot>>>,
+    current: SharedCurrent,
     persist: Option<sled::Tree>,
     snapshot_seq: Arc<AtomicU64>,
 }
@@ -149,22 +186,16 @@ impl StateMachineStore {
             ),
             None => None,
         };
-        let mut current = None;
+        let current: SharedCurrent = Arc::new(Mutex::new(None));
         if let Some(tree) = &persist {
-            if let Some(bytes) = tree
-                .get(SNAPSHOT_KEY)
-                .map_err(|e| sm_err(ErrorVerb::Read, e))?
-            {
-                let (stored, _): (StoredSnapshot, usize) =
-                    bincode::serde::decode_from_slice(&bytes, bincode::config::standard())
-                        .map_err(|e| sm_err(ErrorVerb::Read, e))?;
+            if let Some(stored) = read_persisted(tree)? {
                 install(&shared, &stored.data)?;
-                current = Some(stored);
+                set_current(&current, stored, true);
             }
         }
         let store = StateMachineStore {
             shared: shared.clone(),
-            current: Arc::new(Mutex::new(current)),
+            current,
             persist,
             snapshot_seq: Arc::new(AtomicU64::new(0)),
         };
@@ -290,15 +321,39 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         if let Some(tree) = &self.persist {
             persist_snapshot(tree, &stored)?;
         }
-        *self.current.lock().expect("snapshot lock poisoned") = Some(stored);
+        set_current(&self.current, stored, self.persist.is_some());
         Ok(())
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
         let current = self.current.lock().expect("snapshot lock poisoned").clone();
-        Ok(current.map(|s| Snapshot {
-            meta: s.meta,
-            snapshot: Box::new(Cursor::new(s.data)),
+        let stored = match current {
+            None => return Ok(None),
+            Some(CurrentSnapshot::InMemory(stored)) => stored,
+            Some(CurrentSnapshot::OnDisk(meta)) => {
+                let tree = self
+                    .persist
+                    .clone()
+                    .ok_or_else(|| snapshot_err(ErrorVerb::Read, "no snapshot store"))?;
+                let stored = tokio::task::spawn_blocking(move || read_persisted(&tree))
+                    .await
+                    .map_err(|e| snapshot_err(ErrorVerb::Read, &e.to_string()))??
+                    .ok_or_else(|| snapshot_err(ErrorVerb::Read, "the snapshot is gone"))?;
+                // A newer build may have replaced it meanwhile; that one is as good (it
+                // is only ever replaced by a later state), so send what is on disk.
+                if stored.meta.snapshot_id != meta.snapshot_id {
+                    tracing::debug!(
+                        wanted = %meta.snapshot_id,
+                        found = %stored.meta.snapshot_id,
+                        "sending the newer snapshot on disk"
+                    );
+                }
+                stored
+            }
+        };
+        Ok(Some(Snapshot {
+            meta: stored.meta,
+            snapshot: Box::new(Cursor::new(stored.data)),
         }))
     }
 }
@@ -306,7 +361,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
 /// Builds a snapshot of the state as of the moment it is called.
 pub struct SnapshotBuilder {
     shared: Arc<SharedState>,
-    current: Arc<Mutex<Option<StoredSnapshot>>>,
+    current: SharedCurrent,
     persist: Option<sled::Tree>,
     snapshot_seq: Arc<AtomicU64>,
 }
@@ -358,12 +413,11 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
                 .await
                 .map_err(|e| snapshot_err(ErrorVerb::Write, &e.to_string()))??;
         }
-        *self.current.lock().expect("snapshot lock poisoned") = Some(stored.clone());
         let result = Snapshot {
             meta: stored.meta.clone(),
             snapshot: Box::new(Cursor::new(stored.data.clone())),
         };
-        drop(stored);
+        set_current(&self.current, stored, self.persist.is_some());
         // Building freed several snapshot-sized buffers; hand their pages back (below).
         tokio::task::spawn_blocking(release_free_memory);
         tracing::info!(

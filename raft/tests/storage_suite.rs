@@ -101,13 +101,20 @@ async fn sled_log_vote_and_purge_survive_reopen() {
 #[tokio::test]
 async fn sled_snapshot_is_restored_on_open_and_corruption_is_an_error() {
     let dir = tempfile::tempdir().unwrap();
-    let expected = {
+    let (expected, built_snapshot) = {
         let db = sled::open(dir.path()).unwrap();
         let (mut sm, shared) = StateMachineStore::new(Some(db)).unwrap();
         sm.apply((1..=3).map(|i| entry(1, i))).await.unwrap();
         let mut builder = sm.get_snapshot_builder().await;
-        builder.build_snapshot().await.unwrap();
-        shared.read(|s| s.encode())
+        let built = builder.build_snapshot().await.unwrap();
+        // A durable store keeps only the meta in memory and reads the bytes back.
+        let current = sm.get_current_snapshot().await.unwrap().unwrap();
+        assert_eq!(current.meta, built.meta);
+        assert_eq!(current.snapshot.get_ref(), built.snapshot.get_ref());
+        (
+            shared.read(|s| s.encode()),
+            (built.meta, built.snapshot.into_inner()),
+        )
     };
     {
         let db = sled::open(dir.path()).unwrap();
@@ -116,7 +123,10 @@ async fn sled_snapshot_is_restored_on_open_and_corruption_is_an_error() {
         assert_eq!(shared.read(|s| s.lease_count()), 3);
         let (applied, _) = sm.applied_state().await.unwrap();
         assert_eq!(applied, Some(log_id(1, 3)));
-        assert!(sm.get_current_snapshot().await.unwrap().is_some());
+        let current = sm.get_current_snapshot().await.unwrap().unwrap();
+        let (meta, data) = built_snapshot;
+        assert_eq!(current.meta, meta);
+        assert_eq!(current.snapshot.into_inner(), data);
     }
     {
         let db = sled::open(dir.path()).unwrap();

@@ -53,6 +53,17 @@ impl PeerCallError {
     pub(crate) fn not_sent(&self) -> bool {
         matches!(self, PeerCallError::Cut(_) | PeerCallError::Connect { .. })
     }
+
+    /// True if what answered is not a leasehold peer this node can talk to: a wrong
+    /// address (another server answered 4xx), a wrong cluster secret or certificate, or
+    /// a peer protocol this node does not speak. Retrying at once cannot help.
+    pub(crate) fn not_a_peer(&self) -> bool {
+        match self {
+            PeerCallError::Status { status, .. } => (400..500).contains(status),
+            PeerCallError::Envelope { .. } | PeerCallError::Mismatch { .. } => true,
+            _ => false,
+        }
+    }
 }
 
 /// One pooled HTTP client for all peer calls, with the secret and the fault switch.

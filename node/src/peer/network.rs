@@ -78,8 +78,12 @@ impl RaftPeer {
     }
 }
 
+/// openraft retries a `NetworkError` at once and backs off (`RaftNetwork::backoff`, 500 ms)
+/// only after `Unreachable`. A peer address that another server answers with 404 made a
+/// leader retry about 12,000 times a second and log each one, so everything that a retry
+/// cannot fix counts as unreachable too.
 fn transport_error<E: std::error::Error>(e: &PeerCallError) -> RpcError<E> {
-    if e.not_sent() {
+    if e.not_sent() || e.not_a_peer() {
         RPCError::Unreachable(Unreachable::new(e))
     } else {
         RPCError::Network(NetworkError::new(e))

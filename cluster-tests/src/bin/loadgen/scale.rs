@@ -50,11 +50,6 @@ struct Cluster {
     http: reqwest::Client,
 }
 
-async fn free_port() -> anyhow::Result<u16> {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    Ok(l.local_addr()?.port())
-}
-
 impl Cluster {
     async fn start(
         bin: &Path,
@@ -68,8 +63,8 @@ impl Cluster {
         for id in 1..=3u64 {
             nodes.push(Node {
                 id,
-                client: format!("127.0.0.1:{}", free_port().await?),
-                peer: format!("127.0.0.1:{}", free_port().await?),
+                client: leasehold_cluster_tests::free_addr().await?.to_string(),
+                peer: leasehold_cluster_tests::free_addr().await?.to_string(),
                 data: dir.join(format!("n{id}")),
                 log: dir.join(format!("n{id}.log")),
                 child: None,
