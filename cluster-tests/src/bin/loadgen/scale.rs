@@ -562,7 +562,16 @@ async fn storm(args: &ScaleArgs, n: u64) -> anyhow::Result<()> {
                     .get(format!("{base}/v1/locks/{key}?stale=true"))
                     .send()
                     .await;
-                if matches!(&r, Ok(r) if r.status().as_u16() == 404) {
+                // Gone: no holder (an idle key is kept, with its history, so it is no 404).
+                let released = match r {
+                    Ok(r) if r.status().as_u16() == 404 => true,
+                    Ok(r) if r.status().is_success() => r
+                        .json::<Value>()
+                        .await
+                        .is_ok_and(|v| v["held"] == json!(false)),
+                    _ => false,
+                };
+                if released {
                     return Instant::now();
                 }
                 tokio::time::sleep(Duration::from_millis(5)).await;
