@@ -35,6 +35,10 @@ pub struct ClusterOptions {
     /// Serve both listeners over TLS (mutual TLS between peers), with a CA and node
     /// certificates made for the cluster ([`TestCluster::ca_pem`]).
     pub tls: bool,
+    /// Members listed in every node's `cluster.members` that this cluster does not start
+    /// (ids after the started nodes'), for tests of what nodes do with a member that is
+    /// down or is not a leasehold peer at all.
+    pub absent_members: Vec<SocketAddr>,
 }
 
 impl Default for ClusterOptions {
@@ -44,6 +48,7 @@ impl Default for ClusterOptions {
             data_dir: None,
             tweak: |_| {},
             tls: false,
+            absent_members: Vec::new(),
         }
     }
 }
@@ -73,7 +78,7 @@ impl TestCluster {
             let peer = TcpListener::bind("127.0.0.1:0").await?;
             listeners.push((client, peer));
         }
-        let members: Vec<Member> = listeners
+        let mut members: Vec<Member> = listeners
             .iter()
             .enumerate()
             .map(|(i, (_, peer))| -> anyhow::Result<Member> {
@@ -83,6 +88,12 @@ impl TestCluster {
                 })
             })
             .collect::<anyhow::Result<_>>()?;
+        for (i, &peer_addr) in options.absent_members.iter().enumerate() {
+            members.push(Member {
+                id: (options.nodes + i) as u64 + 1,
+                peer_addr,
+            });
+        }
         let certs = if options.tls {
             let dir = tempfile::tempdir()?;
             let certs = leasehold_node::generate_local_certs(dir.path(), options.nodes as u64)
