@@ -25,9 +25,44 @@ pub struct Hold {
     pub key: String,
     pub client: usize,
     pub token: u64,
+    /// The lease the hold lived under.
+    pub lease: u64,
     pub start: Instant,
     pub end: Instant,
+    /// Why and when the hold was lost, if it was (`end` is then the earlier of the moment
+    /// the client noticed and its client deadline).
     pub lost: Option<String>,
+    pub noticed: Option<Instant>,
+}
+
+impl Hold {
+    fn describe(&self, base: Instant) -> String {
+        // Relative to `base`, and as wall-clock time to match the nodes' logs.
+        let (now, wall_now) = (Instant::now(), std::time::SystemTime::now());
+        let at = |t: Instant| {
+            let wall = wall_now - (now - t);
+            let since_epoch = wall
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default();
+            format!(
+                "{:.1} ms (unix {:.6})",
+                (t - base).as_secs_f64() * 1e3,
+                since_epoch.as_secs_f64()
+            )
+        };
+        let mut s = format!(
+            "client {} token {} lease {}: {} .. {}",
+            self.client,
+            self.token,
+            self.lease,
+            at(self.start),
+            at(self.end)
+        );
+        if let (Some(reason), Some(noticed)) = (&self.lost, self.noticed) {
+            s.push_str(&format!(", lost (noticed at {}): {reason}", at(noticed)));
+        }
+        s
+    }
 }
 
 /// What the workload did.
@@ -212,24 +247,25 @@ async fn hold_and_record(
 ) {
     let start = Instant::now();
     let lost = guard.lost();
-    let token = guard.token();
+    let (token, lease) = (guard.token(), guard.lease_id());
     tokio::select! {
         reason = lost => {
             // Believed until the client deadline at most (it may notice a bit later).
-            let end = Instant::now().min(guard.valid_until());
+            let noticed = Instant::now();
+            let end = noticed.min(guard.valid_until());
             history.losses.fetch_add(1, Ordering::Relaxed);
-            history.record(Hold { key, client: client_id, token, start, end, lost: Some(reason.to_string()) });
+            history.record(Hold { key, client: client_id, token, lease, start, end, lost: Some(reason.to_string()), noticed: Some(noticed) });
         }
         _ = tokio::time::sleep(hold_for) => {
             // The client stops believing the moment it decides to release.
             let end = Instant::now().min(guard.valid_until());
-            history.record(Hold { key, client: client_id, token, start, end, lost: None });
+            history.record(Hold { key, client: client_id, token, lease, start, end, lost: None, noticed: None });
             history.releases.fetch_add(1, Ordering::Relaxed);
             let _ = tokio::time::timeout(Duration::from_secs(5), guard.release()).await;
         }
         _ = stop.wait() => {
             let end = Instant::now().min(guard.valid_until());
-            history.record(Hold { key, client: client_id, token, start, end, lost: None });
+            history.record(Hold { key, client: client_id, token, lease, start, end, lost: None, noticed: None });
             let _ = tokio::time::timeout(Duration::from_secs(5), guard.release()).await;
         }
     }
@@ -346,15 +382,19 @@ pub fn check(history: &History) -> Report {
         for hold in holds {
             if let Some(prev) = &previous {
                 if hold.start < prev.end {
+                    // Times relative to the earlier hold's start.
+                    let base = prev.start;
                     report.violations.push(format!(
-                        "{key}: client {} (token {}) believed it held from {:?} while client {} (token {}) believed it held until {:?} ({:?} overlap)",
+                        "{key}: client {} (token {}) believed it held from {:?} while client {} (token {}) believed it held until {:?} ({:?} overlap)\n  earlier: {}\n  later:   {}",
                         hold.client,
                         hold.token,
                         hold.start,
                         prev.client,
                         prev.token,
                         prev.end,
-                        prev.end - hold.start
+                        prev.end - hold.start,
+                        prev.describe(base),
+                        hold.describe(base),
                     ));
                 }
                 if hold.token <= prev.token {
@@ -416,9 +456,11 @@ mod tests {
             key: key.into(),
             client,
             token,
+            lease: token,
             start: base + Duration::from_millis(start_ms),
             end: base + Duration::from_millis(end_ms),
             lost: None,
+            noticed: None,
         }
     }
 

@@ -401,7 +401,11 @@ impl ProcNode {
                 "--data-dir",
                 &self.data_dir.join("data").display().to_string(),
             ])
-            .env("LEASEHOLD_LOG", "warn")
+            // `LH_TEST_NODE_LOG=debug` raises the nodes' log level for a repro run.
+            .env(
+                "LEASEHOLD_LOG",
+                std::env::var("LH_TEST_NODE_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -732,8 +736,17 @@ impl ProcCluster {
     }
 }
 
+/// Kills the nodes. A failed test keeps the nodes' data directories and logs
+/// (`node-N/node.log`) and says where; so does every run with `LH_TEST_KEEP_DIRS`.
 impl Drop for ProcCluster {
     fn drop(&mut self) {
+        if std::thread::panicking() || std::env::var_os("LH_TEST_KEEP_DIRS").is_some() {
+            self._dir.disable_cleanup(true);
+            eprintln!(
+                "kept the cluster's data directories and node logs in {}",
+                self._dir.path().display()
+            );
+        }
         for node in &mut self.nodes {
             if node.paused {
                 node.signal(libc::SIGCONT);

@@ -1,9 +1,12 @@
 //! The lease actor: lease deadlines on the leader (SPEC §2 rules 2–4).
 //!
 //! - Deadlines live only here, on the leader, on the monotonic clock. Followers keep none.
-//! - When a deadline passes, the actor proposes `ExpireLease` through Raft; only the
-//!   applied command releases anything. A lease whose expiry is in flight answers
-//!   `lease_not_found` to keepalives, never success.
+//! - When a deadline passes, the actor proposes `Expire { lease_id, term }` through Raft;
+//!   only the applied command releases anything, and only from an entry of that term (a
+//!   proposal that reaches the log after this node lost and won back leadership is stale
+//!   and changes nothing: the new term re-armed the lease). A lease whose expiry is in
+//!   flight answers `lease_not_found` to keepalives, never success. Answers to expiries
+//!   of an earlier term never touch this term's deadlines.
 //! - A keepalive refreshes the deadline here without writing the log, after the caller has
 //!   confirmed leadership with a quorum (see `confirmer`), in the confirmed term only.
 //! - When this node becomes leader, it first catches up with everything committed, then
@@ -48,9 +51,17 @@ enum Msg {
 }
 
 enum Done {
-    Expired { lease_id: LeaseId, ok: bool },
+    /// The expiry of `lease_id` proposed in `term` was answered (`ok`: no retry needed).
+    Expired {
+        lease_id: LeaseId,
+        term: u64,
+        ok: bool,
+    },
     Promoted,
-    TakeoverReady { term: u64, ok: bool },
+    TakeoverReady {
+        term: u64,
+        ok: bool,
+    },
 }
 
 #[derive(Clone)]
@@ -136,7 +147,7 @@ struct LeaseActor {
     done_tx: mpsc::Sender<Done>,
     deadlines: HashMap<LeaseId, Instant>,
     queue: BTreeSet<(Instant, LeaseId)>,
-    /// Leases whose `ExpireLease` is in flight.
+    /// Leases whose `Expire` is in flight.
     expiring: HashSet<LeaseId>,
     /// Lock-delays holding back waiters: (wall-clock ms, kind, key).
     delays: BTreeSet<Delay>,
@@ -242,6 +253,7 @@ impl LeaseActor {
             return Err(not_found);
         };
         self.arm(lease_id, ttl_ms);
+        debug!(lease_id, term, ttl_ms, "keepalive re-armed the lease");
         Ok(ttl_ms)
     }
 
@@ -272,6 +284,7 @@ impl LeaseActor {
                     }
                 }
                 StateEvent::LeaseGone { lease_id } => {
+                    debug!(lease_id, "lease ended (applied)");
                     self.disarm(lease_id);
                     self.expiring.remove(&lease_id);
                 }
@@ -363,7 +376,13 @@ impl LeaseActor {
 
     fn on_done(&mut self, done: Done) {
         match done {
-            Done::Expired { lease_id, ok } => {
+            Done::Expired { lease_id, term, ok } => {
+                debug!(lease_id, term, ok, leading = ?self.leading_term, "expiry proposal answered");
+                if self.leading_term != Some(term) {
+                    // From an earlier leadership of this node: its deadlines were dropped
+                    // when it stepped down, and this term tracks its own.
+                    return;
+                }
                 self.expiring.remove(&lease_id);
                 if ok {
                     self.disarm(lease_id);
@@ -397,9 +416,9 @@ impl LeaseActor {
     }
 
     fn fire_due(&mut self) {
-        if self.leading_term.is_none() {
+        let Some(term) = self.leading_term else {
             return;
-        }
+        };
         let now = Instant::now();
         while let Some(&(at, lease_id)) = self.queue.first() {
             if at > now {
@@ -410,7 +429,7 @@ impl LeaseActor {
             if !self.expiring.insert(lease_id) {
                 continue;
             }
-            debug!(lease_id, "lease deadline passed; proposing expiry");
+            debug!(lease_id, term, "lease deadline passed; proposing expiry");
             let proposer = self.proposer.clone();
             let done_tx = self.done_tx.clone();
             self.tracker.spawn(
@@ -419,12 +438,15 @@ impl LeaseActor {
                         .propose(Proposal {
                             request_id: None,
                             caller: None,
-                            command: Command::ExpireLease { lease_id },
+                            command: Command::Expire { lease_id, term },
                         })
                         .await;
                     let ok = match result {
                         Ok((_, CommandResult::LeaseEnded { .. })) => true,
                         Ok((_, CommandResult::Error(SmError::LeaseNotFound { .. }))) => true,
+                        // Appended after this node lost and regained leadership: that
+                        // term's own deadline for the lease decides.
+                        Ok((_, CommandResult::StaleExpiry)) => true,
                         Ok((_, other)) => {
                             warn!(lease_id, ?other, "unexpected result of an expiry");
                             true
@@ -434,7 +456,7 @@ impl LeaseActor {
                             false
                         }
                     };
-                    let _ = done_tx.send(Done::Expired { lease_id, ok }).await;
+                    let _ = done_tx.send(Done::Expired { lease_id, term, ok }).await;
                 }
                 .in_current_span(),
             );

@@ -63,7 +63,7 @@ fn main() {
             }),
         );
         let batch = Batch::new(1_000 + i as u64, vec![proposal]);
-        state.apply_batch(i as u64 + 1, &batch, &mut events);
+        state.apply_batch(i as u64 + 1, 1, &batch, &mut events);
         events.clear();
     }
     let full = LIVE.load(Ordering::Relaxed) - before;

@@ -164,7 +164,8 @@ pub enum Command {
     RevokeLease {
         lease_id: LeaseId,
     },
-    /// Proposed only by the leader's lease actor when a deadline passed.
+    /// Before peer protocol 4: an expiry without its term. Still read (entries in old
+    /// logs), never written; see [`Command::Expire`].
     ExpireLease {
         lease_id: LeaseId,
     },
@@ -210,6 +211,15 @@ pub enum Command {
         kind: Kind,
         key: String,
         token: Option<Token>,
+    },
+    /// Proposed only by the lease actor of the leader of `term`, when the lease's deadline
+    /// passed in that term. It ends the lease only from an entry of `term`: appended in a
+    /// later term (the leader lost leadership and won it back before the proposal reached
+    /// the log) it is stale and changes nothing ([`CommandResult::StaleExpiry`]), because
+    /// the later term re-armed the lease and its keepalives may have renewed it.
+    Expire {
+        lease_id: LeaseId,
+        term: u64,
     },
 }
 
@@ -346,4 +356,6 @@ pub enum CommandResult {
         owner: String,
         token: Token,
     },
+    /// An [`Command::Expire`] from an earlier term than its entry's: nothing changed.
+    StaleExpiry,
 }

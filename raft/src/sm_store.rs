@@ -265,7 +265,8 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                         results: Vec::new(),
                     },
                     EntryPayload::Normal(batch) => {
-                        applied.lease.apply_batch(index, &batch, &mut events)
+                        let term = entry.log_id.leader_id.term;
+                        applied.lease.apply_batch(index, term, &batch, &mut events)
                     }
                     EntryPayload::Membership(membership) => {
                         applied.membership = StoredMembership::new(Some(entry.log_id), membership);

@@ -24,7 +24,9 @@ use crate::error::CoreError;
 /// `ForceRelease`.
 /// 3: keepalives travel in batches (`ForwardRequest::Keepalive`), answered one result per
 /// keepalive.
-pub const PEER_PROTOCOL_VERSION: u8 = 3;
+/// 4: expiries name the term whose leader saw the deadline pass (`Command::Expire`), and
+/// a stale one reports `CommandResult::StaleExpiry`.
+pub const PEER_PROTOCOL_VERSION: u8 = 4;
 
 /// Every request one node sends another.
 #[derive(Debug, Serialize, Deserialize)]

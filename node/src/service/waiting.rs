@@ -280,6 +280,11 @@ impl Drop for CancelWaitOnDrop {
                 },
             };
             let result = core.write(cancel).await;
+            debug!(
+                lease_id,
+                ?result,
+                "the waiting client left: cancelled its wait"
+            );
             if let (true, Ok((_, CommandResult::Granted(hold)))) = (release_raced_grant, result) {
                 // Granted just as the client left, and no retry can claim it: release it.
                 let release = Proposal {

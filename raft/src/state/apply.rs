@@ -15,6 +15,8 @@ use super::{LeaseState, StateEvent};
 /// What one command did to the state, beyond its result.
 pub(super) struct Effects<'a> {
     pub(super) index: u64,
+    /// The term of the entry being applied (the leader that appended it).
+    pub(super) term: u64,
     pub(super) now_ms: u64,
     pub(super) events: &'a mut Vec<StateEvent>,
     pub(super) touched: BTreeSet<ResourceId>,
@@ -23,10 +25,12 @@ pub(super) struct Effects<'a> {
 }
 
 impl LeaseState {
-    /// Apply one log entry's batch at `index`; events for the actors are pushed to `events`.
+    /// Apply one log entry's batch, the entry at `index` appended in `term`; events for the
+    /// actors are pushed to `events`.
     pub fn apply_batch(
         &mut self,
         index: u64,
+        term: u64,
         batch: &Batch,
         events: &mut Vec<StateEvent>,
     ) -> BatchResult {
@@ -35,20 +39,26 @@ impl LeaseState {
         };
         self.last_index = index;
         self.now_ms = self.now_ms.max(proposed_at_ms);
-        self.end_elapsed_delays(index, events);
+        self.end_elapsed_delays(index, term, events);
         let mut results = Vec::with_capacity(batch.len());
         match batch {
             Batch::V1 { proposals, .. } => {
                 for p in proposals {
-                    let result =
-                        self.apply_proposal(index, p.request_id.as_ref(), &p.command, None, events);
+                    let result = self.apply_proposal(
+                        (index, term),
+                        p.request_id.as_ref(),
+                        &p.command,
+                        None,
+                        events,
+                    );
                     results.push(result);
                 }
             }
             Batch::V2 { proposals, .. } => {
                 for p in proposals {
                     let (id, caller) = (p.request_id.as_ref(), p.caller.as_ref());
-                    results.push(self.apply_proposal(index, id, &p.command, caller, events));
+                    let at = (index, term);
+                    results.push(self.apply_proposal(at, id, &p.command, caller, events));
                 }
             }
         }
@@ -58,7 +68,7 @@ impl LeaseState {
 
     pub(super) fn apply_proposal(
         &mut self,
-        index: u64,
+        (index, term): (u64, u64),
         request_id: Option<&String>,
         command: &Command,
         caller: Option<&Caller>,
@@ -79,6 +89,7 @@ impl LeaseState {
             Ok(()) => {
                 let mut fx = Effects {
                     index,
+                    term,
                     now_ms: self.now_ms,
                     events,
                     touched: BTreeSet::new(),
@@ -143,6 +154,16 @@ impl LeaseState {
             }
             Command::RevokeLease { lease_id } => self.end_lease(*lease_id, EndReason::Revoked, fx),
             Command::ExpireLease { lease_id } => self.end_lease(*lease_id, EndReason::Expired, fx),
+            // The deadline passed on the leader of `term`. Appended in a later term (that
+            // leader lost and regained leadership before proposing it), it is stale: the
+            // new term's takeover re-armed the lease and keepalives may have renewed it.
+            Command::Expire { lease_id, term } => {
+                if *term == fx.term {
+                    self.end_lease(*lease_id, EndReason::Expired, fx)
+                } else {
+                    CommandResult::StaleExpiry
+                }
+            }
             Command::Acquire(acquire) => self.acquire(acquire, fx),
             Command::CancelWait {
                 kind,
@@ -210,6 +231,7 @@ impl LeaseState {
             Command::SetLeaseTtl { lease_id, .. }
             | Command::RevokeLease { lease_id }
             | Command::ExpireLease { lease_id }
+            | Command::Expire { lease_id, .. }
             | Command::CancelWait { lease_id, .. } => self.lease_access(*lease_id, caller),
             Command::Acquire(a) => match &a.lease {
                 crate::command::LeaseSpec::Existing(lease_id) => {

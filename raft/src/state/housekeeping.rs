@@ -11,7 +11,12 @@ use super::{LeaseState, StateEvent, DEDUPE_MAX_ENTRIES, DEDUPE_WINDOW_MS, MAX_ID
 
 impl LeaseState {
     /// Grant the waiters of keys whose lock-delay has ended by this entry's time.
-    pub(super) fn end_elapsed_delays(&mut self, index: u64, events: &mut Vec<StateEvent>) {
+    pub(super) fn end_elapsed_delays(
+        &mut self,
+        index: u64,
+        term: u64,
+        events: &mut Vec<StateEvent>,
+    ) {
         while let Some((until_ms, _)) = self.delayed.get_min() {
             if *until_ms > self.now_ms {
                 break;
@@ -21,6 +26,7 @@ impl LeaseState {
             };
             let mut fx = Effects {
                 index,
+                term,
                 now_ms: self.now_ms,
                 events: &mut *events,
                 touched: BTreeSet::new(),

@@ -15,6 +15,8 @@ const MAX_WAITERS: u32 = 100;
 struct Sm {
     state: LeaseState,
     index: u64,
+    /// The term of the entries it applies.
+    term: u64,
     now_ms: u64,
     events: Vec<StateEvent>,
 }
@@ -24,6 +26,7 @@ impl Sm {
         Sm {
             state: LeaseState::default(),
             index: 0,
+            term: 1,
             now_ms: 1_000,
             events: Vec::new(),
         }
@@ -39,7 +42,9 @@ impl Sm {
                 command,
             }],
         );
-        let mut result = self.state.apply_batch(self.index, &batch, &mut self.events);
+        let mut result = self
+            .state
+            .apply_batch(self.index, self.term, &batch, &mut self.events);
         self.state.check_invariants().expect("invariants hold");
         result.results.pop().expect("one result per proposal")
     }
@@ -58,7 +63,9 @@ impl Sm {
                 command,
             }],
         );
-        let mut result = self.state.apply_batch(self.index, &batch, &mut self.events);
+        let mut result = self
+            .state
+            .apply_batch(self.index, self.term, &batch, &mut self.events);
         self.state.check_invariants().expect("invariants hold");
         result.results.pop().expect("one result per proposal")
     }
@@ -218,6 +225,39 @@ fn expiry_hands_the_lock_on_and_records_it() {
             lease_id: a.lease_id
         })
     );
+}
+
+/// An expiry ends the lease only from an entry of the term whose leader saw the deadline
+/// pass. A leader that lost leadership and won it back re-armed the lease on its takeover
+/// (and keepalives may have renewed it since), so its old term's expiry, reaching the log
+/// in the new term, must change nothing.
+#[test]
+fn an_expiry_appended_in_a_later_term_than_proposed_is_stale() {
+    let mut sm = Sm::new();
+    sm.term = 3;
+    let a = granted(sm.acquire("k", "a", 5_000, false));
+    sm.acquire("k", "b", 5_000, true);
+    sm.now_ms += 6_000;
+    let stale = sm.apply(Command::Expire {
+        lease_id: a.lease_id,
+        term: 2,
+    });
+    assert_eq!(stale, CommandResult::StaleExpiry);
+    assert_eq!(holder_of(&sm, "k").unwrap().owner, "a", "the holder stays");
+    assert!(sm.state.lease(a.lease_id).is_some(), "the lease stays");
+    assert_eq!(sm.state.expired_recent(10).count(), 0);
+    // The same expiry proposed in the entry's own term ends it.
+    let ended = sm.apply(Command::Expire {
+        lease_id: a.lease_id,
+        term: 3,
+    });
+    assert_eq!(
+        ended,
+        CommandResult::LeaseEnded {
+            released: vec![(Kind::Lock, "k".to_string())]
+        }
+    );
+    assert_eq!(holder_of(&sm, "k").unwrap().owner, "b");
 }
 
 #[test]
@@ -601,6 +641,7 @@ fn arb_command() -> impl Strategy<Value = Command> {
         lease_id
             .clone()
             .prop_map(|lease_id| Command::ExpireLease { lease_id }),
+        (lease_id.clone(), 0u64..2).prop_map(|(lease_id, term)| Command::Expire { lease_id, term }),
         (
             arb_kind(),
             arb_key(),
@@ -699,8 +740,8 @@ proptest! {
             let index = index as u64 + 1;
             let mut events_one = Vec::new();
             let mut events_two = Vec::new();
-            let r1 = one.apply_batch(index, &batch, &mut events_one);
-            let r2 = two.apply_batch(index, &batch, &mut events_two);
+            let r1 = one.apply_batch(index, 1, &batch, &mut events_one);
+            let r2 = two.apply_batch(index, 1, &batch, &mut events_two);
             prop_assert_eq!(&r1, &r2);
             prop_assert_eq!(&events_one, &events_two);
             if let Err(e) = one.check_invariants() {
@@ -902,7 +943,7 @@ fn request_ids_are_per_principal() {
             }],
         );
         sm.state
-            .apply_batch(sm.index, &batch, &mut sm.events)
+            .apply_batch(sm.index, sm.term, &batch, &mut sm.events)
             .results
             .pop()
             .unwrap()
@@ -931,7 +972,7 @@ fn entries_written_before_auth_still_apply() {
     let bytes = bincode::serde::encode_to_vec(&batch, bincode::config::standard()).unwrap();
     let (decoded, _): (Batch, usize) =
         bincode::serde::decode_from_slice(&bytes, bincode::config::standard()).unwrap();
-    let result = state.apply_batch(1, &decoded, &mut Vec::new());
+    let result = state.apply_batch(1, 1, &decoded, &mut Vec::new());
     let CommandResult::LeaseCreated { lease_id, .. } = result.results[0] else {
         panic!("lease");
     };
@@ -969,7 +1010,7 @@ fn acquisitions_survive_until_the_key_is_evicted_as_the_oldest_idle_key() {
             proposals.extend(cycle(key));
         }
         index += 1;
-        let out = state.apply_batch(index, &Batch::new(1_000, proposals), &mut events);
+        let out = state.apply_batch(index, 1, &Batch::new(1_000, proposals), &mut events);
         let mut releases = Vec::new();
         for (key, result) in keys.iter().zip(out.results) {
             let CommandResult::Granted(hold) = result else {
@@ -986,7 +1027,7 @@ fn acquisitions_survive_until_the_key_is_evicted_as_the_oldest_idle_key() {
             ));
         }
         index += 1;
-        state.apply_batch(index, &Batch::new(1_000, releases), &mut events);
+        state.apply_batch(index, 1, &Batch::new(1_000, releases), &mut events);
         events.clear();
     };
     let acquisitions = |state: &LeaseState| {
