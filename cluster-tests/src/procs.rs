@@ -486,12 +486,24 @@ impl ProcCluster {
 
     /// A cluster of `n` processes with `security` on every node.
     pub async fn start_secured(n: usize, security: Security) -> anyhow::Result<Self> {
+        Self::start_prepared(n, security, |_, _| Ok(())).await
+    }
+
+    /// As [`start_secured`](Self::start_secured), calling `prepare(i, dir)` with each node's
+    /// (created, empty) data directory before the node starts: to mount a small
+    /// filesystem there, for instance.
+    pub async fn start_prepared(
+        n: usize,
+        security: Security,
+        mut prepare: impl FnMut(usize, &std::path::Path) -> anyhow::Result<()>,
+    ) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
         let credentials = Credentials::new(dir.path(), security)?;
         let mut nodes = Vec::new();
         for i in 0..n {
             let data_dir = dir.path().join(format!("node-{}", i + 1));
-            std::fs::create_dir_all(&data_dir)?;
+            std::fs::create_dir_all(data_dir.join("data"))?;
+            prepare(i, &data_dir.join("data"))?;
             let (tls, tokens_file) = credentials.for_node(&data_dir)?;
             nodes.push(ProcNode {
                 id: i as u64 + 1,

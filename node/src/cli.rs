@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use clap::{Arg, ArgMatches, Args, FromArgMatches, Parser, Subcommand};
 use leasehold_config::{Config, KEYS};
-use leasehold_node::Node;
+use leasehold_node::{Node, StartError};
 use tracing_subscriber::EnvFilter;
 
 use crate::commands;
@@ -169,28 +169,60 @@ async fn serve(args: ServeArgs) -> i32 {
             return 2;
         }
     };
-    let node = match Node::start(config).await {
-        Ok(node) => node,
-        Err(e) => {
-            eprintln!("leasehold: {e}");
-            return 1;
-        }
-    };
-    eprintln!(
-        "leasehold node {} serving {} on {} (peers on {})",
-        node.node_id(),
-        if node.client_url().starts_with("https") {
-            "HTTPS"
+    let mut restarting = false;
+    loop {
+        let node = match start_node(&config, restarting).await {
+            Ok(node) => node,
+            Err(e) => {
+                eprintln!("leasehold: {e}");
+                return 1;
+            }
+        };
+        eprintln!(
+            "leasehold node {} serving {} on {} (peers on {})",
+            node.node_id(),
+            if node.client_url().starts_with("https") {
+                "HTTPS"
+            } else {
+                "HTTP"
+            },
+            node.client_url(),
+            node.peer_addr()
+        );
+        // A storage fault stops the node's Raft core; the node keeps answering (503 naming
+        // the disk) and probes its data directory. Once that is writable again, the node
+        // is restarted in this process from its data directory and catches up.
+        let storage_back = tokio::select! {
+            _ = serve_until_stopped(&node) => false,
+            _ = node.storage_writable_again() => true,
+        };
+        if storage_back {
+            eprintln!("leasehold: the data directory is writable again; restarting the node");
         } else {
-            "HTTP"
-        },
-        node.client_url(),
-        node.peer_addr()
-    );
-    serve_until_stopped(&node).await;
-    eprintln!("leasehold: shutting down");
-    node.shutdown().await;
-    0
+            eprintln!("leasehold: shutting down");
+        }
+        node.shutdown().await;
+        if !storage_back {
+            return 0;
+        }
+        restarting = true;
+    }
+}
+
+/// Start the node; after a storage fault, retry while the stopped instance still lets
+/// go of its files and ports.
+async fn start_node(config: &Config, restarting: bool) -> Result<Node, StartError> {
+    let give_up = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        match Node::start(config.clone()).await {
+            Ok(node) => return Ok(node),
+            Err(e) if restarting && tokio::time::Instant::now() < give_up => {
+                tracing::warn!(error = %e, "restart after a storage fault: retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 /// Serve until SIGTERM or Ctrl-C; on SIGHUP, re-read the TLS certificates and the tokens

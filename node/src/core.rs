@@ -60,6 +60,8 @@ pub(crate) struct Core {
     tracker: TaskTracker,
     /// Cancelled when the node shuts down.
     cancel: CancellationToken,
+    /// Set (for good) when the Raft core stopped on a storage error: what failed, where.
+    storage_fault: watch::Receiver<Option<String>>,
 }
 
 /// One member as this node sees the cluster.
@@ -140,6 +142,7 @@ impl Core {
         cancel: &CancellationToken,
     ) -> Arc<Core> {
         let election_timeout_max = Duration::from_millis(config.raft.election_timeout_max_ms);
+        let storage_fault = watch_storage(&raft, config, tracker, cancel);
         let proposer = ProposerHandle::spawn(
             raft.clone(),
             ProposerSettings {
@@ -213,7 +216,22 @@ impl Core {
             request_ids: RequestIds::new(config.node_id),
             tracker: tracker.clone(),
             cancel: cancel.clone(),
+            storage_fault,
         })
+    }
+
+    /// What stopped this node's Raft core, if a storage error did (see `watch_storage`).
+    pub(crate) fn storage_fault(&self) -> watch::Receiver<Option<String>> {
+        self.storage_fault.clone()
+    }
+
+    /// Refuse at once while the Raft core is stopped on a storage error: nothing this node
+    /// says about the cluster can be current, and nothing it is asked to do can commit.
+    pub(crate) fn check_storage(&self) -> Result<(), CoreError> {
+        match &*self.storage_fault.borrow() {
+            Some(fault) => Err(CoreError::StorageFailed(fault.clone())),
+            None => Ok(()),
+        }
     }
 
     pub(crate) fn node_id(&self) -> NodeId {
@@ -339,6 +357,7 @@ impl Core {
         req: ForwardRequest,
         timeout: Duration,
     ) -> Result<ForwardResponse, CoreError> {
+        self.check_storage()?;
         let deadline = Instant::now() + timeout;
         // Ride out a failover, but do not queue requests behind a lost quorum (rule 7).
         let retry_until = Instant::now() + self.leader_wait.min(timeout);
@@ -367,10 +386,17 @@ impl Core {
             };
             // Retrying is safe: proposals carry a request_id (see `write`), so a retry of
             // one that did commit returns the original result.
+            // A leader whose storage failed (its core stopped) is as good as gone: wait
+            // for the others to elect a new one.
             let retry = matches!(
                 attempt,
-                Err(CoreError::NotLeader { .. }) | Err(CoreError::Unavailable(_))
+                Err(CoreError::NotLeader { .. })
+                    | Err(CoreError::Unavailable(_))
+                    | Err(CoreError::StorageFailed(_))
             );
+            if let Err(CoreError::StorageFailed(_)) = attempt {
+                self.check_storage()?;
+            }
             match attempt {
                 Err(e) if retry && Instant::now() < retry_until => {
                     hops += 1;
@@ -392,6 +418,7 @@ impl Core {
         &self,
         req: ForwardRequest,
     ) -> Result<ForwardResponse, CoreError> {
+        self.check_storage()?;
         match req {
             ForwardRequest::Propose(proposals) => {
                 // Each goes to the proposer, which gathers them into as few entries as it
@@ -442,6 +469,7 @@ impl Core {
         &self,
         mut proposal: Proposal,
     ) -> Result<(u64, CommandResult), CoreError> {
+        self.check_storage()?;
         if proposal.request_id.is_none() {
             proposal.request_id = Some(self.request_ids.next());
         }
@@ -485,9 +513,14 @@ impl Core {
         index: u64,
         timeout: Duration,
     ) -> Result<(), CoreError> {
+        self.check_storage()?;
         let mut applied = self.shared.subscribe_applied();
-        let result =
-            tokio::time::timeout(timeout, applied.wait_for(|applied| *applied >= index)).await;
+        let mut fault = self.storage_fault.clone();
+        // A core stopped by a storage error never applies again: say so, do not time out.
+        let result = tokio::select! {
+            r = tokio::time::timeout(timeout, applied.wait_for(|applied| *applied >= index)) => r,
+            _ = fault.wait_for(Option::is_some) => return Err(self.check_storage().unwrap_err()),
+        };
         match result {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(_)) => Err(CoreError::ShuttingDown),
@@ -527,6 +560,7 @@ impl Core {
     /// One keepalive: on the leader straight to the (windowed) confirmer, elsewhere with
     /// the next batch.
     async fn keep(&self, keep: Keep) -> Result<(LeaseId, u64), CoreError> {
+        self.check_storage()?;
         if self.is_leader() {
             let mut kept = self.keep_batch(vec![keep]).await?;
             return kept
@@ -693,4 +727,54 @@ impl Core {
 
 fn unexpected(response: ForwardResponse) -> CoreError {
     CoreError::Unavailable(format!("unexpected reply from the leader: {response:?}"))
+}
+
+/// Watch openraft's running state. openraft stops its core at the first storage error
+/// (a full disk: ENOSPC on an append, a flush or a read), so the node then takes no part
+/// in the cluster: it neither votes nor acknowledges appends, and a leader stops sending
+/// heartbeats, so the others elect a new one. From then on every request that needs
+/// Raft answers 503 naming the disk, `/readyz` says not ready, and the node logs the
+/// fault once. `Node::storage_fault` lets the process that runs the node restart it
+/// once the disk is writable again (`leasehold serve` does, see `cli`).
+fn watch_storage(
+    raft: &Raft,
+    config: &Config,
+    tracker: &TaskTracker,
+    cancel: &CancellationToken,
+) -> watch::Receiver<Option<String>> {
+    let (tx, rx) = watch::channel(None);
+    let mut metrics = raft.metrics();
+    let cancel = cancel.clone();
+    let data_dir = match &config.data_dir {
+        Some(dir) => format!("data directory {}", dir.display()),
+        None => "memory".to_string(),
+    };
+    tracker.spawn(
+        async move {
+            loop {
+                let fault = match &metrics.borrow_and_update().running_state {
+                    Ok(()) | Err(openraft::error::Fatal::Stopped) => None,
+                    Err(openraft::error::Fatal::StorageError(e)) => Some(format!(
+                        "this node's storage failed ({data_dir}: {e}); it takes no part in the \
+                         cluster until it can write there again"
+                    )),
+                    Err(openraft::error::Fatal::Panicked) => Some(format!(
+                        "this node's Raft core stopped ({data_dir}); it takes no part in the \
+                         cluster until it is restarted"
+                    )),
+                };
+                if let Some(fault) = fault {
+                    tracing::error!(fault = %fault, "storage fault: this node left the cluster's quorum");
+                    let _ = tx.send(Some(fault));
+                    return;
+                }
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    changed = metrics.changed() => if changed.is_err() { return },
+                }
+            }
+        }
+        .in_current_span(),
+    );
+    rx
 }

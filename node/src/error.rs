@@ -24,4 +24,8 @@ pub enum CoreError {
     /// The node is shutting down.
     #[error("the node is shutting down")]
     ShuttingDown,
+    /// This node's Raft core stopped on a storage error (a full or failing disk); the
+    /// message names the data directory and the error.
+    #[error("{0}")]
+    StorageFailed(String),
 }

@@ -300,12 +300,13 @@ impl LeaseActor {
     }
 
     fn on_metrics(&mut self) {
-        let (state, term) = {
+        let (state, term, running) = {
             let m = self.raft.metrics();
             let m = m.borrow();
-            (m.state, m.current_term)
+            (m.state, m.current_term, m.running_state.is_ok())
         };
-        let leading_now = state == ServerState::Leader;
+        // A core stopped by a storage error still reports its last state: not leading.
+        let leading_now = state == ServerState::Leader && running;
         if leading_now {
             let known = self.leading_term == Some(term) || self.takeover_term == Some(term);
             if !known {

@@ -73,7 +73,15 @@ pub struct Node {
     cancel: CancellationToken,
     tracker: TaskTracker,
     servers: Vec<JoinHandle<()>>,
+    /// Where the Raft log lives (`None`: in memory).
+    data_dir: Option<std::path::PathBuf>,
 }
+
+/// How much a probe of a failed data directory writes (and syncs) before the node is
+/// restarted on it: enough for sled to take its next segments.
+const PROBE_BYTES: usize = 1 << 20;
+/// How often a failed data directory is probed.
+const PROBE_EVERY: Duration = Duration::from_secs(1);
 
 impl Node {
     /// Start a node, binding the addresses in `config`.
@@ -245,6 +253,7 @@ impl Node {
             cancel,
             tracker,
             servers,
+            data_dir: config.data_dir.clone(),
         };
         node.bootstrap(&config, client_addr, peer_addr).await?;
         info!(
@@ -420,6 +429,42 @@ impl Node {
         leader.ok_or(crate::error::CoreError::Timeout)
     }
 
+    /// Set when this node's Raft core stopped on a storage error (a full or failing disk),
+    /// with a message naming the data directory and the error. From then on the node
+    /// answers 503 naming it, `/readyz` is not ready, and the node takes no part in the
+    /// cluster (it neither votes nor acknowledges appends) until it is restarted.
+    pub fn storage_fault(&self) -> Option<String> {
+        self.core.storage_fault().borrow().clone()
+    }
+
+    /// Resolves once this node's storage failed and a probe (write and fsync
+    /// [`PROBE_BYTES`] in its data directory, every [`PROBE_EVERY`]) has since succeeded:
+    /// the moment to restart it, [`shutdown`](Node::shutdown) then [`Node::start`] on the
+    /// same config, so it rejoins from its data directory and catches up from the leader.
+    /// `leasehold serve` does exactly that. Never resolves for an in-memory node.
+    pub async fn storage_writable_again(&self) {
+        let mut fault = self.core.storage_fault();
+        if fault.wait_for(Option::is_some).await.is_err() {
+            return std::future::pending().await;
+        }
+        let Some(dir) = self.data_dir.clone() else {
+            return std::future::pending().await;
+        };
+        loop {
+            tokio::time::sleep(PROBE_EVERY).await;
+            let dir = dir.clone();
+            let probe = tokio::task::spawn_blocking(move || probe_writable(&dir)).await;
+            match probe {
+                Ok(Ok(())) => {
+                    info!("storage probe: the data directory is writable again");
+                    return;
+                }
+                Ok(Err(e)) => tracing::debug!(error = %e, "storage probe: still failing"),
+                Err(e) => warn!(error = %e, "storage probe task failed"),
+            }
+        }
+    }
+
     /// Stop serving, stop Raft and every task; returns when all of them have ended.
     pub async fn shutdown(self) {
         self.cancel.cancel();
@@ -540,4 +585,17 @@ where
         }
         .in_current_span(),
     )
+}
+
+/// Write and sync [`PROBE_BYTES`] in `dir`, then remove them.
+fn probe_writable(dir: &std::path::Path) -> std::io::Result<()> {
+    use std::io::Write;
+    let path = dir.join(".leasehold-probe");
+    let result = (|| {
+        let mut file = std::fs::File::create(&path)?;
+        file.write_all(&vec![0u8; PROBE_BYTES])?;
+        file.sync_all()
+    })();
+    let _ = std::fs::remove_file(&path);
+    result
 }

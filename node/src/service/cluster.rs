@@ -96,6 +96,11 @@ impl NodeService {
         );
         gauge("leasehold_raft_term", "current raft term", view.term);
         gauge(
+            "leasehold_storage_failed",
+            "1 if this node's Raft core stopped on a storage error (a full or failing disk)",
+            u64::from(self.core.check_storage().is_err()),
+        );
+        gauge(
             "leasehold_raft_is_leader",
             "1 if this node leads",
             u64::from(view.leading),

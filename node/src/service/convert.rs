@@ -172,6 +172,14 @@ pub(super) fn core_error(e: CoreError) -> ApiError {
             err.retry_after_ms = Some(1000);
             err
         }
+        CoreError::StorageFailed(_) => {
+            let mut err = ApiError::new(
+                ErrorCode::Unavailable,
+                format!("{e}; use another node meanwhile"),
+            );
+            err.retry_after_ms = Some(1000);
+            err
+        }
         CoreError::Timeout => ApiError::new(
             ErrorCode::Timeout,
             "the request's deadline passed before the cluster answered; retry with the same request_id",

@@ -157,7 +157,9 @@ impl NodeService {
     /// A linearizable read barrier unless the caller asked for a stale (local) read.
     async fn barrier(&self, stale: bool) -> Result<(), ApiError> {
         if stale {
-            return Ok(());
+            // Even a stale read is refused from a node whose storage failed: its state is
+            // frozen at the fault and would only grow older.
+            return self.core.check_storage().map_err(core_error);
         }
         self.core.read_barrier().await.map_err(core_error)
     }
