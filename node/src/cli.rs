@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use clap::{Arg, ArgMatches, Args, FromArgMatches, Parser, Subcommand};
 use leasehold_config::{Config, KEYS};
-use leasehold_node::{Node, StartError};
+use leasehold_node::Node;
 use tracing_subscriber::EnvFilter;
 
 use crate::commands;
@@ -169,59 +169,66 @@ async fn serve(args: ServeArgs) -> i32 {
             return 2;
         }
     };
-    let mut restarting = false;
-    loop {
-        let node = match start_node(&config, restarting).await {
-            Ok(node) => node,
-            Err(e) => {
-                eprintln!("leasehold: {e}");
-                return 1;
-            }
-        };
-        eprintln!(
-            "leasehold node {} serving {} on {} (peers on {})",
-            node.node_id(),
-            if node.client_url().starts_with("https") {
-                "HTTPS"
-            } else {
-                "HTTP"
-            },
-            node.client_url(),
-            node.peer_addr()
-        );
-        // A storage fault stops the node's Raft core; the node keeps answering (503 naming
-        // the disk) and probes its data directory. Once that is writable again, the node
-        // is restarted in this process from its data directory and catches up.
-        let storage_back = tokio::select! {
-            _ = serve_until_stopped(&node) => false,
-            _ = node.storage_writable_again() => true,
-        };
-        if storage_back {
-            eprintln!("leasehold: the data directory is writable again; restarting the node");
+    let node = match Node::start(config).await {
+        Ok(node) => node,
+        Err(e) => {
+            eprintln!("leasehold: {e}");
+            return 1;
+        }
+    };
+    eprintln!(
+        "leasehold node {} serving {} on {} (peers on {})",
+        node.node_id(),
+        if node.client_url().starts_with("https") {
+            "HTTPS"
         } else {
-            eprintln!("leasehold: shutting down");
-        }
+            "HTTP"
+        },
+        node.client_url(),
+        node.peer_addr()
+    );
+    // A storage fault stops the node's Raft core; the node keeps answering (503 naming the
+    // disk) and probes its data directory. Once that is writable again, the process
+    // restarts itself (same pid, arguments and environment) to reopen the data directory
+    // from scratch: a sled call stuck since the fault may still hold the old handle.
+    let storage_back = tokio::select! {
+        _ = serve_until_stopped(&node) => false,
+        _ = node.storage_writable_again() => true,
+    };
+    if !storage_back {
+        eprintln!("leasehold: shutting down");
         node.shutdown().await;
-        if !storage_back {
-            return 0;
-        }
-        restarting = true;
+        return 0;
     }
+    eprintln!("leasehold: the data directory is writable again; restarting this process");
+    let _ = tokio::time::timeout(Duration::from_secs(10), node.shutdown()).await;
+    let err = restart_process();
+    eprintln!(
+        "leasehold: could not restart itself ({err}); exiting with {EXIT_RESTART} for the \
+         supervisor to start it again"
+    );
+    EXIT_RESTART
 }
 
-/// Start the node; after a storage fault, retry while the stopped instance still lets
-/// go of its files and ports.
-async fn start_node(config: &Config, restarting: bool) -> Result<Node, StartError> {
-    let give_up = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        match Node::start(config.clone()).await {
-            Ok(node) => return Ok(node),
-            Err(e) if restarting && tokio::time::Instant::now() < give_up => {
-                tracing::warn!(error = %e, "restart after a storage fault: retrying");
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-            Err(e) => return Err(e),
+/// The exit status that asks the supervisor for a restart (EX_TEMPFAIL).
+const EXIT_RESTART: i32 = 75;
+
+/// Replace this process with a fresh run of the same binary, arguments and environment.
+/// Returns only if that failed.
+fn restart_process() -> std::io::Error {
+    #[cfg(unix)]
+    {
+        use std::os::unix::process::CommandExt;
+        match std::env::current_exe() {
+            Ok(exe) => std::process::Command::new(exe)
+                .args(std::env::args_os().skip(1))
+                .exec(),
+            Err(e) => e,
         }
+    }
+    #[cfg(not(unix))]
+    {
+        std::io::Error::other("restarting in place needs unix")
     }
 }
 
