@@ -356,6 +356,8 @@ pub struct ProcNode {
     paused: bool,
     tls: Option<NodeTls>,
     tokens_file: Option<PathBuf>,
+    /// Extra `serve` arguments for the next start only.
+    extra_args: Vec<String>,
 }
 
 impl ProcNode {
@@ -401,6 +403,7 @@ impl ProcNode {
                 "--data-dir",
                 &self.data_dir.join("data").display().to_string(),
             ])
+            .args(&self.extra_args)
             // `LH_TEST_NODE_LOG=debug` raises the nodes' log level for a repro run.
             .env(
                 "LEASEHOLD_LOG",
@@ -516,6 +519,7 @@ impl ProcCluster {
                 paused: false,
                 tls,
                 tokens_file,
+                extra_args: Vec::new(),
             });
         }
         let members: Vec<String> = nodes
@@ -642,6 +646,25 @@ impl ProcCluster {
         self.nodes[i].spawn().await
     }
 
+    /// Restart node `i` with extra `serve` arguments (e.g. `--rejoin`) for this start.
+    pub async fn restart_with(&mut self, i: usize, args: &[&str]) -> anyhow::Result<()> {
+        if self.nodes[i].is_running() {
+            bail!("node {i} is running");
+        }
+        self.nodes[i].extra_args = args.iter().map(|a| a.to_string()).collect();
+        let spawned = self.nodes[i].spawn().await;
+        self.nodes[i].extra_args.clear();
+        spawned
+    }
+
+    /// If node `i`'s process has exited, its status (and it is no longer running).
+    pub fn exited(&mut self, i: usize) -> Option<std::process::ExitStatus> {
+        let node = &mut self.nodes[i];
+        let status = node.child.as_mut()?.try_wait().ok()??;
+        node.child = None;
+        Some(status)
+    }
+
     pub fn pause(&mut self, i: usize) {
         self.faults += 1;
         self.nodes[i].signal(libc::SIGSTOP);
@@ -695,6 +718,7 @@ impl ProcCluster {
             paused: false,
             tls,
             tokens_file,
+            extra_args: Vec::new(),
         };
         // It lists the existing members and itself; with peers already initialized it
         // does not bootstrap, it waits to be added.

@@ -232,3 +232,154 @@ async fn a_follower_whose_disk_fills_leaves_the_quorum_and_recovers() {
 async fn a_leader_whose_disk_fills_is_replaced_and_recovers() {
     disk_full(Role::Leader).await;
 }
+
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum Damage {
+    /// The sled file cut to half its length (a bad copy, a torn disk).
+    Truncated,
+    /// 4 KiB in the middle of the sled file overwritten.
+    Garbled,
+    /// The whole data directory deleted.
+    Wiped,
+}
+
+/// Wait for node `i`'s process to exit; its status and its log.
+async fn wait_exit(cluster: &mut ProcCluster, i: usize) -> (std::process::ExitStatus, String) {
+    let status = wait_until(Duration::from_secs(30), || {
+        let status = cluster.exited(i);
+        async move { status }
+    })
+    .await
+    .expect("the node exits");
+    let log =
+        std::fs::read_to_string(cluster.nodes[i].data_dir.join("node.log")).unwrap_or_default();
+    (status, log)
+}
+
+async fn damaged_member_rejoins(damage: Damage) {
+    let _one = SERIAL.lock().await;
+    let mut cluster = ProcCluster::start(3).await.expect("cluster starts");
+    let leader = cluster
+        .wait_for_leader(Duration::from_secs(20))
+        .await
+        .unwrap();
+    let victim = (leader + 1) % 3;
+    let other = (leader + 2) % 3;
+    let client = cluster.client_from(leader, Duration::from_secs(2));
+    let mut acknowledged = Vec::new();
+    for n in 0..60 {
+        let key = format!("k/{n}");
+        let req = AcquireRequest {
+            owner: "writer".into(),
+            ttl_ms: Some(600_000),
+            value: Some(format!("{n}:").repeat(500)),
+            ..Default::default()
+        };
+        client.acquire_lock(&key, req).await.expect("acknowledged");
+        acknowledged.push(key);
+    }
+    // Every node applied everything (so the victim's log reached the end), and its
+    // watermark (written every 200 ms) recorded it.
+    let last = client.cluster_status().await.unwrap().commit_index;
+    wait_until(Duration::from_secs(10), || async {
+        let (_, body) = get(&format!("{}/v1/cluster", cluster.nodes[victim].url())).await;
+        let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+        (v["applied_index"].as_u64()? >= last).then_some(())
+    })
+    .await
+    .expect("the victim caught up");
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    cluster.kill9(victim).await;
+    let data = cluster.nodes[victim].data_dir.join("data");
+    let db = data.join("raft").join("db");
+    match damage {
+        Damage::Truncated => {
+            let len = std::fs::metadata(&db).unwrap().len();
+            let file = std::fs::OpenOptions::new().write(true).open(&db).unwrap();
+            file.set_len(len / 2).unwrap();
+        }
+        Damage::Garbled => {
+            use std::io::{Seek, SeekFrom, Write};
+            let len = std::fs::metadata(&db).unwrap().len();
+            let mut file = std::fs::OpenOptions::new().write(true).open(&db).unwrap();
+            file.seek(SeekFrom::Start(len / 2)).unwrap();
+            file.write_all(&[0xA5; 4096]).unwrap();
+        }
+        Damage::Wiped => std::fs::remove_dir_all(&data).unwrap(),
+    }
+    if damage != Damage::Wiped {
+        // It refuses to start, naming the file, what is wrong and the way out.
+        cluster.restart(victim).await.unwrap();
+        let (status, log) = wait_exit(&mut cluster, victim).await;
+        assert!(!status.success(), "{log}");
+        assert!(
+            log.contains("entries were lost")
+                && log.contains("log.watermark")
+                && log.contains("--rejoin"),
+            "{log}"
+        );
+    }
+    cluster.restart_with(victim, &["--rejoin"]).await.unwrap();
+    let url = cluster.nodes[victim].url();
+    wait_until(Duration::from_secs(60), || async {
+        let (status, _) = get(&format!("{url}/readyz")).await;
+        let (_, body) = get(&format!("{}/v1/cluster", cluster.nodes[leader].url())).await;
+        let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+        let id = cluster.nodes[victim].id;
+        let voter = v["members"]
+            .as_array()?
+            .iter()
+            .any(|m| m["id"].as_u64() == Some(id) && m["voter"].as_bool() == Some(true));
+        (status == 200 && voter).then_some(())
+    })
+    .await
+    .expect("the member rejoined as a voter");
+    if damage != Damage::Wiped {
+        let parent = data.parent().unwrap();
+        let aside = std::fs::read_dir(parent)
+            .unwrap()
+            .filter_map(Result::ok)
+            .any(|e| e.file_name().to_string_lossy().starts_with("data.rejoin-"));
+        assert!(aside, "the damaged directory was kept aside");
+    }
+    for key in &acknowledged {
+        let (status, body) = get(&format!("{url}/v1/locks/{key}?stale=true")).await;
+        assert_eq!(status, 200, "{key} on the rejoined node: {body}");
+        assert!(body.contains("\"held\":true"), "{key}: {body}");
+    }
+    // It is a working voter: with another node down, it and the leader make the quorum.
+    cluster.kill9(other).await;
+    let via_victim = cluster.client_from(victim, Duration::from_secs(2));
+    let req = AcquireRequest {
+        owner: "after".into(),
+        ttl_ms: Some(600_000),
+        ..Default::default()
+    };
+    via_victim
+        .acquire_lock("after-rejoin", req)
+        .await
+        .expect("a write commits with the rejoined node in the quorum");
+    for node in &cluster.nodes {
+        let log = std::fs::read_to_string(node.data_dir.join("node.log")).unwrap_or_default();
+        assert!(
+            !log.contains("panicked"),
+            "node {} panicked: {log}",
+            node.id
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_truncated_log_refuses_to_start_and_rejoins() {
+    damaged_member_rejoins(Damage::Truncated).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_garbled_log_refuses_to_start_and_rejoins() {
+    damaged_member_rejoins(Damage::Garbled).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_wiped_member_rejoins() {
+    damaged_member_rejoins(Damage::Wiped).await;
+}

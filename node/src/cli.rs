@@ -58,6 +58,7 @@ enum Command {
 struct ServeArgs {
     config: Option<PathBuf>,
     overrides: Vec<(String, String)>,
+    rejoin: bool,
 }
 
 impl FromArgMatches for ServeArgs {
@@ -65,6 +66,7 @@ impl FromArgMatches for ServeArgs {
         let mut args = ServeArgs {
             config: matches.get_one::<PathBuf>("config").cloned(),
             overrides: Vec::new(),
+            rejoin: matches.get_flag("rejoin"),
         };
         for key in KEYS {
             if let Some(value) = matches.get_one::<String>(key.key) {
@@ -88,6 +90,17 @@ impl Args for ServeArgs {
                 .value_name("FILE")
                 .value_parser(clap::value_parser!(PathBuf))
                 .help("TOML config file (flags and LEASEHOLD_* env vars override it)"),
+        );
+        cmd = cmd.arg(
+            Arg::new("rejoin")
+                .long("rejoin")
+                .action(clap::ArgAction::SetTrue)
+                .help(
+                    "Rejoin as an empty member: for a node whose data directory is damaged or \
+                     was lost. Needs a majority of the members up; moves the data directory \
+                     aside (DIR.rejoin-<time>), has the leader remove this node and add it back \
+                     as a learner, caught up, then a voter",
+                ),
         );
         for key in KEYS {
             cmd = cmd.arg(
@@ -169,7 +182,11 @@ async fn serve(args: ServeArgs) -> i32 {
             return 2;
         }
     };
-    let node = match Node::start(config).await {
+    let started = match args.rejoin {
+        true => Node::rejoin(config).await,
+        false => Node::start(config).await,
+    };
+    let node = match started {
         Ok(node) => node,
         Err(e) => {
             eprintln!("leasehold: {e}");
@@ -220,8 +237,9 @@ fn restart_process() -> std::io::Error {
     {
         use std::os::unix::process::CommandExt;
         match std::env::current_exe() {
+            // Never `--rejoin` again: the data directory is the one to reopen.
             Ok(exe) => std::process::Command::new(exe)
-                .args(std::env::args_os().skip(1))
+                .args(std::env::args_os().skip(1).filter(|a| a != "--rejoin"))
                 .exec(),
             Err(e) => e,
         }

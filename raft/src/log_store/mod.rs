@@ -3,6 +3,7 @@
 
 mod mem;
 mod sled;
+pub mod watermark;
 
 pub use self::mem::MemLogStore;
 pub use self::sled::SledLogStore;

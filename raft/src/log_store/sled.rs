@@ -10,12 +10,15 @@
 
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
+use std::path::Path;
+use std::sync::Arc;
 
 use openraft::storage::{LogFlushed, RaftLogStorage};
 use openraft::{LogId, OptionalSend, RaftLogReader};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use super::watermark::Watermark;
 use super::{read_logs_err, read_vote_err, write_logs_err, write_vote_err};
 use crate::typ::{Entry, LogState, NodeId, StorageError, TypeConfig, Vote};
 
@@ -62,6 +65,8 @@ pub struct SledLogStore {
     db: sled::Db,
     logs: sled::Tree,
     meta: sled::Tree,
+    /// How far the log reached and the highest term voted in, kept outside sled.
+    watermark: Option<Arc<Watermark>>,
 }
 
 impl SledLogStore {
@@ -72,7 +77,56 @@ impl SledLogStore {
             db: db.clone(),
             logs,
             meta,
+            watermark: None,
         })
+    }
+
+    /// Open the store with its watermark file at `watermark` and check the log against
+    /// it: a log that ends before the recorded index, or a vote older than the recorded
+    /// term, lost what this node had written, and the error says so, naming the files.
+    /// A missing watermark file (a new directory, or one from before watermarks) is
+    /// started from what the log holds.
+    pub fn open_checked(db: &sled::Db, watermark: &Path) -> Result<Self, String> {
+        let mut store = Self::open(db).map_err(|e| e.to_string())?;
+        let (mark, recorded) = Watermark::open(watermark)?;
+        let last_purged: Option<LogId<NodeId>> =
+            store.get_meta(KEY_LAST_PURGED).map_err(|e| e.to_string())?;
+        let last_index = store
+            .last_entry()
+            .map_err(|e| e.to_string())?
+            .map(|e| e.log_id.index)
+            .or(last_purged.map(|l| l.index))
+            .unwrap_or(0);
+        let vote: Option<Vote> = match store.meta.get(KEY_VOTE).map_err(|e| e.to_string())? {
+            None => None,
+            Some(bytes) => Some(decode(&bytes).map_err(|e| format!("the stored vote: {e}"))?),
+        };
+        let vote_term = vote.map_or(0, |v| v.leader_id().get_term());
+        if let Some(recorded) = recorded {
+            if last_index < recorded.index {
+                return Err(format!(
+                    "the Raft log ends at index {last_index}, but this node had written up to \
+                     index {} (recorded in {}): entries were lost (a truncated or damaged \
+                     file, or an older copy of the directory)",
+                    recorded.index,
+                    watermark.display()
+                ));
+            }
+            if vote_term < recorded.term {
+                return Err(format!(
+                    "the stored vote is for term {vote_term}, but this node had voted in term \
+                     {} (recorded in {}): the vote was lost, and with it this node could vote \
+                     twice in one term",
+                    recorded.term,
+                    watermark.display()
+                ));
+            }
+        }
+        mark.advance(last_index);
+        mark.voted(vote_term)
+            .map_err(|e| format!("cannot write {}: {e}", watermark.display()))?;
+        store.watermark = Some(mark);
+        Ok(store)
     }
 
     /// fsync everything written so far, off the async runtime.
@@ -152,7 +206,15 @@ impl RaftLogStorage<TypeConfig> for SledLogStore {
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
         let bytes = encode(vote).map_err(write_vote_err)?;
         self.meta.insert(KEY_VOTE, bytes).map_err(write_vote_err)?;
-        self.flush().await.map_err(write_vote_err)
+        self.flush().await.map_err(write_vote_err)?;
+        if let Some(w) = self.watermark.clone() {
+            let term = vote.leader_id().get_term();
+            tokio::task::spawn_blocking(move || w.voted(term))
+                .await
+                .map_err(|e| write_vote_err(std::io::Error::other(e.to_string())))?
+                .map_err(write_vote_err)?;
+        }
+        Ok(())
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
@@ -186,15 +248,20 @@ impl RaftLogStorage<TypeConfig> for SledLogStore {
         I::IntoIter: OptionalSend,
     {
         let mut batch = sled::Batch::default();
+        let mut last = None;
         for entry in entries {
             let bytes = encode(&entry).map_err(write_logs_err)?;
             batch.insert(&index_key(entry.log_id.index), bytes);
+            last = Some(entry.log_id.index);
         }
         self.logs.apply_batch(batch).map_err(write_logs_err)?;
         // Durable before acknowledged.
         match self.flush().await {
             Ok(()) => {
                 callback.log_io_completed(Ok(()));
+                if let (Some(w), Some(last)) = (&self.watermark, last) {
+                    w.advance(last);
+                }
                 Ok(())
             }
             Err(e) => {
@@ -206,6 +273,14 @@ impl RaftLogStorage<TypeConfig> for SledLogStore {
     }
 
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError> {
+        // Lower the watermark first: a legitimate truncation must never look like a loss.
+        if let Some(w) = self.watermark.clone() {
+            let last = log_id.index.saturating_sub(1);
+            tokio::task::spawn_blocking(move || w.lower(last))
+                .await
+                .map_err(|e| write_logs_err(std::io::Error::other(e.to_string())))?
+                .map_err(write_logs_err)?;
+        }
         let mut batch = sled::Batch::default();
         for item in self.logs.range(index_key(log_id.index)..) {
             let (key, _) = item.map_err(write_logs_err)?;
