@@ -384,7 +384,10 @@ impl Node {
             servers,
             data_dir: config.data_dir.clone(),
         };
-        node.bootstrap(&config, client_addr, peer_addr).await?;
+        if let Err(e) = node.bootstrap(&config, client_addr, peer_addr).await {
+            node.shutdown().await;
+            return Err(e);
+        }
         info!(
             node_id = config.node_id,
             %client_addr,
@@ -433,6 +436,9 @@ impl Node {
                         .is_initialized(&peer_addr, Duration::from_millis(500))
                         .await;
                     if asked {
+                        // Empty storage in a live cluster: a node about to be added, or a
+                        // member whose data was lost (`--rejoin` is the safe way back for
+                        // that one; started plainly it is caught up as it is).
                         warn!(
                             peer = member.id,
                             "storage is empty but the cluster already exists: not bootstrapping; \
