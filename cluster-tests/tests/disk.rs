@@ -74,25 +74,6 @@ enum Role {
     Follower,
 }
 
-/// Pause the leader past the election timeout until node `full` has `role`.
-async fn arrange(cluster: &mut ProcCluster, full: usize, role: Role) -> anyhow::Result<()> {
-    for _ in 0..40 {
-        let leader = cluster.wait_for_leader(Duration::from_secs(20)).await?;
-        println!("arrange: node {leader} leads; want node {full} as {role:?}");
-        if (leader == full) == (role == Role::Leader) {
-            return Ok(());
-        }
-        let pause = if role == Role::Leader { leader } else { full };
-        cluster.pause(pause);
-        wait_until(Duration::from_secs(10), || async {
-            cluster.leader().await.filter(|l| *l != pause)
-        })
-        .await?;
-        cluster.resume(pause);
-    }
-    anyhow::bail!("node {full} never became {role:?}")
-}
-
 async fn get(url: &str) -> (u16, String) {
     let http = reqwest::Client::builder().no_proxy().build().unwrap();
     match http.get(url).timeout(Duration::from_secs(3)).send().await {
@@ -106,30 +87,47 @@ async fn get(url: &str) -> (u16, String) {
 
 async fn disk_full(role: Role) {
     let _one = SERIAL.lock().await;
-    let full = 0;
-    let mut tmpfs = None;
+    // Every node's data directory is a small tmpfs; once roles are known, all but the
+    // one to fill are grown, so only that one runs out of space.
+    let mut mounts = Vec::new();
     let mut permitted = true;
-    let mut cluster = ProcCluster::start_prepared(3, Security::default(), |i, dir| {
-        if i == full {
-            match Tmpfs::mount(dir, "10m")? {
-                Some(t) => tmpfs = Some(t),
-                None => permitted = false,
-            }
+    let mut cluster = ProcCluster::start_prepared(3, Security::default(), |_, dir| {
+        match Tmpfs::mount(dir, "10m")? {
+            Some(t) => mounts.push(t),
+            None => permitted = false,
         }
         Ok(())
     })
     .await
     .expect("cluster starts");
-    let Some(tmpfs) = tmpfs else {
-        assert!(!permitted);
+    if !permitted {
         eprintln!(
             "SKIPPED: mounting a tmpfs is not permitted here (needs CAP_SYS_ADMIN); \
              the disk-full tests did not run"
         );
         return;
+    }
+    let leader = cluster
+        .wait_for_leader(Duration::from_secs(20))
+        .await
+        .expect("a leader");
+    let full = match role {
+        Role::Leader => leader,
+        Role::Follower => (leader + 1) % 3,
     };
-    arrange(&mut cluster, full, role).await.expect("roles");
+    for (i, mount) in mounts.iter().enumerate() {
+        if i != full {
+            mount.resize("256m").expect("grow the others' tmpfs");
+        }
+    }
+    let tmpfs = &mounts[full];
     let url = cluster.nodes[full].url();
+    let term_of = |body: String| {
+        serde_json::from_str::<serde_json::Value>(&body).unwrap()["term"]
+            .as_u64()
+            .unwrap()
+    };
+    let term_before = term_of(get(&format!("{url}/v1/cluster")).await.1);
 
     let load = Workload::start(WorkloadOptions::default(), {
         let clients: Vec<_> = (0..3)
@@ -163,6 +161,16 @@ async fn disk_full(role: Role) {
         }
     }
     let failed_at = failed_at.expect("the full node reported its storage fault");
+    if role == Role::Leader {
+        // It led until its disk filled; the others then elected a leader in a new term.
+        wait_until(Duration::from_secs(20), || async {
+            let other = cluster.nodes[(full + 1) % 3].url();
+            let term = term_of(get(&format!("{other}/v1/cluster")).await.1);
+            (term > term_before).then_some(())
+        })
+        .await
+        .expect("a new term after the leader's disk filled");
+    }
     println!(
         "{role:?}: storage failed after {failed_at} writes of 60 KiB ({} acknowledged)",
         acknowledged.len()
