@@ -519,7 +519,13 @@ impl Core {
         // A core stopped by a storage error never applies again: say so, do not time out.
         let result = tokio::select! {
             r = tokio::time::timeout(timeout, applied.wait_for(|applied| *applied >= index)) => r,
-            _ = fault.wait_for(Option::is_some) => return Err(self.check_storage().unwrap_err()),
+            // Resolves with the fault, or at once if the watch ended (the node shuts down).
+            _ = fault.wait_for(Option::is_some) => {
+                return Err(match self.check_storage() {
+                    Err(fault) => fault,
+                    Ok(()) => CoreError::ShuttingDown,
+                });
+            }
         };
         match result {
             Ok(Ok(_)) => Ok(()),
