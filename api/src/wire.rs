@@ -616,4 +616,8 @@ pub struct ClusterStatus {
     pub commit_index: u64,
     pub applied_index: u64,
     pub members: Vec<MemberStatus>,
+    /// Set when this node's Raft core stopped on a storage error (a full or failing
+    /// disk): what failed and where. The rest of this status is then frozen at the fault.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_fault: Option<String>,
 }

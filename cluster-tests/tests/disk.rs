@@ -185,6 +185,13 @@ async fn disk_full(role: Role) {
     );
     let (status, body) = get(&format!("{url}/v1/locks/fill/0?stale=true")).await;
     assert_eq!(status, 503, "even a stale read is refused: {body}");
+    // The status says so too (the rest of it is frozen at the fault).
+    let (status, body) = get(&format!("{url}/v1/cluster")).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body.contains("\"storage_fault\":\"this node's storage failed"),
+        "{body}"
+    );
     let (_, metrics) = get(&format!("{url}/metrics")).await;
     assert!(metrics.contains("leasehold_storage_failed 1"), "{metrics}");
     // A healthy node leads, and writes go on.

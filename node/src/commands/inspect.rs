@@ -92,6 +92,9 @@ pub async fn status(client_args: &ClientArgs) -> i32 {
                     s.commit_index,
                     s.applied_index
                 );
+                if let Some(fault) = &s.storage_fault {
+                    println!("  STORAGE FAULT: {fault}");
+                }
                 for m in &s.members {
                     println!(
                         "  member {:<3} {:<22} {:<8} {}",

@@ -31,6 +31,7 @@ impl NodeService {
             commit_index: self.core.commit_index().await.unwrap_or(view.applied_index),
             applied_index: view.applied_index,
             members,
+            storage_fault: self.core.storage_fault().borrow().clone(),
         })
     }
 
