@@ -293,8 +293,8 @@ async fn damaged_member_rejoins(damage: Damage) {
         client.acquire_lock(&key, req).await.expect("acknowledged");
         acknowledged.push(key);
     }
-    // Every node applied everything (so the victim's log reached the end), and its
-    // watermark (written every 200 ms) recorded it.
+    // The victim applied everything (so its log reached the end), and its watermark
+    // (written in the background every 200 ms) recorded it.
     let last = client.cluster_status().await.unwrap().commit_index;
     wait_until(Duration::from_secs(10), || async {
         let (_, body) = get(&format!("{}/v1/cluster", cluster.nodes[victim].url())).await;
@@ -303,7 +303,21 @@ async fn damaged_member_rejoins(damage: Damage) {
     })
     .await
     .expect("the victim caught up");
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    let watermark = cluster.nodes[victim]
+        .data_dir
+        .join("data")
+        .join("log.watermark");
+    wait_until(Duration::from_secs(10), || async {
+        let text = std::fs::read_to_string(&watermark).ok()?;
+        let index: u64 = text
+            .split_whitespace()
+            .find_map(|f| f.strip_prefix("index="))?
+            .parse()
+            .ok()?;
+        (index >= last).then_some(())
+    })
+    .await
+    .expect("the victim's watermark recorded the whole log");
     cluster.kill9(victim).await;
     let data = cluster.nodes[victim].data_dir.join("data");
     let db = data.join("raft").join("db");
