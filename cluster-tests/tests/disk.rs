@@ -41,8 +41,14 @@ impl Tmpfs {
             }));
         }
         let err = String::from_utf8_lossy(&out.stderr).to_lowercase();
-        if err.contains("permission") || err.contains("not permitted") || err.contains("only root")
-        {
+        // Not root, or root without CAP_SYS_ADMIN (a container): util-linux says so in
+        // several ways.
+        // SAFETY: geteuid(2) has no preconditions.
+        let root = unsafe { libc::geteuid() } == 0;
+        let refused = ["permission", "not permitted", "only root", "superuser"]
+            .iter()
+            .any(|m| err.contains(m));
+        if !root || refused {
             return Ok(None);
         }
         anyhow::bail!("mount tmpfs on {}: {err}", dir.display())

@@ -42,7 +42,7 @@ pub enum StartError {
     },
     #[error(
         "cannot open the data directory {path}: {message}. If this directory is damaged or \
-         was lost, start this node with `leasehold serve --rejoin` and the same settings: it \
+         was lost (not merely unwritable, full or locked by another process), start this node with `leasehold serve --rejoin` and the same settings: it \
          moves the directory aside and rejoins the cluster as an empty member caught up from \
          the leader (docs/faults.md, \"Disk\")"
     )]
