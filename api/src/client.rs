@@ -490,6 +490,24 @@ impl Client {
         body: Option<&(dyn erased::Body + Sync)>,
         wait_ms: Option<u64>,
     ) -> Result<T> {
+        let (url, bytes) = self.call_raw(method, path, query, body, wait_ms).await?;
+        serde_json::from_slice(&bytes).map_err(|e| {
+            ApiError::new(
+                ErrorCode::Internal,
+                format!("unexpected reply from {url}: {e}"),
+            )
+        })
+    }
+
+    /// Send a request with failover; a 2xx reply's body, with the URL that gave it.
+    async fn call_raw(
+        &self,
+        method: Method,
+        path: &str,
+        query: Option<String>,
+        body: Option<&(dyn erased::Body + Sync)>,
+        wait_ms: Option<u64>,
+    ) -> Result<(String, bytes::Bytes)> {
         let budget = self.inner.request_timeout + Duration::from_millis(wait_ms.unwrap_or(0));
         let deadline = tokio::time::Instant::now() + budget;
         let n = self.inner.endpoints.len();
@@ -534,12 +552,7 @@ impl Client {
                     };
                     if (200..300).contains(&status) {
                         self.inner.current.store(i, Ordering::Relaxed);
-                        return serde_json::from_slice(&bytes).map_err(|e| {
-                            ApiError::new(
-                                ErrorCode::Internal,
-                                format!("unexpected reply from {url}: {e}"),
-                            )
-                        });
+                        return Ok((url, bytes));
                     }
                     let error = ApiError::from_response_body(status, &bytes);
                     if status == 503 {
@@ -989,6 +1002,21 @@ impl LeaseService for Client {
     async fn ready(&self) -> Result<()> {
         let _: serde_json::Value = self.get("/readyz", None, None).await?;
         Ok(())
+    }
+
+    async fn snapshot(&self) -> Result<Vec<u8>> {
+        // A large state takes a while to encode and send: allow five request timeouts.
+        let wait_ms = (self.inner.request_timeout * 4).as_millis() as u64;
+        let (_, bytes) = self
+            .call_raw(
+                Method::GET,
+                "/v1/cluster/snapshot",
+                None,
+                None,
+                Some(wait_ms),
+            )
+            .await?;
+        Ok(bytes.to_vec())
     }
 
     async fn metrics_text(&self) -> String {

@@ -138,6 +138,7 @@ pub fn router_with_auth(
         )
         .route("/v1/cluster", get(cluster))
         .route("/v1/cluster/members", post(add_member))
+        .route("/v1/cluster/snapshot", get(cluster_snapshot))
         .route("/v1/cluster/members/{id}", delete(remove_member))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -554,6 +555,15 @@ async fn add_member(Api(s): Api, JsonBody(req): JsonBody<AddMemberRequest>) -> R
         )
         .await,
     )
+}
+
+async fn cluster_snapshot(Api(s): Api) -> Response {
+    // Encoding a large state takes longer than one ordinary request.
+    let budget = Some(s.limits.request_timeout_ms * 5);
+    match deadline(&s.limits, budget, s.service.snapshot()).await {
+        Ok(bytes) => ([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response(),
+        Err(e) => e.into_response(),
+    }
 }
 
 async fn remove_member(Api(s): Api, PathParam(id): PathParam) -> Response {

@@ -70,6 +70,9 @@ pub trait LeaseService: Send + Sync + 'static {
     async fn ready(&self) -> Result<()>;
     /// Prometheus text exposition.
     async fn metrics_text(&self) -> String;
+    /// A backup of the whole state, consistent as of a linearizable read (admin only): the
+    /// file `leasehold snapshot save` writes (`leasehold_raft::backup`).
+    async fn snapshot(&self) -> Result<Vec<u8>>;
 }
 
 macro_rules! forward_arc {
@@ -113,4 +116,5 @@ forward_arc! {
     fn remove_member(&self, id: u64) -> Result<ClusterStatus>;
     fn ready(&self) -> Result<()>;
     fn metrics_text(&self) -> String;
+    fn snapshot(&self) -> Result<Vec<u8>>;
 }

@@ -489,16 +489,17 @@ impl ProcCluster {
 
     /// A cluster of `n` processes with `security` on every node.
     pub async fn start_secured(n: usize, security: Security) -> anyhow::Result<Self> {
-        Self::start_prepared(n, security, |_, _| Ok(())).await
+        Self::start_prepared(n, security, |_, _, _| Ok(())).await
     }
 
-    /// As [`start_secured`](Self::start_secured), calling `prepare(i, dir)` with each node's
-    /// (created, empty) data directory before the node starts: to mount a small
-    /// filesystem there, for instance.
+    /// As [`start_secured`](Self::start_secured), calling `prepare(i, dir, members)` with
+    /// each node's (created, empty) data directory and the cluster's `--cluster-members`
+    /// before any node starts: to mount a small filesystem there, or to restore a backup
+    /// into it, for instance.
     pub async fn start_prepared(
         n: usize,
         security: Security,
-        mut prepare: impl FnMut(usize, &std::path::Path) -> anyhow::Result<()>,
+        mut prepare: impl FnMut(usize, &std::path::Path, &str) -> anyhow::Result<()>,
     ) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
         let credentials = Credentials::new(dir.path(), security)?;
@@ -506,7 +507,6 @@ impl ProcCluster {
         for i in 0..n {
             let data_dir = dir.path().join(format!("node-{}", i + 1));
             std::fs::create_dir_all(data_dir.join("data"))?;
-            prepare(i, &data_dir.join("data"))?;
             let (tls, tokens_file) = credentials.for_node(&data_dir)?;
             nodes.push(ProcNode {
                 id: i as u64 + 1,
@@ -526,8 +526,11 @@ impl ProcCluster {
             .iter()
             .map(|n| format!("{}={}", n.id, n.peer_addr))
             .collect();
-        for node in &mut nodes {
+        for (i, node) in nodes.iter_mut().enumerate() {
             node.members = members.join(",");
+            prepare(i, &node.data_dir.join("data"), &node.members)?;
+        }
+        for node in &mut nodes {
             node.spawn().await?;
         }
         let mut http = reqwest::Client::builder()

@@ -311,6 +311,13 @@ async fn roles_and_prefixes_decide_every_call() {
     )
     .await;
     assert_eq!((r.status, r.code()), (404, "not_found"), "{:?}", r.body);
+    // So is a backup of the whole state (every key, owner and value in it).
+    let snapshot = format!("{url}/v1/cluster/snapshot");
+    let r = call("GET", &snapshot, Some(BILLING), None).await;
+    assert_eq!((r.status, r.code()), (403, "forbidden"));
+    assert!(r.message().contains("saving a snapshot"), "{}", r.message());
+    let r = call("GET", &snapshot, Some(ADMIN), None).await;
+    assert_eq!(r.status, 200);
     // Everyone may read the cluster's status.
     assert_eq!(
         call("GET", &format!("{url}/v1/cluster"), Some(VIEWER), None)

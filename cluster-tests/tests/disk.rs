@@ -97,7 +97,7 @@ async fn disk_full(role: Role) {
     // one to fill are grown, so only that one runs out of space.
     let mut mounts = Vec::new();
     let mut permitted = true;
-    let mut cluster = ProcCluster::start_prepared(3, Security::default(), |_, dir| {
+    let mut cluster = ProcCluster::start_prepared(3, Security::default(), |_, dir, _| {
         match Tmpfs::mount(dir, "10m")? {
             Some(t) => mounts.push(t),
             None => permitted = false,

@@ -51,22 +51,37 @@ enum Command {
     /// Add or remove cluster members.
     #[command(subcommand)]
     Members(commands::MembersCommand),
+    /// Back up a cluster's state, check a backup, restore one into a new cluster.
+    #[command(subcommand)]
+    Snapshot(SnapshotCommand),
 }
 
-/// `serve` flags: `--config FILE` plus one flag per config key (`--limits-max-key-bytes`).
-#[derive(Debug, Default)]
-struct ServeArgs {
+/// A node's configuration on the command line: `--config FILE` plus one flag per config
+/// key (`--limits-max-key-bytes`), over `LEASEHOLD_*` env vars, over the file.
+#[derive(Debug, Default, Clone)]
+struct ConfigArgs {
     config: Option<PathBuf>,
     overrides: Vec<(String, String)>,
-    rejoin: bool,
 }
 
-impl FromArgMatches for ServeArgs {
+impl ConfigArgs {
+    /// The configuration these flags, the environment and the file give; on error, say so
+    /// on stderr and return the exit status.
+    fn load(&self) -> Result<Config, i32> {
+        let env = std::env::vars().filter(|(k, _)| k.starts_with("LEASEHOLD_"));
+        Config::load(self.config.as_deref(), env, &self.overrides).map_err(|e| {
+            eprintln!("leasehold: {e}");
+            eprintln!("fix the setting named above (see `leasehold serve --help`) and start again");
+            2
+        })
+    }
+}
+
+impl FromArgMatches for ConfigArgs {
     fn from_arg_matches(matches: &ArgMatches) -> Result<Self, clap::Error> {
-        let mut args = ServeArgs {
+        let mut args = ConfigArgs {
             config: matches.get_one::<PathBuf>("config").cloned(),
             overrides: Vec::new(),
-            rejoin: matches.get_flag("rejoin"),
         };
         for key in KEYS {
             if let Some(value) = matches.get_one::<String>(key.key) {
@@ -82,7 +97,7 @@ impl FromArgMatches for ServeArgs {
     }
 }
 
-impl Args for ServeArgs {
+impl Args for ConfigArgs {
     fn augment_args(cmd: clap::Command) -> clap::Command {
         let mut cmd = cmd.arg(
             Arg::new("config")
@@ -90,17 +105,6 @@ impl Args for ServeArgs {
                 .value_name("FILE")
                 .value_parser(clap::value_parser!(PathBuf))
                 .help("TOML config file (flags and LEASEHOLD_* env vars override it)"),
-        );
-        cmd = cmd.arg(
-            Arg::new("rejoin")
-                .long("rejoin")
-                .action(clap::ArgAction::SetTrue)
-                .help(
-                    "Rejoin as an empty member: for a node whose data directory is damaged or \
-                     was lost. Needs a majority of the members up; moves the data directory \
-                     aside (DIR.rejoin-<time>), has the leader remove this node and add it back \
-                     as a learner, caught up, then a voter",
-                ),
         );
         for key in KEYS {
             cmd = cmd.arg(
@@ -119,6 +123,47 @@ impl Args for ServeArgs {
     fn augment_args_for_update(cmd: clap::Command) -> clap::Command {
         Self::augment_args(cmd)
     }
+}
+
+/// `serve` flags: the configuration, and `--rejoin`.
+#[derive(Args, Debug, Default)]
+struct ServeArgs {
+    #[command(flatten)]
+    config: ConfigArgs,
+    /// Rejoin as an empty member: for a node whose data directory is damaged or was lost.
+    /// Needs a majority of the members up; moves the data directory aside
+    /// (DIR.rejoin-<time>), has the leader remove this node and add it back as a learner,
+    /// caught up, then a voter.
+    #[arg(long)]
+    rejoin: bool,
+}
+
+#[derive(Subcommand, Debug)]
+enum SnapshotCommand {
+    /// Save a backup of a running cluster's whole state to FILE, consistent as of one
+    /// linearizable read (admin with auth). Like `etcdctl snapshot save`.
+    Save { file: PathBuf },
+    /// Check a backup file (format, length, SHA-256, state) and show what it holds.
+    Status { file: PathBuf },
+    /// Seed one member's data directory of a NEW cluster from a backup (run it for every
+    /// member, with that member's config, then start them). Like `etcdutl snapshot
+    /// restore`.
+    Restore(RestoreArgs),
+}
+
+#[derive(Args, Debug)]
+struct RestoreArgs {
+    file: PathBuf,
+    /// Raise the fencing-token and lease-id floors by N, so the new cluster never issues a
+    /// token or lease id the old one issued after the backup was taken (as etcdutl's
+    /// --bump-revision). Make it larger than the grants the old cluster may have made
+    /// since the save.
+    #[arg(long, value_name = "N", default_value_t = 1_000_000_000)]
+    bump_tokens: u64,
+    /// The member's configuration: `--data-dir` (must be empty or absent), `--node-id` and
+    /// `--cluster-members` of the new cluster (or `--config FILE`, as for serve).
+    #[command(flatten)]
+    config: ConfigArgs,
 }
 
 #[derive(Args, Debug)]
@@ -156,6 +201,14 @@ pub async fn run() -> i32 {
         Command::Names(cmd) => commands::names(c, cmd).await,
         Command::Leases(cmd) => commands::leases(c, cmd).await,
         Command::Members(cmd) => commands::members(c, cmd).await,
+        Command::Snapshot(SnapshotCommand::Save { file }) => {
+            commands::snapshot_save(c, &file).await
+        }
+        Command::Snapshot(SnapshotCommand::Status { file }) => commands::snapshot_status(c, &file),
+        Command::Snapshot(SnapshotCommand::Restore(args)) => match args.config.load() {
+            Ok(config) => commands::snapshot_restore(c, &args.file, args.bump_tokens, &config),
+            Err(code) => code,
+        },
     }
 }
 
@@ -173,14 +226,9 @@ fn init_tracing() {
 }
 
 async fn serve(args: ServeArgs) -> i32 {
-    let env = std::env::vars().filter(|(k, _)| k.starts_with("LEASEHOLD_"));
-    let config = match Config::load(args.config.as_deref(), env, &args.overrides) {
+    let config = match args.config.load() {
         Ok(config) => config,
-        Err(e) => {
-            eprintln!("leasehold: {e}");
-            eprintln!("fix the setting named above (see `leasehold serve --help`) and start again");
-            return 2;
-        }
+        Err(code) => return code,
     };
     let started = match args.rejoin {
         true => Node::rejoin(config).await,

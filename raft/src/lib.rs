@@ -2,6 +2,8 @@
 //! transport lives in the node crate (`node::peer`).
 //!
 //! - [`typ`]: openraft's generic parameters, pinned once.
+//! - [`backup`]: the backup file (`leasehold snapshot save`) and seeding a data directory
+//!   from one (`leasehold snapshot restore`).
 //! - [`command`]: the replicated command set (what a log entry carries and returns).
 //! - [`state`]: the deterministic lease state machine and its snapshot encoding.
 //! - [`sm_store`]: the openraft state-machine storage wrapping [`state::LeaseState`].
@@ -11,6 +13,7 @@
 // return the same type rather than boxing and unboxing at every trait boundary.
 #![allow(clippy::result_large_err)]
 
+pub mod backup;
 pub mod command;
 pub mod log_store;
 pub mod sm_store;

@@ -203,6 +203,36 @@ impl StateMachineStore {
     }
 }
 
+/// Seed an empty database with `state` as the snapshot at `last`, with `membership` as
+/// the cluster's (a restore from a backup). The node that opens it starts from there.
+pub fn seed_snapshot(
+    db: &sled::Db,
+    last: LogId,
+    membership: openraft::Membership<crate::typ::NodeId, crate::typ::PeerNode>,
+    state: &LeaseState,
+) -> Result<(), String> {
+    let tree = db.open_tree(SNAPSHOT_TREE).map_err(|e| e.to_string())?;
+    if read_persisted(&tree).map_err(|e| e.to_string())?.is_some() {
+        return Err("a snapshot is already stored".into());
+    }
+    let membership = StoredMembership::new(Some(last), membership);
+    let data = encode_envelope(&SnapshotEnvelope {
+        last_applied: Some(last),
+        membership: membership.clone(),
+        state: state.encode(),
+    })
+    .map_err(|e| e.to_string())?;
+    let stored = StoredSnapshot {
+        meta: SnapshotMeta {
+            last_log_id: Some(last),
+            last_membership: membership,
+            snapshot_id: format!("restored-{}", last.index),
+        },
+        data,
+    };
+    persist_snapshot(&tree, &stored).map_err(|e| e.to_string())
+}
+
 /// Replace the shared state with a snapshot's.
 fn install(shared: &SharedState, data: &[u8]) -> Result<(), StorageError> {
     let envelope = decode_envelope(data)?;

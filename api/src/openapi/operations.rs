@@ -396,4 +396,14 @@ pub const OPERATIONS: &[Operation] = &[
         Json("ClusterStatus"),
         &[404, 409],
     ),
+    op(
+        "GET",
+        "/v1/cluster/snapshot",
+        "A backup of the whole state, as of a linearizable read (admin): the file \
+         `leasehold snapshot save` writes",
+        Input::None,
+        200,
+        Text("application/octet-stream"),
+        &[],
+    ),
 ];

@@ -1,5 +1,5 @@
 //! The client commands of the `leasehold` binary (SPEC §4): `lock`, `elect`, `status`,
-//! `locks`, `names`, `leases`, `members`. They talk to a cluster over HTTP with
+//! `locks`, `names`, `leases`, `members`, `snapshot`. They talk to a cluster over HTTP with
 //! `leasehold_api::Client`, failing over between `--endpoints`.
 //!
 //! Exit statuses (also in `leasehold --help`):
@@ -17,10 +17,12 @@
 //!   by `elect -- CMD`.
 //! - `elect`: `elect`.
 //! - `inspect`: `status`, `locks`, `names` (with `--watch`), `leases`, `members`.
+//! - `snapshot`: `snapshot save|status|restore` (backups).
 
 mod elect;
 mod inspect;
 mod lock;
+mod snapshot;
 
 pub use self::elect::{elect, ElectArgs};
 pub use self::inspect::{
@@ -28,6 +30,7 @@ pub use self::inspect::{
     NamesCommand,
 };
 pub use self::lock::{lock, LockArgs};
+pub use self::snapshot::{snapshot_restore, snapshot_save, snapshot_status};
 
 use std::path::PathBuf;
 

@@ -59,6 +59,23 @@ impl NodeService {
         self.cluster_status_impl().await
     }
 
+    /// A backup of the whole state: after a linearizable barrier (so it holds every write
+    /// acknowledged before the request), a copy of the applied state (O(1): the state is
+    /// persistent), encoded off the runtime.
+    pub(super) async fn snapshot_impl(&self) -> Result<Vec<u8>, ApiError> {
+        self.barrier(false).await?;
+        let state = self.read(|s| s.clone());
+        let node_id = self.core.node_id();
+        let saved_at_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        tokio::task::spawn_blocking(move || {
+            leasehold_raft::backup::write(&state, node_id, saved_at_ms)
+        })
+        .await
+        .map_err(|e| ApiError::new(leasehold_api::ErrorCode::Internal, e.to_string()))
+    }
+
     /// Prometheus text exposition of the node's gauges.
     pub(super) fn metrics_text_impl(&self) -> String {
         let view = self.core.cluster_view();

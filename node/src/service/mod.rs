@@ -388,4 +388,8 @@ impl LeaseService for NodeService {
     async fn metrics_text(&self) -> String {
         self.metrics_text_impl()
     }
+    async fn snapshot(&self) -> Result<Vec<u8>, ApiError> {
+        self.allow(Role::Admin, "saving a snapshot of the whole state")?;
+        self.snapshot_impl().await
+    }
 }

@@ -129,6 +129,20 @@ impl SledLogStore {
         Ok(store)
     }
 
+    /// Seed an empty database as a log whose entries up to `last` were purged into a
+    /// snapshot (a restore from a backup: the snapshot holds the state at `last`).
+    pub fn seed_purged(db: &sled::Db, last: LogId<NodeId>) -> Result<(), String> {
+        let store = Self::open(db).map_err(|e| e.to_string())?;
+        if store.logs.iter().next().is_some() || store.meta.iter().next().is_some() {
+            return Err("the Raft log is not empty".into());
+        }
+        store
+            .put_meta(KEY_LAST_PURGED, &last)
+            .map_err(|e| e.to_string())?;
+        db.flush().map_err(|e| e.to_string())?;
+        Ok(())
+    }
+
     /// fsync everything written so far, off the async runtime.
     async fn flush(&self) -> Result<(), sled::Error> {
         let db = self.db.clone();

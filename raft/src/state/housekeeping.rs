@@ -4,7 +4,7 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use crate::command::ResourceId;
+use crate::command::{LeaseId, ResourceId};
 
 use super::apply::Effects;
 use super::{LeaseState, StateEvent, DEDUPE_MAX_ENTRIES, DEDUPE_WINDOW_MS, MAX_IDLE_RESOURCES};
@@ -82,5 +82,42 @@ impl LeaseState {
                 }
             }
         }
+    }
+}
+
+/// The highest token or lease id a restore may raise the floors to (2^53 - 1).
+pub const MAX_SAFE_FLOOR: u64 = (1 << 53) - 1;
+
+impl LeaseState {
+    /// Raise the token and lease-id floors by `by`, for a state restored from a backup:
+    /// the cluster the backup came from may have issued tokens and lease ids after it was
+    /// taken, and the restored cluster must never issue those again (a fenced resource
+    /// that saw one would otherwise be handed it twice; a client of the old cluster could
+    /// keep alive a new lease that reused its old lease's id). Both must stay at most
+    /// [`MAX_SAFE_FLOOR`] (2^53 - 1, the largest integer every JSON client reads exactly);
+    /// otherwise nothing changes and the error says by how much `by` may be at most.
+    pub fn raise_floors(&mut self, by: u64) -> Result<(), String> {
+        let highest = self.last_token.max(self.last_lease_id);
+        let room = MAX_SAFE_FLOOR.saturating_sub(highest);
+        if by > room {
+            return Err(format!(
+                "raising the token and lease-id floors by {by} would pass 2^53 - 1 (the \
+                 largest integer every JSON client reads exactly); the highest is {highest}, \
+                 so raise them by at most {room}"
+            ));
+        }
+        self.last_token += by;
+        self.last_lease_id += by;
+        Ok(())
+    }
+
+    /// How many keys (held, queued or idle with history) the state tracks.
+    pub fn resource_count(&self) -> usize {
+        self.resources.len()
+    }
+
+    /// The highest lease id issued so far.
+    pub fn last_lease_id(&self) -> LeaseId {
+        self.last_lease_id
     }
 }
