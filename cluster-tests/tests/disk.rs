@@ -272,6 +272,23 @@ enum Damage {
     Garbled,
     /// The whole data directory deleted.
     Wiped,
+    /// One log entry's format version byte flipped (written by another build, or a bit
+    /// flip on the disk), through sled, so sled itself sees nothing wrong.
+    FlippedVersion,
+    /// The stored snapshot record replaced by garbage, through sled.
+    GarbledSnapshot,
+}
+
+impl Damage {
+    /// What the refusal to start must say (besides `--rejoin`).
+    fn expected(self) -> &'static [&'static str] {
+        match self {
+            Damage::Truncated | Damage::Garbled => &["entries were lost", "log.watermark"],
+            Damage::FlippedVersion => &["cannot be read", "format version 254", "raft"],
+            Damage::GarbledSnapshot => &["stored snapshot", "raft"],
+            Damage::Wiped => &[],
+        }
+    }
 }
 
 /// Wait for node `i`'s process to exit; its status and its log.
@@ -351,18 +368,30 @@ async fn damaged_member_rejoins(damage: Damage) {
             file.write_all(&[0xA5; 4096]).unwrap();
         }
         Damage::Wiped => std::fs::remove_dir_all(&data).unwrap(),
+        Damage::FlippedVersion => {
+            let db = sled::open(data.join("raft")).unwrap();
+            let logs = db.open_tree("logs").unwrap();
+            let (key, value) = logs.last().unwrap().expect("the log has entries");
+            let mut value = value.to_vec();
+            value[0] ^= 0xFF;
+            logs.insert(key, value).unwrap();
+            db.flush().unwrap();
+        }
+        Damage::GarbledSnapshot => {
+            let db = sled::open(data.join("raft")).unwrap();
+            let snapshot = db.open_tree("snapshot").unwrap();
+            snapshot.insert(b"current", vec![0xA5; 64]).unwrap();
+            db.flush().unwrap();
+        }
     }
     if damage != Damage::Wiped {
         // It refuses to start, naming the file, what is wrong and the way out.
         cluster.restart(victim).await.unwrap();
         let (status, log) = wait_exit(&mut cluster, victim).await;
         assert!(!status.success(), "{log}");
-        assert!(
-            log.contains("entries were lost")
-                && log.contains("log.watermark")
-                && log.contains("--rejoin"),
-            "{log}"
-        );
+        for phrase in damage.expected().iter().chain(&["--rejoin"]) {
+            assert!(log.contains(phrase), "{damage:?}: no {phrase:?} in {log}");
+        }
     }
     cluster.restart_with(victim, &["--rejoin"]).await.unwrap();
     let url = cluster.nodes[victim].url();
@@ -422,6 +451,16 @@ async fn a_truncated_log_refuses_to_start_and_rejoins() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_garbled_log_refuses_to_start_and_rejoins() {
     damaged_member_rejoins(Damage::Garbled).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_log_entry_of_another_format_version_refuses_to_start_and_rejoins() {
+    damaged_member_rejoins(Damage::FlippedVersion).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_garbled_snapshot_refuses_to_start_and_rejoins() {
+    damaged_member_rejoins(Damage::GarbledSnapshot).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

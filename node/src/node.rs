@@ -300,8 +300,12 @@ impl Node {
                     .map_err(|e| storage_err(e.to_string()))?;
                 let log_store = SledLogStore::open_checked(&db, &dir.join("log.watermark"))
                     .map_err(storage_err)?;
-                let (sm_store, shared) =
-                    StateMachineStore::new(Some(db)).map_err(|e| storage_err(e.to_string()))?;
+                let (sm_store, shared) = StateMachineStore::new(Some(db)).map_err(|e| {
+                    storage_err(format!(
+                        "the stored snapshot (tree `snapshot` in {}) cannot be read: {e}",
+                        dir.join("raft").display()
+                    ))
+                })?;
                 let raft = Raft::new(config.node_id, raft_config, network, log_store, sm_store)
                     .await
                     .map_err(|e| StartError::Raft(e.to_string()))?;
