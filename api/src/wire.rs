@@ -605,6 +605,11 @@ pub struct MemberStatus {
     pub reachable: Option<bool>,
     #[serde(default)]
     pub matched_index: Option<u64>,
+    /// The identity of the member's data directory, as it recorded it once caught up
+    /// (absent for in-memory members, and until then). A member whose directory was
+    /// wiped is refused at start while this is set; `--rejoin` replaces it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub incarnation: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

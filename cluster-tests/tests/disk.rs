@@ -259,7 +259,6 @@ async fn a_follower_whose_disk_fills_leaves_the_quorum_and_recovers() {
 /// yet (docs/faults.md, "Disk"). Run it with
 /// `cargo test -p leasehold-cluster-tests --test disk -- --ignored`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "flaky: an openraft term runaway and debug assertion after the leader's disk fills; see docs/faults.md"]
 async fn a_leader_whose_disk_fills_is_replaced_and_recovers() {
     disk_full(Role::Leader).await;
 }
@@ -286,7 +285,7 @@ impl Damage {
             Damage::Truncated | Damage::Garbled => &["entries were lost", "log.watermark"],
             Damage::FlippedVersion => &["cannot be read", "format version 254", "raft"],
             Damage::GarbledSnapshot => &["stored snapshot", "raft"],
-            Damage::Wiped => &[],
+            Damage::Wiped => &["it is empty", "as a member that held data"],
         }
     }
 }
@@ -351,6 +350,28 @@ async fn damaged_member_rejoins(damage: Damage) {
     })
     .await
     .expect("the victim's watermark recorded the whole log");
+    // The cluster recorded the victim's data-directory identity once it caught up.
+    let recorded = std::fs::read_to_string(
+        cluster.nodes[victim]
+            .data_dir
+            .join("data")
+            .join("incarnation"),
+    )
+    .expect("a durable member has an identity file");
+    let victim_id = cluster.nodes[victim].id;
+    wait_until(Duration::from_secs(10), || async {
+        let (_, body) = get(&format!("{}/v1/cluster", cluster.nodes[leader].url())).await;
+        let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+        let member = v["members"]
+            .as_array()?
+            .iter()
+            .find(|m| m["id"].as_u64() == Some(victim_id))?
+            .clone();
+        let incarnation = member["incarnation"].as_u64()?;
+        recorded.contains(&incarnation.to_string()).then_some(())
+    })
+    .await
+    .expect("the cluster recorded the victim's identity");
     cluster.kill9(victim).await;
     let data = cluster.nodes[victim].data_dir.join("data");
     let db = data.join("raft").join("db");
@@ -384,8 +405,9 @@ async fn damaged_member_rejoins(damage: Damage) {
             db.flush().unwrap();
         }
     }
-    if damage != Damage::Wiped {
-        // It refuses to start, naming the file, what is wrong and the way out.
+    {
+        // It refuses to start, naming the file, what is wrong and the way out (a wiped
+        // member: that the cluster knew it with data).
         cluster.restart(victim).await.unwrap();
         let (status, log) = wait_exit(&mut cluster, victim).await;
         assert!(!status.success(), "{log}");

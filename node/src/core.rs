@@ -460,6 +460,21 @@ impl Core {
             ForwardRequest::Initialized => Ok(ForwardResponse::Initialized(
                 self.raft.is_initialized().await.unwrap_or(false),
             )),
+            ForwardRequest::MemberRecord(node) => {
+                let member = self
+                    .raft
+                    .metrics()
+                    .borrow()
+                    .membership_config
+                    .membership()
+                    .get_node(&node)
+                    .is_some();
+                let incarnation = self.read(|s| s.incarnation(node));
+                Ok(ForwardResponse::MemberRecord {
+                    member,
+                    incarnation,
+                })
+            }
         }
     }
 
@@ -759,7 +774,13 @@ fn watch_storage(
         async move {
             loop {
                 let fault = match &metrics.borrow_and_update().running_state {
-                    Ok(()) | Err(openraft::error::Fatal::Stopped) => None,
+                    Ok(()) => None,
+                    // Stopped by our own shutdown: not a fault.
+                    Err(openraft::error::Fatal::Stopped) if cancel.is_cancelled() => None,
+                    Err(openraft::error::Fatal::Stopped) => Some(format!(
+                        "this node's Raft core stopped unexpectedly ({data_dir}); it takes no \
+                         part in the cluster until it is restarted"
+                    )),
                     Err(openraft::error::Fatal::StorageError(e)) => Some(format!(
                         "this node's storage failed ({data_dir}: {e}); it takes no part in the \
                          cluster until it can write there again"
@@ -776,7 +797,21 @@ fn watch_storage(
                 }
                 tokio::select! {
                     _ = cancel.cancelled() => return,
-                    changed = metrics.changed() => if changed.is_err() { return },
+                    changed = metrics.changed() => if changed.is_err() {
+                        if cancel.is_cancelled() {
+                            return;
+                        }
+                        // The core's task ended without publishing why: it panicked
+                        // (openraft publishes `running_state` only when its main loop
+                        // returns; a panic unwinds past that and drops the sender).
+                        let fault = format!(
+                            "this node's Raft core ended unexpectedly, most likely a panic \
+                             ({data_dir}); it takes no part in the cluster until it is restarted"
+                        );
+                        tracing::error!(fault = %fault, "raft core lost: this node left the cluster's quorum");
+                        let _ = tx.send(Some(fault));
+                        return;
+                    },
                 }
             }
         }

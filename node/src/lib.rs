@@ -15,6 +15,8 @@
 //!   (once per window) into one message to the leader.
 //! - `lease_actor`: lease deadlines, expiry and lock-delay on the leader.
 //! - `clock`: the wall clock the actors are given.
+//! - `incarnation`: a data directory's identity, recorded in the cluster, so a wiped
+//!   member is refused rather than started empty.
 //! - `error`: the core's typed errors ([`CoreError`]).
 //!
 //! Only this crate opens sockets and spawns long-lived tasks, and every task it spawns
@@ -25,6 +27,7 @@ mod clock;
 mod confirmer;
 mod core;
 mod error;
+mod incarnation;
 mod lease_actor;
 mod node;
 mod peer;

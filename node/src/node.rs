@@ -286,6 +286,7 @@ impl Node {
             tls.as_ref().map(|t| t.current().peer_client.clone()),
         );
         let network = RaftTransport::new(peers.clone());
+        let mut incarnation = None;
         let (raft, shared) = match &config.data_dir {
             Some(dir) => {
                 let storage_err = |message: String| StartError::Storage {
@@ -300,6 +301,12 @@ impl Node {
                     .map_err(|e| storage_err(e.to_string()))?;
                 let log_store = SledLogStore::open_checked(&db, &dir.join("log.watermark"))
                     .map_err(storage_err)?;
+                let pristine = log_store.is_pristine().map_err(storage_err)?;
+                incarnation =
+                    Some(crate::incarnation::load_or_create(dir, pristine).map_err(storage_err)?);
+                if pristine && !config.cluster.members.is_empty() {
+                    crate::incarnation::refuse_if_wiped(&peers, &config, dir).await?;
+                }
                 let (sm_store, shared) = StateMachineStore::new(Some(db)).map_err(|e| {
                     storage_err(format!(
                         "the stored snapshot (tree `snapshot` in {}) cannot be read: {e}",
@@ -333,6 +340,9 @@ impl Node {
             &tracker,
             &cancel,
         );
+        if let Some(incarnation) = incarnation {
+            crate::incarnation::spawn_recorder(core.clone(), incarnation, &tracker, &cancel);
+        }
 
         let mut servers = Vec::new();
         let peer_router = in_span(crate::peer::server::router(core.clone(), secret), &span);

@@ -146,6 +146,11 @@ pub fn seed(
         }
         Err(e) => return Err(format!("cannot read {}: {e}", dir.display())),
     }
+    // The new cluster's members are new directories: no identity of the old one's
+    // applies to them (an empty member of the new cluster must not look like a wiped one).
+    let mut state = state.clone();
+    state.forget_incarnations();
+    let state = &state;
     // The same first log id openraft gives a cluster's first entry: term 0, node 0.
     let last = LogId::new(openraft::CommittedLeaderId::new(0, 0), state.last_index());
     let voters: BTreeSet<NodeId> = members.keys().copied().collect();

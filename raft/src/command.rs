@@ -221,6 +221,14 @@ pub enum Command {
         lease_id: LeaseId,
         term: u64,
     },
+    /// A member records the identity of its data directory (a random number drawn when
+    /// the directory was created), once it has caught up. A member that starts with an
+    /// empty directory while the cluster holds a record for it lost its data, and must
+    /// rejoin (`leasehold serve --rejoin`) rather than vote with an empty log.
+    RecordIncarnation {
+        node_id: u64,
+        incarnation: u64,
+    },
 }
 
 /// A granted hold as the state machine reports it.
@@ -358,4 +366,6 @@ pub enum CommandResult {
     },
     /// An [`Command::Expire`] from an earlier term than its entry's: nothing changed.
     StaleExpiry,
+    /// A [`Command::RecordIncarnation`] was recorded.
+    IncarnationRecorded,
 }

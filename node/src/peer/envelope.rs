@@ -26,7 +26,9 @@ use crate::error::CoreError;
 /// keepalive.
 /// 4: expiries name the term whose leader saw the deadline pass (`Command::Expire`), and
 /// a stale one reports `CommandResult::StaleExpiry`.
-pub const PEER_PROTOCOL_VERSION: u8 = 4;
+/// 5: members record their data directory's identity (`Command::RecordIncarnation`), and
+/// a member starting empty asks the others for it (`ForwardRequest::MemberRecord`).
+pub const PEER_PROTOCOL_VERSION: u8 = 5;
 
 /// Every request one node sends another.
 #[derive(Debug, Serialize, Deserialize)]

@@ -28,6 +28,10 @@ pub(crate) enum ForwardRequest {
     ChangeMembership(MembershipChange),
     /// Used at bootstrap: is the asked node part of an initialized cluster?
     Initialized,
+    /// Used at the start of a member with an empty data directory: is `node` a member in
+    /// the asked node's view, and which data-directory identity did it record? Answered
+    /// from the asked node's own state (no leader needed).
+    MemberRecord(NodeId),
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -41,6 +45,10 @@ pub(crate) enum ForwardResponse {
     Kept(Vec<Result<(LeaseId, u64), CoreError>>),
     RemainingMs(Vec<Option<u64>>),
     Initialized(bool),
+    MemberRecord {
+        member: bool,
+        incarnation: Option<u64>,
+    },
     Done,
 }
 

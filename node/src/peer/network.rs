@@ -62,11 +62,18 @@ impl RaftPeer {
             .map_err(|e| transport_error(&e))
     }
 
+    /// The peer's answer. A peer whose Raft core has stopped (a storage fault, a panic)
+    /// answers every RPC with `Fatal`: nothing fixes that until it restarts, so it counts
+    /// as unreachable and openraft backs off, rather than retrying at once (as it does on
+    /// a `RemoteError`) in a loop that a leader can spin thousands of times a second.
     fn remote<T, E: std::error::Error>(
         &self,
         reply: Result<T, RaftError<NodeId, E>>,
     ) -> Result<T, RpcError<E>> {
-        reply.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+        reply.map_err(|e| match e {
+            RaftError::Fatal(fatal) => RPCError::Unreachable(Unreachable::new(&fatal)),
+            e => RPCError::RemoteError(RemoteError::new(self.target, e)),
+        })
     }
 
     fn mismatch<E: std::error::Error>(&self, rpc: &'static str) -> RpcError<E> {

@@ -22,6 +22,7 @@ impl NodeService {
                 voter: m.voter,
                 reachable: m.reachable,
                 matched_index: m.matched_index,
+                incarnation: self.read(|s| s.incarnation(m.id)),
             })
             .collect();
         Ok(ClusterStatus {

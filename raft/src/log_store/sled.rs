@@ -144,6 +144,16 @@ impl SledLogStore {
         Ok(())
     }
 
+    /// True if this store never held anything: no entry, no purge point, no vote. A
+    /// member's directory in this state is new, or was wiped.
+    pub fn is_pristine(&self) -> Result<bool, String> {
+        let empty_logs = self.logs.iter().next().is_none();
+        let no_meta = [KEY_VOTE, KEY_LAST_PURGED]
+            .iter()
+            .all(|k| !self.meta.contains_key(k).unwrap_or(true));
+        Ok(empty_logs && no_meta)
+    }
+
     /// Read back every entry of the log: its version byte, its encoding, and its place in
     /// the sequence (each entry says the index it is stored at, and none is missing after
     /// the purge point). The error names the database (`db_path`), the entry and the fault.

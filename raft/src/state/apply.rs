@@ -216,6 +216,13 @@ impl LeaseState {
                 let by = fx.caller.map(|c| c.principal.clone());
                 self.force_release(*kind, key, *token, by, fx)
             }
+            Command::RecordIncarnation {
+                node_id,
+                incarnation,
+            } => {
+                self.incarnations.insert(*node_id, *incarnation);
+                CommandResult::IncarnationRecorded
+            }
         }
     }
 
@@ -262,9 +269,11 @@ impl LeaseState {
             Command::CreateLease { .. } | Command::Promote { .. } => Ok(()),
             // Only an admin may end another's hold (the node checks first; this holds it
             // on every replica).
-            Command::ForceRelease { .. } => Err(SmError::AdminRequired {
-                principal: caller.principal.clone(),
-            }),
+            Command::ForceRelease { .. } | Command::RecordIncarnation { .. } => {
+                Err(SmError::AdminRequired {
+                    principal: caller.principal.clone(),
+                })
+            }
         }
     }
 

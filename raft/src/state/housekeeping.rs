@@ -111,6 +111,17 @@ impl LeaseState {
         Ok(())
     }
 
+    /// The data-directory identity member `node_id` recorded, if any.
+    pub fn incarnation(&self, node_id: u64) -> Option<u64> {
+        self.incarnations.get(&node_id).copied()
+    }
+
+    /// Forget every member's recorded identity: a state restored into a new cluster, whose
+    /// members are new directories.
+    pub fn forget_incarnations(&mut self) {
+        self.incarnations.clear();
+    }
+
     /// How many keys (held, queued or idle with history) the state tracks.
     pub fn resource_count(&self) -> usize {
         self.resources.len()

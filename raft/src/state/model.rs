@@ -305,4 +305,9 @@ pub struct LeaseState {
     /// the snapshot, rebuilt on decode.
     #[serde(skip)]
     pub(super) principal_leases: BTreeMap<String, u64>,
+    /// Each durable member's data-directory identity, as it recorded it
+    /// ([`Command::RecordIncarnation`](crate::command::Command::RecordIncarnation)).
+    /// Encoded after the rest of the state (snapshot format 3), so format 2 still reads.
+    #[serde(skip)]
+    pub(super) incarnations: BTreeMap<u64, u64>,
 }

@@ -1152,3 +1152,47 @@ mod erased {
         }
     }
 }
+
+#[test]
+fn incarnations_are_recorded_kept_in_snapshots_and_format_2_still_reads() {
+    let mut sm = Sm::new();
+    sm.acquire("a", "o", 5_000, false);
+    assert_eq!(
+        sm.apply(Command::RecordIncarnation {
+            node_id: 2,
+            incarnation: 77
+        }),
+        CommandResult::IncarnationRecorded
+    );
+    assert_eq!(sm.state.incarnation(2), Some(77));
+    assert_eq!(sm.state.incarnation(3), None);
+    let encoded = sm.state.encode();
+    assert_eq!(LeaseState::decode(&encoded).unwrap(), sm.state);
+
+    // A format-2 snapshot (before incarnations): the same state, no tail.
+    let mut old = sm.state.clone();
+    old.forget_incarnations();
+    let mut v2 = old.encode();
+    v2[0] = 2;
+    v2.pop(); // the empty map's length
+    assert_eq!(LeaseState::decode(&v2).unwrap(), old);
+
+    // Only an admin (or the node itself, which proposes without a caller) records one.
+    let caller = Caller {
+        principal: "app".into(),
+        admin: false,
+        max_leases: None,
+    };
+    let result = sm.apply_as(
+        &caller,
+        Command::RecordIncarnation {
+            node_id: 2,
+            incarnation: 1,
+        },
+    );
+    assert!(
+        matches!(result, CommandResult::Error(SmError::AdminRequired { .. })),
+        "{result:?}"
+    );
+    assert_eq!(sm.state.incarnation(2), Some(77));
+}
