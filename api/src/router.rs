@@ -150,7 +150,10 @@ pub fn router_with_auth(
             state.clone(),
             extract::read_body_first,
         ))
-        .layer(axum::middleware::from_fn(trace::request_span))
+        .layer(axum::middleware::from_fn_with_state(
+            state.service.clone(),
+            trace::request_span,
+        ))
         .with_state(state)
 }
 

@@ -73,6 +73,16 @@ pub trait LeaseService: Send + Sync + 'static {
     /// A backup of the whole state, consistent as of a linearizable read (admin only): the
     /// file `leasehold snapshot save` writes (`leasehold_raft::backup`).
     async fn snapshot(&self) -> Result<Vec<u8>>;
+    /// Hears every request the HTTP router served: its method, route template (never the
+    /// key), status and duration. The node's metrics; the default does nothing.
+    fn observe_request(
+        &self,
+        _method: &str,
+        _route: &str,
+        _status: u16,
+        _elapsed: std::time::Duration,
+    ) {
+    }
 }
 
 macro_rules! forward_arc {
@@ -80,6 +90,15 @@ macro_rules! forward_arc {
         #[async_trait]
         impl<T: LeaseService + ?Sized> LeaseService for Arc<T> {
             $( async fn $name(&self $(, $arg: $ty)*) -> $ret { (**self).$name($($arg),*).await } )*
+            fn observe_request(
+                &self,
+                method: &str,
+                route: &str,
+                status: u16,
+                elapsed: std::time::Duration,
+            ) {
+                (**self).observe_request(method, route, status, elapsed)
+            }
         }
     };
 }

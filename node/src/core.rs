@@ -32,6 +32,7 @@ use crate::clock::Clock;
 use crate::confirmer::ConfirmerHandle;
 use crate::error::CoreError;
 use crate::lease_actor::LeaseHandle;
+use crate::metrics::Metrics;
 use crate::peer::{ForwardRequest, ForwardResponse, Keep, MembershipChange, PeerClient};
 use crate::proposer::{ProposerHandle, ProposerSettings};
 
@@ -46,6 +47,7 @@ pub(crate) struct Core {
     confirmer: ConfirmerHandle,
     leases: LeaseHandle,
     counters: BatchCounters,
+    metrics: Arc<Metrics>,
     /// Gathers this node's keepalives into batches for the leader, once per window.
     keepalives: Batcher<Keep, (LeaseId, u64)>,
     /// Gathers this node's writes into batches for the leader while others are in flight.
@@ -129,20 +131,34 @@ impl RequestIds {
     }
 }
 
+/// What a [`Core`] is built from, besides the config and its tasks.
+pub(crate) struct CoreParts {
+    pub raft: Raft,
+    pub shared: Arc<SharedState>,
+    pub peers: PeerClient,
+    pub clock: Clock,
+    pub metrics: Arc<Metrics>,
+}
+
 impl Core {
     /// Spawn the actors (proposer, confirmer, lease actor, keepalive batcher) on `tracker`
     /// and build the core.
     pub(crate) fn start(
         config: &Config,
-        raft: Raft,
-        shared: Arc<SharedState>,
-        peers: PeerClient,
-        clock: Clock,
+        parts: CoreParts,
         tracker: &TaskTracker,
         cancel: &CancellationToken,
     ) -> Arc<Core> {
+        let CoreParts {
+            raft,
+            shared,
+            peers,
+            clock,
+            metrics,
+        } = parts;
         let election_timeout_max = Duration::from_millis(config.raft.election_timeout_max_ms);
         let storage_fault = watch_storage(&raft, config, tracker, cancel);
+        watch_leader(&raft, metrics.clone(), tracker, cancel);
         let proposer = ProposerHandle::spawn(
             raft.clone(),
             ProposerSettings {
@@ -150,6 +166,7 @@ impl Core {
                 proposal_timeout: Duration::from_millis(config.raft.proposal_timeout_ms),
                 quorum_stale_after: election_timeout_max,
                 clock,
+                metrics: metrics.clone(),
             },
             tracker,
             cancel.clone(),
@@ -180,6 +197,7 @@ impl Core {
             confirmer,
             leases,
             counters,
+            metrics,
             keepalives: Batcher::spawn(
                 core.clone(),
                 Pace::Window(window),
@@ -284,6 +302,10 @@ impl Core {
     /// How this node has batched what it asked of the leader.
     pub(crate) fn counters(&self) -> &BatchCounters {
         &self.counters
+    }
+
+    pub(crate) fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     /// This node's view of the cluster (members, leader, replication progress).
@@ -748,6 +770,38 @@ impl Core {
 
 fn unexpected(response: ForwardResponse) -> CoreError {
     CoreError::Unavailable(format!("unexpected reply from the leader: {response:?}"))
+}
+
+/// Count the leader changes this node sees (`leasehold_raft_leader_changes_seen_total`,
+/// as etcd's `etcd_server_leader_changes_seen_total`): each time the known leader becomes
+/// another node. Losing the leader (none known) is not a change; the next one is.
+fn watch_leader(
+    raft: &Raft,
+    metrics: Arc<Metrics>,
+    tracker: &TaskTracker,
+    cancel: &CancellationToken,
+) {
+    let mut watch = raft.metrics();
+    let cancel = cancel.clone();
+    tracker.spawn(
+        async move {
+            let mut last = None;
+            loop {
+                let leader = watch.borrow_and_update().current_leader;
+                if let Some(leader) = leader {
+                    if last.is_some_and(|l| l != leader) {
+                        metrics.leader_changes.inc();
+                    }
+                    last = Some(leader);
+                }
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    changed = watch.changed() => if changed.is_err() { return },
+                }
+            }
+        }
+        .in_current_span(),
+    );
 }
 
 /// Watch openraft's running state. openraft stops its core at the first storage error

@@ -14,6 +14,7 @@
 //! - `batcher`: gathers a node's writes (while earlier ones are in flight) and keepalives
 //!   (once per window) into one message to the leader.
 //! - `lease_actor`: lease deadlines, expiry and lock-delay on the leader.
+//! - `metrics`: the node's Prometheus registry and the text at `/metrics`.
 //! - `clock`: the wall clock the actors are given.
 //! - `incarnation`: a data directory's identity, recorded in the cluster, so a wiped
 //!   member is refused rather than started empty.
@@ -29,6 +30,7 @@ mod core;
 mod error;
 mod incarnation;
 mod lease_actor;
+mod metrics;
 mod node;
 mod peer;
 mod proposer;

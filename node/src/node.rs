@@ -286,6 +286,11 @@ impl Node {
             tls.as_ref().map(|t| t.current().peer_client.clone()),
         );
         let network = RaftTransport::new(peers.clone());
+        let metrics = Arc::new(crate::metrics::Metrics::new());
+        let snapshot_observer = {
+            let metrics = metrics.clone();
+            leasehold_raft::Observer::new(move |d| metrics.snapshot.observe(d.as_secs_f64()))
+        };
         let mut incarnation = None;
         let (raft, shared) = match &config.data_dir {
             Some(dir) => {
@@ -299,8 +304,13 @@ impl Node {
                     .cache_capacity(config.raft.log_cache_mib * 1024 * 1024)
                     .open()
                     .map_err(|e| storage_err(e.to_string()))?;
+                let fsync_observer = {
+                    let metrics = metrics.clone();
+                    leasehold_raft::Observer::new(move |d| metrics.fsync.observe(d.as_secs_f64()))
+                };
                 let log_store = SledLogStore::open_checked(&db, &dir.join("log.watermark"))
-                    .map_err(storage_err)?;
+                    .map_err(storage_err)?
+                    .with_fsync_observer(fsync_observer);
                 let pristine = log_store.is_pristine().map_err(storage_err)?;
                 incarnation =
                     Some(crate::incarnation::load_or_create(dir, pristine).map_err(storage_err)?);
@@ -313,6 +323,7 @@ impl Node {
                         dir.join("raft").display()
                     ))
                 })?;
+                let sm_store = sm_store.with_snapshot_observer(snapshot_observer);
                 let raft = Raft::new(config.node_id, raft_config, network, log_store, sm_store)
                     .await
                     .map_err(|e| StartError::Raft(e.to_string()))?;
@@ -322,6 +333,7 @@ impl Node {
                 let log_store = MemLogStore::default();
                 let (sm_store, shared) =
                     StateMachineStore::new(None).map_err(|e| StartError::Raft(e.to_string()))?;
+                let sm_store = sm_store.with_snapshot_observer(snapshot_observer);
                 let raft = Raft::new(config.node_id, raft_config, network, log_store, sm_store)
                     .await
                     .map_err(|e| StartError::Raft(e.to_string()))?;
@@ -333,10 +345,13 @@ impl Node {
         let tracker = TaskTracker::new();
         let core = Core::start(
             &config,
-            raft,
-            shared,
-            peers,
-            Clock::System,
+            crate::core::CoreParts {
+                raft,
+                shared,
+                peers,
+                clock: Clock::System,
+                metrics,
+            },
             &tracker,
             &cancel,
         );

@@ -51,10 +51,13 @@ async fn one_node_core() -> (Arc<Core>, TaskTracker, CancellationToken) {
     let cancel = CancellationToken::new();
     let core = Core::start(
         &config,
-        raft,
-        shared,
-        peers,
-        Clock::following_tokio(),
+        crate::core::CoreParts {
+            raft,
+            shared,
+            peers,
+            clock: Clock::following_tokio(),
+            metrics: Arc::new(crate::metrics::Metrics::new()),
+        },
         &tracker,
         &cancel,
     );

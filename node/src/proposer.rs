@@ -19,6 +19,7 @@ use tracing::Instrument;
 
 use crate::clock::Clock;
 use crate::error::CoreError;
+use crate::metrics::Metrics;
 
 /// Entries proposed concurrently; more would only queue inside openraft.
 const MAX_IN_FLIGHT: usize = 2;
@@ -33,6 +34,7 @@ struct Submit {
 #[derive(Clone)]
 pub struct ProposerHandle {
     tx: mpsc::Sender<Submit>,
+    metrics: Arc<Metrics>,
 }
 
 pub struct ProposerSettings {
@@ -42,6 +44,8 @@ pub struct ProposerSettings {
     pub quorum_stale_after: Duration,
     /// Stamps each entry (the state machine's clock is the leader's wall clock).
     pub clock: Clock,
+    /// Counts proposals and failed ones.
+    pub metrics: Arc<Metrics>,
 }
 
 impl ProposerHandle {
@@ -52,13 +56,23 @@ impl ProposerHandle {
         cancel: CancellationToken,
     ) -> Self {
         let (tx, rx) = mpsc::channel(INBOX_CAPACITY);
+        let metrics = settings.metrics.clone();
         tracker.spawn(run(raft, settings, rx, tracker.clone(), cancel).in_current_span());
-        ProposerHandle { tx }
+        ProposerHandle { tx, metrics }
     }
 
     /// Propose one command through the local Raft leader and wait for its result and the
     /// log index it was applied at.
     pub async fn propose(&self, proposal: Proposal) -> Result<(u64, CommandResult), CoreError> {
+        self.metrics.proposals.inc();
+        let result = self.submit(proposal).await;
+        if result.is_err() {
+            self.metrics.proposals_failed.inc();
+        }
+        result
+    }
+
+    async fn submit(&self, proposal: Proposal) -> Result<(u64, CommandResult), CoreError> {
         let (respond_to, rx) = oneshot::channel();
         self.tx
             .send(Submit {

@@ -19,3 +19,24 @@ pub mod log_store;
 pub mod sm_store;
 pub mod state;
 pub mod typ;
+
+/// A callback that hears how long something took (an fsync, a snapshot build): how the
+/// node's metrics learn about storage without this crate knowing of them.
+#[derive(Clone)]
+pub struct Observer(std::sync::Arc<dyn Fn(std::time::Duration) + Send + Sync>);
+
+impl Observer {
+    pub fn new(f: impl Fn(std::time::Duration) + Send + Sync + 'static) -> Self {
+        Observer(std::sync::Arc::new(f))
+    }
+
+    pub fn observe(&self, elapsed: std::time::Duration) {
+        (self.0)(elapsed)
+    }
+}
+
+impl std::fmt::Debug for Observer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Observer")
+    }
+}

@@ -173,6 +173,7 @@ pub struct StateMachineStore {
     current: SharedCurrent,
     persist: Option<sled::Tree>,
     snapshot_seq: Arc<AtomicU64>,
+    snapshot_observer: Option<crate::Observer>,
 }
 
 impl StateMachineStore {
@@ -198,8 +199,15 @@ impl StateMachineStore {
             current,
             persist,
             snapshot_seq: Arc::new(AtomicU64::new(0)),
+            snapshot_observer: None,
         };
         Ok((store, shared))
+    }
+
+    /// Call `observer` with the duration of every snapshot build.
+    pub fn with_snapshot_observer(mut self, observer: crate::Observer) -> Self {
+        self.snapshot_observer = Some(observer);
+        self
     }
 }
 
@@ -329,6 +337,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             current: self.current.clone(),
             persist: self.persist.clone(),
             snapshot_seq: self.snapshot_seq.clone(),
+            observer: self.snapshot_observer.clone(),
         }
     }
 
@@ -395,6 +404,7 @@ pub struct SnapshotBuilder {
     current: SharedCurrent,
     persist: Option<sled::Tree>,
     snapshot_seq: Arc<AtomicU64>,
+    observer: Option<crate::Observer>,
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
@@ -451,6 +461,9 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         set_current(&self.current, stored, self.persist.is_some());
         // Building freed several snapshot-sized buffers; hand their pages back (below).
         tokio::task::spawn_blocking(release_free_memory);
+        if let Some(observer) = &self.observer {
+            observer.observe(started.elapsed());
+        }
         tracing::info!(
             snapshot_id = %result.meta.snapshot_id,
             bytes = result.snapshot.get_ref().len(),

@@ -8,18 +8,27 @@
 //! carries the node id, its route, its key and its request id. When a request finishes,
 //! a `served` event at DEBUG gives its status and duration.
 
-use axum::extract::{MatchedPath, Request};
+use std::sync::Arc;
+
+use axum::extract::{MatchedPath, Request, State};
 use axum::middleware::Next;
 use axum::response::Response;
 use serde::Deserialize;
 use tokio::time::Instant;
 use tracing::{field, Instrument, Span};
 
-pub(super) async fn request_span(req: Request, next: Next) -> Response {
+use crate::service::LeaseService;
+
+pub(super) async fn request_span(
+    State(service): State<Arc<dyn LeaseService>>,
+    req: Request,
+    next: Next,
+) -> Response {
     let route = req
         .extensions()
         .get::<MatchedPath>()
         .map(|m| m.as_str().to_owned());
+    let method = req.method().clone();
     let span = tracing::info_span!(
         "request",
         method = %req.method(),
@@ -34,11 +43,17 @@ pub(super) async fn request_span(req: Request, next: Next) -> Response {
     let started = Instant::now();
     async move {
         let response = next.run(req).await;
-        tracing::debug!(
-            status = response.status().as_u16(),
-            elapsed_us = started.elapsed().as_micros() as u64,
-            "served"
-        );
+        let elapsed = started.elapsed();
+        let status = response.status().as_u16();
+        tracing::debug!(status, elapsed_us = elapsed.as_micros() as u64, "served");
+        // Unmatched paths count under one label, so a scanner cannot grow the label set.
+        let route = route.as_deref().unwrap_or("unmatched");
+        // Likewise any method outside the standard ones.
+        let method = match method.as_str() {
+            m @ ("GET" | "HEAD" | "POST" | "PUT" | "PATCH" | "DELETE" | "OPTIONS") => m,
+            _ => "other",
+        };
+        service.observe_request(method, route, status, elapsed);
         response
     }
     .instrument(span)

@@ -77,95 +77,50 @@ impl NodeService {
         .map_err(|e| ApiError::new(leasehold_api::ErrorCode::Internal, e.to_string()))
     }
 
-    /// Prometheus text exposition of the node's gauges.
-    pub(super) fn metrics_text_impl(&self) -> String {
+    /// The Prometheus text exposition (`node::metrics`), with what is read at scrape time.
+    pub(super) async fn metrics_text_impl(&self) -> String {
         let view = self.core.cluster_view();
-        let (leases, held, waiters, last_token) = self.read(|s| {
-            let mut held = 0usize;
-            let mut waiters = 0usize;
-            for kind in [Kind::Lock, Kind::Name, Kind::Semaphore] {
+        let mut snap = crate::metrics::Snapshot::default();
+        self.read(|s| {
+            for (i, kind) in [Kind::Lock, Kind::Name, Kind::Semaphore]
+                .into_iter()
+                .enumerate()
+            {
+                let (mut held, mut waiters) = (0u64, 0u64);
                 for (_, r) in s.held_after(kind, "", None) {
-                    held += r.holders.len();
-                    waiters += r.waiters.len();
+                    held += r.holders.len() as u64;
+                    waiters += r.waiters.len() as u64;
                 }
+                let counts = s.counts();
+                snap.holds[i] = (kind.as_str(), held, waiters);
+                snap.grants[i] = (kind.as_str(), counts.grants[i], counts.handoffs[i]);
             }
-            (s.lease_count(), held, waiters, s.last_token())
+            snap.leases = s.lease_count() as u64;
+            snap.last_token = s.last_token();
+            snap.applied_entries = s.counts().entries;
+            snap.expired = s.counts().expired;
         });
-        let mut out = String::new();
-        let mut gauge = |name: &str, help: &str, value: u64| {
-            out.push_str(&format!(
-                "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}\n"
-            ));
-        };
-        gauge("leasehold_leases", "live leases", leases as u64);
-        gauge(
-            "leasehold_holds",
-            "held locks, names and semaphore slots",
-            held as u64,
-        );
-        gauge(
-            "leasehold_waiters",
-            "queued waiters on held keys",
-            waiters as u64,
-        );
-        gauge(
-            "leasehold_last_token",
-            "the last fencing token issued",
-            last_token,
-        );
-        gauge("leasehold_raft_term", "current raft term", view.term);
-        gauge(
-            "leasehold_storage_failed",
-            "1 if this node's Raft core stopped on a storage error (a full or failing disk)",
-            u64::from(self.core.check_storage().is_err()),
-        );
-        gauge(
-            "leasehold_raft_is_leader",
-            "1 if this node leads",
-            u64::from(view.leading),
-        );
-        gauge(
-            "leasehold_raft_applied_index",
-            "last applied log index",
-            view.applied_index,
-        );
-        gauge(
-            "leasehold_raft_last_log_index",
-            "last log index",
-            view.last_log_index,
-        );
+        snap.has_leader = view.leader_id.is_some();
+        snap.is_leader = view.leading;
+        snap.term = view.term;
+        snap.commit_index = self.core.commit_index().await.unwrap_or(view.applied_index);
+        snap.applied_index = view.applied_index;
+        snap.last_log_index = view.last_log_index;
+        snap.voters = view.members.iter().filter(|m| m.voter).count() as u64;
+        snap.voters_reachable = view.leading.then(|| {
+            view.members
+                .iter()
+                .filter(|m| m.voter && m.reachable == Some(true))
+                .count() as u64
+        });
+        snap.storage_failed = self.core.check_storage().is_err();
         let c = self.core.counters();
         let load = |n: &std::sync::atomic::AtomicU64| n.load(std::sync::atomic::Ordering::Relaxed);
-        let mut counter = |name: &str, help: &str, value: u64| {
-            out.push_str(&format!(
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}\n"
-            ));
-        };
-        counter(
-            "leasehold_keepalives_batched_total",
-            "keepalives this node sent to the leader in batches",
-            load(&c.keepalives_batched),
-        );
-        counter(
-            "leasehold_keepalive_batches_total",
-            "keepalive batches this node sent to the leader",
-            load(&c.keepalive_batches),
-        );
-        counter(
-            "leasehold_writes_batched_total",
-            "writes this node forwarded to the leader in batches",
-            load(&c.writes_batched),
-        );
-        counter(
-            "leasehold_write_batches_total",
-            "write batches this node forwarded to the leader",
-            load(&c.write_batches),
-        );
-        counter(
-            "leasehold_confirm_rounds_total",
-            "leadership-confirmation rounds this node ran as leader",
-            load(&c.confirm_rounds),
-        );
-        out
+        snap.keepalives_batched = load(&c.keepalives_batched);
+        snap.keepalive_batches = load(&c.keepalive_batches);
+        snap.writes_batched = load(&c.writes_batched);
+        snap.write_batches = load(&c.write_batches);
+        snap.confirm_rounds = load(&c.confirm_rounds);
+        self.core.metrics().render(&snap)
     }
 }

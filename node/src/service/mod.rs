@@ -203,6 +203,7 @@ impl LeaseService for NodeService {
     }
     async fn keepalive(&self, lease_id: u64) -> Result<KeepaliveResponse, ApiError> {
         self.allow(Role::Write, "keeping a lease alive")?;
+        self.core.metrics().keepalives.inc();
         self.keepalive_impl(lease_id).await
     }
     async fn revoke_lease(
@@ -228,6 +229,7 @@ impl LeaseService for NodeService {
     }
     async fn extend_lock(&self, key: &str, req: ExtendRequest) -> Result<ExtendResponse, ApiError> {
         self.allow_key(Role::Write, "extending a lock", Kind::Lock, key)?;
+        self.core.metrics().keepalives.inc();
         self.extend_checked(leasehold_raft::command::Kind::Lock, key, req)
             .await
     }
@@ -306,6 +308,7 @@ impl LeaseService for NodeService {
             Kind::Semaphore,
             key,
         )?;
+        self.core.metrics().keepalives.inc();
         self.extend_checked(leasehold_raft::command::Kind::Semaphore, key, req)
             .await
     }
@@ -354,6 +357,7 @@ impl LeaseService for NodeService {
         req: NameExtendRequest,
     ) -> Result<ExtendResponse, ApiError> {
         self.allow_key(Role::Write, "extending a name", Kind::Name, name)?;
+        self.core.metrics().keepalives.inc();
         self.extend_name_impl(name, req).await
     }
     async fn unregister_name(
@@ -386,7 +390,18 @@ impl LeaseService for NodeService {
         self.barrier(false).await
     }
     async fn metrics_text(&self) -> String {
-        self.metrics_text_impl()
+        self.metrics_text_impl().await
+    }
+    fn observe_request(
+        &self,
+        method: &str,
+        route: &str,
+        status: u16,
+        elapsed: std::time::Duration,
+    ) {
+        self.core
+            .metrics()
+            .observe_http(method, route, status, elapsed);
     }
     async fn snapshot(&self) -> Result<Vec<u8>, ApiError> {
         self.allow(Role::Admin, "saving a snapshot of the whole state")?;

@@ -32,6 +32,7 @@ impl NodeService {
         lease_id: LeaseId,
         deadline: Instant,
     ) -> Result<HoldView, ApiError> {
+        let _in_flight = self.core.metrics().long_poll();
         let mut guard = CancelWaitOnDrop {
             core: Some(self.core.clone()),
             kind: args.kind,
@@ -126,6 +127,7 @@ impl NodeService {
 
     /// Wait (on local applies) until `kind/key`'s modify index exceeds `index`.
     pub(super) async fn wait_for_change(&self, kind: Kind, key: &str, index: u64, wait_ms: u64) {
+        let _in_flight = self.core.metrics().long_poll();
         let deadline = Instant::now() + Duration::from_millis(wait_ms);
         let mut applied = self.core.subscribe_applied();
         loop {
@@ -148,6 +150,7 @@ impl NodeService {
         validate::wait_release(key, &params, &self.limits)?;
         // Never answer from a state older than the request.
         self.barrier(false).await?;
+        let _in_flight = self.core.metrics().long_poll();
         let deadline = Instant::now() + Duration::from_millis(params.wait_ms.unwrap_or(0));
         let mut applied = self.core.subscribe_applied();
         loop {

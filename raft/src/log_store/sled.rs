@@ -67,6 +67,8 @@ pub struct SledLogStore {
     meta: sled::Tree,
     /// How far the log reached and the highest term voted in, kept outside sled.
     watermark: Option<Arc<Watermark>>,
+    /// Hears how long each fsync of the log took.
+    fsync_observer: Option<crate::Observer>,
 }
 
 impl SledLogStore {
@@ -78,7 +80,14 @@ impl SledLogStore {
             logs,
             meta,
             watermark: None,
+            fsync_observer: None,
         })
+    }
+
+    /// Call `observer` with the duration of every fsync of the log.
+    pub fn with_fsync_observer(mut self, observer: crate::Observer) -> Self {
+        self.fsync_observer = Some(observer);
+        self
     }
 
     /// Open the store with its watermark file at `watermark` and check the log against
@@ -193,7 +202,16 @@ impl SledLogStore {
     /// fsync everything written so far, off the async runtime.
     async fn flush(&self) -> Result<(), sled::Error> {
         let db = self.db.clone();
-        match tokio::task::spawn_blocking(move || db.flush()).await {
+        let observer = self.fsync_observer.clone();
+        let flushed = tokio::task::spawn_blocking(move || {
+            let started = std::time::Instant::now();
+            let result = db.flush();
+            if let Some(observer) = observer {
+                observer.observe(started.elapsed());
+            }
+            result
+        });
+        match flushed.await {
             Ok(result) => result.map(|_| ()),
             Err(join) => Err(sled::Error::Io(std::io::Error::other(join.to_string()))),
         }

@@ -38,6 +38,7 @@ impl LeaseState {
             Batch::V1 { proposed_at_ms, .. } | Batch::V2 { proposed_at_ms, .. } => *proposed_at_ms,
         };
         self.last_index = index;
+        self.counts.entries += 1;
         self.now_ms = self.now_ms.max(proposed_at_ms);
         self.end_elapsed_delays(index, term, events);
         let mut results = Vec::with_capacity(batch.len());

@@ -65,6 +65,9 @@ impl LeaseState {
             return CommandResult::Error(SmError::LeaseNotFound { lease_id });
         };
         fx.events.push(StateEvent::LeaseGone { lease_id });
+        if reason == EndReason::Expired {
+            self.counts.expired += 1;
+        }
         for rid in &lease.waits {
             if let Some(resource) = self.resources.get_mut(rid).map(Arc::make_mut) {
                 resource.waiters.retain(|w| w.lease_id != lease_id);

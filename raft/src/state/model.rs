@@ -310,4 +310,31 @@ pub struct LeaseState {
     /// Encoded after the rest of the state (snapshot format 3), so format 2 still reads.
     #[serde(skip)]
     pub(super) incarnations: BTreeMap<u64, u64>,
+    /// What this replica applied, for its metrics: not replicated state (not in the
+    /// snapshot, ignored by equality), restarting from zero when a snapshot replaces the
+    /// state.
+    #[serde(skip)]
+    pub(super) counts: ApplyCounts,
+}
+
+/// Counts of what a replica applied (`LeaseState::counts`), by [`Kind`] where it matters
+/// (indexed by `Kind as usize`: lock, name, semaphore).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ApplyCounts {
+    /// Log entries applied.
+    pub entries: u64,
+    /// Holds granted, directly or to a queued waiter.
+    pub grants: [u64; 3],
+    /// Holds granted to a queued waiter (the key passed from one holder to the next).
+    pub handoffs: [u64; 3],
+    /// Leases that ended by expiry.
+    pub expired: u64,
+}
+
+/// Counts are about one replica's history, not the state: two replicas with the same state
+/// are equal whatever they counted.
+impl PartialEq for ApplyCounts {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
 }

@@ -32,6 +32,11 @@ impl LeaseState {
         self.now_ms
     }
 
+    /// What this replica applied (for metrics).
+    pub fn counts(&self) -> super::ApplyCounts {
+        self.counts
+    }
+
     pub fn last_token(&self) -> Token {
         self.last_token
     }

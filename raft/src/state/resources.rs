@@ -133,6 +133,10 @@ impl LeaseState {
         waited_ms: Option<u64>,
         fx: &mut Effects<'_>,
     ) -> Hold {
+        self.counts.grants[rid.0 as usize] += 1;
+        if waited_ms.is_some() {
+            self.counts.handoffs[rid.0 as usize] += 1;
+        }
         self.last_token += 1;
         let hold = Hold {
             owner: waiter.owner,
