@@ -626,3 +626,109 @@ async fn local_cluster_with_tls_and_auth_serves_https_with_the_printed_ca() {
         dir.display()
     );
 }
+
+/// `leasehold serve` under systemd's `Type=notify` (deploy/systemd): `READY=1` on the
+/// `NOTIFY_SOCKET` once the node answers `/readyz` with 200, `STOPPING=1` on SIGTERM.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_notifies_systemd_when_ready_and_when_stopping() {
+    use std::os::unix::net::UnixDatagram;
+    let dir = tempfile::tempdir().unwrap();
+    let socket_path = dir.path().join("notify.sock");
+    let socket = UnixDatagram::bind(&socket_path).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let client_addr = leasehold_cluster_tests::free_addr().await.unwrap();
+    let peer_addr = leasehold_cluster_tests::free_addr().await.unwrap();
+    let mut child = Command::new(leasehold_bin())
+        .args(["serve", "--client-addr", &client_addr.to_string()])
+        .args(["--peer-addr", &peer_addr.to_string()])
+        .env("NOTIFY_SOCKET", &socket_path)
+        .env("LEASEHOLD_LOG", "warn")
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let receive = move || {
+        let mut messages = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            let n = socket.recv(&mut buf).expect("a notification within 20 s");
+            let message = String::from_utf8_lossy(&buf[..n]).to_string();
+            messages.push(message.clone());
+            if message.lines().any(|l| l == "READY=1" || l == "STOPPING=1") {
+                return (socket, messages);
+            }
+        }
+    };
+    let (socket, messages) = tokio::task::spawn_blocking(receive).await.unwrap();
+    assert!(messages.last().unwrap().contains("READY=1"), "{messages:?}");
+    // READY came after readiness: /readyz says so now.
+    let ready = reqwest::get(format!("http://{client_addr}/readyz"))
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 200);
+
+    let pid = child.id().unwrap() as i32;
+    // SAFETY: kill(2) on our own child.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    let receive_stop = move || {
+        let mut buf = [0u8; 4096];
+        let n = socket.recv(&mut buf).expect("STOPPING within 20 s");
+        String::from_utf8_lossy(&buf[..n]).to_string()
+    };
+    let stopping = tokio::task::spawn_blocking(receive_stop).await.unwrap();
+    assert!(stopping.lines().any(|l| l == "STOPPING=1"), "{stopping:?}");
+    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .expect("the node exits after STOPPING")
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+}
+
+/// `log.format = "json"`: every line the node logs is one JSON object with a level, a
+/// message and the node's span.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_logs_json_lines_when_asked() {
+    let client_addr = leasehold_cluster_tests::free_addr().await.unwrap();
+    let peer_addr = leasehold_cluster_tests::free_addr().await.unwrap();
+    let child = Command::new(leasehold_bin())
+        .args(["serve", "--client-addr", &client_addr.to_string()])
+        .args(["--peer-addr", &peer_addr.to_string()])
+        .env("LEASEHOLD_LOG_FORMAT", "json")
+        .env("LEASEHOLD_LOG", "info")
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    wait_until(Duration::from_secs(20), || async {
+        let r = reqwest::get(format!("http://{client_addr}/readyz"))
+            .await
+            .ok()?;
+        (r.status() == 200).then_some(())
+    })
+    .await
+    .unwrap();
+    let pid = child.id().unwrap() as i32;
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    let out = child.wait_with_output().await.unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    // Every line the node wrote is JSON (the binary's own plain messages go to stderr
+    // too, but they do not start with `{`: `leasehold node 1 serving ...`).
+    let mut started = None;
+    for line in stderr.lines().filter(|l| l.starts_with('{')) {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        assert!(v["level"].is_string() && v["fields"].is_object(), "{line}");
+        if v["fields"]["message"] == "leasehold node started" {
+            started = Some(v);
+        }
+    }
+    let started =
+        started.unwrap_or_else(|| panic!("no `leasehold node started` line in: {stderr}"));
+    assert_eq!(started["level"], "INFO", "{started}");
+    assert_eq!(started["span"]["name"], "node", "{started}");
+    assert!(started["fields"]["client_addr"].is_string(), "{started}");
+}

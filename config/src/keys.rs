@@ -16,6 +16,8 @@ pub enum ValueKind {
     Path,
     /// A comma-separated `id=ip:port` list; an empty string is the empty list.
     Members,
+    /// One of these words.
+    Choice(&'static [&'static str]),
 }
 
 impl ValueKind {
@@ -26,6 +28,7 @@ impl ValueKind {
             ValueKind::Address => "IP:PORT",
             ValueKind::Path => "PATH",
             ValueKind::Members => "ID=IP:PORT,...",
+            ValueKind::Choice(_) => "WORD",
         }
     }
 }
@@ -64,6 +67,7 @@ const U32: ValueKind = ValueKind::Integer {
 const ADDRESS: ValueKind = ValueKind::Address;
 const PATH: ValueKind = ValueKind::Path;
 const MEMBERS: ValueKind = ValueKind::Members;
+const LOG_FORMAT: ValueKind = ValueKind::Choice(&["text", "json"]);
 
 macro_rules! keys {
     ($( $key:literal, $env:literal, $flag:literal, $kind:ident, $default:literal, $help:literal; )*) => {
@@ -105,6 +109,7 @@ keys! {
     "tls.key", "LEASEHOLD_TLS_KEY", "--tls-key", PATH, "(none)", "TLS private key (PEM)";
     "tls.ca", "LEASEHOLD_TLS_CA", "--tls-ca", PATH, "(none)", "CA (PEM) that signs every node's certificate (mutual TLS between peers)";
     "tls.client_ca", "LEASEHOLD_TLS_CLIENT_CA", "--tls-client-ca", PATH, "(none)", "CA (PEM) that client certificates must be signed by (optional)";
+    "log.format", "LEASEHOLD_LOG_FORMAT", "--log-format", LOG_FORMAT, "text", "log lines as text (for people) or json (one object per line, for log shippers)";
 }
 
 /// `LEASEHOLD_*` variables that are not settings but belong to the binary or the clients
@@ -188,6 +193,15 @@ fn parse(kind: ValueKind, value: &str) -> Result<toml::Value, String> {
             }
             toml::Value::Array(list)
         }
+        ValueKind::Choice(words) => {
+            if !words.contains(&trimmed) {
+                return Err(format!(
+                    "expected one of {}, got {value:?}",
+                    words.join(", ")
+                ));
+            }
+            toml::Value::String(trimmed.to_string())
+        }
     })
 }
 
@@ -266,6 +280,7 @@ mod tests {
                 ValueKind::Address => " 127.0.0.1:9 ",
                 ValueKind::Path => "/tmp/x y",
                 ValueKind::Members => "1=127.0.0.1:9, 2=127.0.0.1:10,",
+                ValueKind::Choice(words) => words[words.len() - 1],
             };
             let mut table = toml::Table::new();
             set(&mut table, k, value).unwrap_or_else(|e| panic!("{}: {e}", k.key));

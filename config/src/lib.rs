@@ -25,4 +25,6 @@ mod validate;
 
 pub use error::ConfigError;
 pub use keys::{KeyInfo, ValueKind, KEYS, OTHER_ENV};
-pub use types::{AuthConfig, ClusterConfig, Config, Limits, Member, RaftConfig, TlsConfig};
+pub use types::{
+    AuthConfig, ClusterConfig, Config, Limits, LogConfig, LogFormat, Member, RaftConfig, TlsConfig,
+};

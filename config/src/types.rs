@@ -30,6 +30,24 @@ pub struct Config {
     pub limits: Limits,
     pub auth: AuthConfig,
     pub tls: TlsConfig,
+    pub log: LogConfig,
+}
+
+/// How the node logs (the filter is `LEASEHOLD_LOG`, as `RUST_LOG`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    pub format: LogFormat,
+}
+
+/// `text` for people (the default), `json` for log shippers: one object per line with
+/// the timestamp, level, target, message, fields and the spans (node, request).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
 }
 
 /// The initial cluster.
@@ -231,6 +249,7 @@ impl Default for Config {
             limits: Limits::default(),
             auth: AuthConfig::default(),
             tls: TlsConfig::default(),
+            log: LogConfig::default(),
         }
     }
 }

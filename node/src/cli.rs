@@ -5,8 +5,9 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use clap::{Arg, ArgMatches, Args, FromArgMatches, Parser, Subcommand};
-use leasehold_config::{Config, KEYS};
+use leasehold_config::{Config, LogFormat, KEYS};
 use leasehold_node::Node;
+use sd_notify::NotifyState;
 use tracing_subscriber::EnvFilter;
 
 use crate::commands;
@@ -189,9 +190,12 @@ struct LocalClusterArgs {
 
 pub async fn run() -> i32 {
     let cli = Cli::parse();
-    init_tracing();
     let c = &cli.client;
+    if !matches!(cli.command, Command::Serve(_)) {
+        init_tracing(LogFormat::Text);
+    }
     match cli.command {
+        // `serve` sets up its logs once its config says in which format.
         Command::Serve(args) => serve(args).await,
         Command::LocalCluster(args) => local_cluster(args).await,
         Command::Lock(args) => commands::lock(c, args).await,
@@ -212,17 +216,23 @@ pub async fn run() -> i32 {
     }
 }
 
-fn init_tracing() {
+fn init_tracing(format: LogFormat) {
     let filter = std::env::var("LEASEHOLD_LOG")
         .ok()
         .and_then(|f| EnvFilter::try_new(f).ok())
         .unwrap_or_else(|| EnvFilter::new("info,openraft=warn"));
-    // Colour codes only on a terminal: a log file or journald gets plain text.
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        // Colour codes only on a terminal: a log file or journald gets plain text.
+        LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .try_init(),
+        // One JSON object per line: timestamp, level, target, fields (the message among
+        // them), the innermost span and the list of spans (node id, request, key).
+        LogFormat::Json => builder.json().with_span_list(true).try_init(),
+    };
 }
 
 async fn serve(args: ServeArgs) -> i32 {
@@ -230,6 +240,7 @@ async fn serve(args: ServeArgs) -> i32 {
         Ok(config) => config,
         Err(code) => return code,
     };
+    init_tracing(config.log.format);
     let started = match args.rejoin {
         true => Node::rejoin(config).await,
         false => Node::start(config).await,
@@ -252,6 +263,7 @@ async fn serve(args: ServeArgs) -> i32 {
         node.client_url(),
         node.peer_addr()
     );
+    let notifier = tokio::spawn(notify_when_ready(node.service()));
     // A storage fault stops the node's Raft core; the node keeps answering (503 naming the
     // disk) and probes its data directory. Once that is writable again, the process
     // restarts itself (same pid, arguments and environment) to reopen the data directory
@@ -260,12 +272,17 @@ async fn serve(args: ServeArgs) -> i32 {
         _ = serve_until_stopped(&node) => false,
         _ = node.storage_writable_again() => true,
     };
+    notifier.abort();
     if !storage_back {
         eprintln!("leasehold: shutting down");
+        let _ = sd_notify::notify(&[NotifyState::Stopping]);
         node.shutdown().await;
         return 0;
     }
     eprintln!("leasehold: the data directory is writable again; restarting this process");
+    let _ = sd_notify::notify(&[NotifyState::Status(
+        "restarting in place after a storage fault",
+    )]);
     let _ = tokio::time::timeout(Duration::from_secs(10), node.shutdown()).await;
     let err = restart_process();
     eprintln!(
@@ -273,6 +290,37 @@ async fn serve(args: ServeArgs) -> i32 {
          supervisor to start it again"
     );
     EXIT_RESTART
+}
+
+/// systemd's `Type=notify` (as etcd does): `READY=1` once the node is ready in the sense
+/// of `/readyz` (a leader is known and this node has applied its commit index), with a
+/// `STATUS=` line meanwhile; `STOPPING=1` is sent on shutdown. Nothing without
+/// `NOTIFY_SOCKET`.
+async fn notify_when_ready(service: leasehold_node::NodeService) {
+    use leasehold_api::LeaseService;
+    if std::env::var_os("NOTIFY_SOCKET").is_none() {
+        return;
+    }
+    let mut said_waiting = false;
+    loop {
+        match service.ready().await {
+            Ok(()) => {
+                if let Err(e) =
+                    sd_notify::notify(&[NotifyState::Ready, NotifyState::Status("ready")])
+                {
+                    tracing::warn!(error = %e, "cannot notify systemd (NOTIFY_SOCKET)");
+                }
+                return;
+            }
+            Err(e) if !said_waiting => {
+                let status = format!("waiting to be ready: {}", e.message);
+                let _ = sd_notify::notify(&[NotifyState::Status(&status)]);
+                said_waiting = true;
+            }
+            Err(_) => {}
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// The exit status that asks the supervisor for a restart (EX_TEMPFAIL).
