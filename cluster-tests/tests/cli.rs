@@ -732,3 +732,212 @@ async fn serve_logs_json_lines_when_asked() {
     assert_eq!(started["span"]["name"], "node", "{started}");
     assert!(started["fields"]["client_addr"].is_string(), "{started}");
 }
+
+async fn run_json(cmd: &mut Command) -> (i32, serde_json::Value, String) {
+    let out = cmd.output().await.expect("run leasehold");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let value = serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
+    (out.status.code().unwrap_or(-1), value, text)
+}
+
+/// The CLI covers the API: leases, lock history and wait, expired, semaphores, name
+/// registration and resignation, `status` with each member's lag, with `--json` and the
+/// documented exit statuses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_cli_covers_leases_histories_waits_semaphores_and_names() {
+    let cluster = TestCluster::start3().await.unwrap();
+    let client = Client::new([cluster.url(0)]).unwrap();
+    let lh = || leasehold(&cluster);
+
+    // Leases: grant, get, keepalive, revoke.
+    let (code, grant, text) = run_json(lh().args([
+        "--json", "leases", "grant", "--ttl", "10s", "--owner", "ops",
+    ]))
+    .await;
+    assert_eq!(code, 0, "{text}");
+    let id = grant["lease_id"].as_u64().expect("a lease id").to_string();
+    let (code, got, text) = run_json(lh().args(["--json", "leases", "get", &id])).await;
+    assert_eq!((code, got["owner"].as_str()), (0, Some("ops")), "{text}");
+    let (code, kept, text) = run_json(lh().args(["--json", "leases", "keepalive", &id])).await;
+    assert_eq!((code, kept["ttl_ms"].as_u64()), (0, Some(10_000)), "{text}");
+    let (code, revoked, text) = run_json(lh().args(["--json", "leases", "revoke", &id])).await;
+    assert_eq!(
+        (code, revoked["revoked"].as_bool()),
+        (0, Some(true)),
+        "{text}"
+    );
+    let (code, _, text) = run_json(lh().args(["leases", "get", &id])).await;
+    assert_eq!(code, 1, "a revoked lease is gone: {text}");
+
+    // A lock's wait (held: 75 after --wait; released: 0) and history.
+    let held = client
+        .acquire_lock(
+            "cli/k",
+            leasehold_api::wire::AcquireRequest {
+                owner: "alice".into(),
+                ttl_ms: Some(10_000),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let (code, _, text) = run_json(lh().args(["locks", "wait", "cli/k", "--wait", "300ms"])).await;
+    assert_eq!(code, NOT_ACQUIRED, "{text}");
+    assert!(text.contains("still held by alice"), "{text}");
+    let waiting = lh()
+        .args(["--json", "locks", "wait", "cli/k", "--wait", "10s"])
+        .output();
+    let release = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        client
+            .release_lock(
+                "cli/k",
+                leasehold_api::wire::ReleaseParams {
+                    owner: "alice".into(),
+                    token: held.token,
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+    };
+    let (out, ()) = tokio::join!(waiting, release);
+    let out = out.unwrap();
+    let waited: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(
+        (waited["released"].as_bool(), waited["reason"].as_str()),
+        (Some(true), Some("released"))
+    );
+    let (code, history, text) = run_json(lh().args(["--json", "locks", "history", "cli/k"])).await;
+    assert_eq!(code, 0, "{text}");
+    let events: Vec<&str> = history["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["event"].as_str())
+        .collect();
+    assert!(events.len() >= 2, "{history}");
+
+    // Expirations.
+    client
+        .acquire_lock(
+            "cli/short",
+            leasehold_api::wire::AcquireRequest {
+                owner: "gone".into(),
+                ttl_ms: Some(500),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let expired = wait_until(Duration::from_secs(10), || async {
+        let (_, v, _) = run_json(lh().args(["--json", "expired"])).await;
+        v["expired"]
+            .as_array()?
+            .iter()
+            .any(|e| e["key"] == "cli/short")
+            .then_some(())
+    })
+    .await;
+    assert!(expired.is_ok(), "the expiry is listed");
+
+    // Semaphores.
+    for owner in ["w1", "w2"] {
+        client
+            .acquire_semaphore(
+                "cli/pool",
+                leasehold_api::wire::SemaphoreAcquireRequest {
+                    owner: owner.into(),
+                    limit: 3,
+                    ttl_ms: Some(10_000),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+    }
+    let out = lh()
+        .args(["semaphores", "get", "cli/pool"])
+        .output()
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("2 of 3 slots held"), "{text}");
+    let (code, list, text) = run_json(lh().args(["--json", "semaphores", "ls"])).await;
+    assert_eq!(code, 0, "{text}");
+    assert_eq!(list["semaphores"][0]["key"], "cli/pool", "{list}");
+    let (code, _, text) = run_json(lh().args(["semaphores", "history", "cli/pool"])).await;
+    assert_eq!(code, 0, "{text}");
+    assert!(text.contains("owner=w1"), "{text}");
+
+    // Names: register, taken (75), resign, history.
+    let (code, reg, text) = run_json(lh().args([
+        "--json", "names", "register", "svc/db", "--value", "10.0.0.1", "--owner", "a", "--ttl",
+        "10s",
+    ]))
+    .await;
+    assert_eq!(code, 0, "{text}");
+    let token = reg["token"].as_u64().unwrap().to_string();
+    let (code, _, text) =
+        run_json(lh().args(["names", "register", "svc/db", "--owner", "b"])).await;
+    assert_eq!(code, NOT_ACQUIRED, "{text}");
+    let (code, _, text) = run_json(lh().args([
+        "names",
+        "resign",
+        "svc/db",
+        "--owner",
+        "a",
+        "--fencing-token",
+        &token,
+    ]))
+    .await;
+    assert_eq!(code, 0, "{text}");
+    let (code, _, text) = run_json(lh().args(["names", "history", "svc/db"])).await;
+    assert_eq!(code, 0, "{text}");
+    assert!(text.contains("owner=a"), "{text}");
+
+    // Status names each member's lag (the CLI finds the leader among the endpoints).
+    let out = lh().arg("status").output().await.unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert_eq!(text.matches("lag ").count(), 3, "{text}");
+    cluster.shutdown().await;
+}
+
+/// `leasehold completions SHELL` prints a script the shell accepts, knowing the commands.
+#[tokio::test]
+async fn completions_are_generated_for_bash_zsh_and_fish() {
+    for shell in ["bash", "zsh", "fish"] {
+        let out = Command::new(leasehold_bin())
+            .args(["completions", shell])
+            .output()
+            .await
+            .unwrap();
+        assert!(out.status.success(), "{shell}");
+        let script = String::from_utf8_lossy(&out.stdout);
+        for word in ["snapshot", "semaphores", "expired", "keepalive"] {
+            assert!(script.contains(word), "{shell} completion lacks {word}");
+        }
+    }
+    // bash parses its script.
+    let out = Command::new(leasehold_bin())
+        .args(["completions", "bash"])
+        .output()
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("leasehold.bash");
+    std::fs::write(&file, &out.stdout).unwrap();
+    let check = Command::new("bash")
+        .arg("-n")
+        .arg(&file)
+        .status()
+        .await
+        .unwrap();
+    assert!(check.success(), "bash -n rejects the completion script");
+}

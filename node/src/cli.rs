@@ -17,9 +17,11 @@ use crate::commands;
     name = "leasehold",
     version,
     about = "Locks, leases and leader election on a Raft cluster",
-    after_help = "Exit statuses of lock/elect: the command's own status; 75 if the lock was not \
-acquired within --wait; 76 if it was lost while the command ran (the command got SIGTERM, then \
-SIGKILL after --grace); 69 if no endpoint could serve; 2 for usage errors; 1 otherwise."
+    after_help = "Exit statuses: 0 on success; lock/elect -- CMD: the command's own status; 75 if \
+the lock or name was not acquired within --wait (also `names register` when taken, `locks wait` \
+when still held); 76 if it was lost while the command ran (the command got SIGTERM, then SIGKILL \
+after --grace); 69 if no endpoint could serve; 2 for usage errors; 1 otherwise. Every command \
+takes --json for scripts."
 )]
 struct Cli {
     #[command(flatten)]
@@ -46,9 +48,22 @@ enum Command {
     /// Inspect the name registry.
     #[command(subcommand)]
     Names(commands::NamesCommand),
-    /// Inspect leases.
+    /// Grant, keep alive, revoke and inspect leases.
     #[command(subcommand)]
     Leases(commands::LeasesCommand),
+    /// Inspect semaphores.
+    #[command(subcommand)]
+    Semaphores(commands::SemaphoresCommand),
+    /// The most recent expirations (locks, names and slots whose lease ran out).
+    Expired {
+        #[arg(long)]
+        limit: Option<usize>,
+    },
+    /// Print a shell completion script: `leasehold completions bash > /etc/bash_completion.d/leasehold`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
     /// Add or remove cluster members.
     #[command(subcommand)]
     Members(commands::MembersCommand),
@@ -204,6 +219,18 @@ pub async fn run() -> i32 {
         Command::Locks(cmd) => commands::locks(c, cmd).await,
         Command::Names(cmd) => commands::names(c, cmd).await,
         Command::Leases(cmd) => commands::leases(c, cmd).await,
+        Command::Semaphores(cmd) => commands::semaphores(c, cmd).await,
+        Command::Expired { limit } => commands::expired(c, limit).await,
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "leasehold",
+                &mut std::io::stdout(),
+            );
+            0
+        }
         Command::Members(cmd) => commands::members(c, cmd).await,
         Command::Snapshot(SnapshotCommand::Save { file }) => {
             commands::snapshot_save(c, &file).await

@@ -1,5 +1,6 @@
 //! The commands that read or change cluster state without holding anything: `status`,
-//! `locks ls|get|release`, `names ls|get [--watch]`, `leases ls`, `members add|remove`.
+//! `locks ls|get|release|history|wait`, `names ls|get [--watch]|register|resign|history`,
+//! `members add|remove` (the rest are in `admin`).
 
 use std::time::Duration;
 
@@ -20,6 +21,17 @@ pub enum LocksCommand {
     },
     /// Show one lock.
     Get { key: String },
+    /// A lock's recent events (acquired, released, expired, revoked, stolen), newest first.
+    History { key: String },
+    /// Wait until the lock is released (exit 0), or `--wait` runs out with it held (75).
+    Wait {
+        key: String,
+        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        wait: std::time::Duration,
+        /// Wait for the end of this hold only (a newer holder counts as released).
+        #[arg(long = "fencing-token")]
+        token: Option<u64>,
+    },
     /// Release a lock: yours (`--owner` and `--token`), or, with `--force`, whoever holds
     /// it (an operator's force release; admin only with auth). The next waiter gets it.
     Release {
@@ -52,15 +64,29 @@ pub enum NamesCommand {
         #[arg(long)]
         watch: bool,
     },
-}
-
-#[derive(Subcommand, Debug)]
-pub enum LeasesCommand {
-    /// List live leases.
-    Ls {
+    /// Register a name (or queue for it with --wait) under a new lease; prints the token
+    /// and lease id. Exit 75 if it is taken. `elect` keeps one alive while a command runs.
+    Register {
+        name: String,
         #[arg(long)]
-        limit: Option<usize>,
+        value: Option<String>,
+        #[arg(long)]
+        owner: Option<String>,
+        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        ttl: std::time::Duration,
+        #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+        wait: std::time::Duration,
     },
+    /// Resign a name you hold (the next candidate in line takes it).
+    Resign {
+        name: String,
+        #[arg(long)]
+        owner: String,
+        #[arg(long = "fencing-token")]
+        token: u64,
+    },
+    /// A name's recent events, newest first.
+    History { name: String },
 }
 
 #[derive(Subcommand, Debug)]
@@ -81,7 +107,24 @@ pub async fn status(client_args: &ClientArgs) -> i32 {
         Ok(c) => c,
         Err(code) => return code,
     };
-    match client.cluster_status().await {
+    let mut status = client.cluster_status().await;
+    // Replication lag is known on the leader: ask the endpoint that leads, if one does.
+    if let Ok(s) = &status {
+        if s.leader_id != Some(s.node_id) {
+            for endpoint in client_args.endpoints.split(',') {
+                let mut one = client_args.clone();
+                one.endpoints = endpoint.trim().to_string();
+                let Ok(c) = super::client(&one) else { continue };
+                if let Ok(l) = c.cluster_status().await {
+                    if l.leader_id == Some(l.node_id) {
+                        status = Ok(l);
+                        break;
+                    }
+                }
+            }
+        }
+    }
+    match status {
         Ok(s) => {
             print(client_args.json, &s, |s| {
                 println!(
@@ -95,9 +138,19 @@ pub async fn status(client_args: &ClientArgs) -> i32 {
                 if let Some(fault) = &s.storage_fault {
                     println!("  STORAGE FAULT: {fault}");
                 }
+                // Replication lag is known on the leader only: how many entries each
+                // member's log is behind the leader's commit index.
+                let leading = s.leader_id == Some(s.node_id);
                 for m in &s.members {
+                    let lag = match (leading, m.matched_index) {
+                        (true, Some(matched)) => {
+                            format!("lag {}", s.commit_index.saturating_sub(matched))
+                        }
+                        (true, None) => "lag unknown".to_string(),
+                        (false, _) => String::new(),
+                    };
                     println!(
-                        "  member {:<3} {:<22} {:<8} {}",
+                        "  member {:<3} {:<22} {:<8} {:<10} {}",
                         m.id,
                         m.addr,
                         if m.voter { "voter" } else { "learner" },
@@ -105,7 +158,13 @@ pub async fn status(client_args: &ClientArgs) -> i32 {
                             Some(true) => "reachable",
                             Some(false) => "lagging",
                             None => "",
-                        }
+                        },
+                        lag
+                    );
+                }
+                if !leading {
+                    println!(
+                        "  (replication lag is known on the leader; list it in --endpoints to see it)"
                     );
                 }
             });
@@ -160,6 +219,10 @@ pub async fn locks(client_args: &ClientArgs, cmd: LocksCommand) -> i32 {
             }
             Err(e) => fail(&format!("cannot read lock {key}"), &e),
         },
+        LocksCommand::History { key } => super::admin::lock_history(client_args, &key).await,
+        LocksCommand::Wait { key, wait, token } => {
+            super::admin::lock_wait(client_args, &key, wait, token).await
+        }
         LocksCommand::Release {
             key,
             owner,
@@ -239,6 +302,17 @@ pub async fn names(client_args: &ClientArgs, cmd: NamesCommand) -> i32 {
         NamesCommand::Get { name, watch: true } => {
             watch_name(&client, client_args.json, &name).await
         }
+        NamesCommand::Register {
+            name,
+            value,
+            owner,
+            ttl,
+            wait,
+        } => super::admin::name_register(client_args, &name, owner, value, ttl, wait).await,
+        NamesCommand::Resign { name, owner, token } => {
+            super::admin::name_resign(client_args, &name, owner, token).await
+        }
+        NamesCommand::History { name } => super::admin::name_history(client_args, &name).await,
     }
 }
 
@@ -283,34 +357,6 @@ async fn watch_name(client: &Client, json: bool, name: &str) -> i32 {
             }
             Err(e) => return fail(&format!("cannot watch {name}"), &e),
         }
-    }
-}
-
-pub async fn leases(client_args: &ClientArgs, cmd: LeasesCommand) -> i32 {
-    let client = match client(client_args) {
-        Ok(c) => c,
-        Err(code) => return code,
-    };
-    let LeasesCommand::Ls { limit } = cmd;
-    match client
-        .list_leases(LeaseListParams { limit, after: None })
-        .await
-    {
-        Ok(list) => {
-            print(client_args.json, &list, |list| {
-                if list.leases.is_empty() {
-                    println!("no live leases");
-                }
-                for l in &list.leases {
-                    println!(
-                        "lease {} owner={} ttl={}ms remaining={}ms locks={:?} names={:?}",
-                        l.lease_id, l.owner, l.ttl_ms, l.remaining_ms, l.locks, l.names
-                    );
-                }
-            });
-            0
-        }
-        Err(e) => fail("cannot list leases", &e),
     }
 }
 

@@ -17,17 +17,20 @@
 //!   by `elect -- CMD`.
 //! - `elect`: `elect`.
 //! - `inspect`: `status`, `locks`, `names` (with `--watch`), `leases`, `members`.
+//! - `admin`: `leases`, `expired`, `semaphores`, and what `inspect` hands on (histories,
+//!   waits, name registration).
 //! - `snapshot`: `snapshot save|status|restore` (backups).
 
+mod admin;
 mod elect;
 mod inspect;
 mod lock;
 mod snapshot;
 
+pub use self::admin::{expired, leases, semaphores, LeasesCommand, SemaphoresCommand};
 pub use self::elect::{elect, ElectArgs};
 pub use self::inspect::{
-    leases, locks, members, names, status, LeasesCommand, LocksCommand, MembersCommand,
-    NamesCommand,
+    locks, members, names, status, LocksCommand, MembersCommand, NamesCommand,
 };
 pub use self::lock::{lock, LockArgs};
 pub use self::snapshot::{snapshot_restore, snapshot_save, snapshot_status};
