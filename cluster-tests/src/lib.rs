@@ -39,6 +39,9 @@ pub struct ClusterOptions {
     /// (ids after the started nodes'), for tests of what nodes do with a member that is
     /// down or is not a leasehold peer at all.
     pub absent_members: Vec<SocketAddr>,
+    /// List the members by host name (`localhost:PORT`) and have each node advertise its
+    /// name, as a Kubernetes StatefulSet does with its pods' stable names.
+    pub host_names: bool,
 }
 
 impl Default for ClusterOptions {
@@ -49,6 +52,7 @@ impl Default for ClusterOptions {
             tweak: |_| {},
             tls: false,
             absent_members: Vec::new(),
+            host_names: false,
         }
     }
 }
@@ -82,16 +86,24 @@ impl TestCluster {
             .iter()
             .enumerate()
             .map(|(i, (_, peer))| -> anyhow::Result<Member> {
+                let bound = peer.local_addr()?;
+                let peer_addr = match options.host_names {
+                    // The name, not the address: resolved by every peer when it connects.
+                    true => format!("localhost:{}", bound.port())
+                        .parse()
+                        .map_err(anyhow::Error::msg)?,
+                    false => bound.into(),
+                };
                 Ok(Member {
                     id: i as u64 + 1,
-                    peer_addr: peer.local_addr()?,
+                    peer_addr,
                 })
             })
             .collect::<anyhow::Result<_>>()?;
         for (i, &peer_addr) in options.absent_members.iter().enumerate() {
             members.push(Member {
                 id: (options.nodes + i) as u64 + 1,
-                peer_addr,
+                peer_addr: peer_addr.into(),
             });
         }
         let certs = if options.tls {
@@ -115,6 +127,9 @@ impl TestCluster {
                 ..Config::default()
             };
             config.cluster.members = members.clone();
+            if options.host_names {
+                config.advertise_peer_addr = Some(members[i].peer_addr.clone());
+            }
             if let Some((_, certs)) = &certs {
                 config.tls.cert = Some(certs.nodes[i].0.clone());
                 config.tls.key = Some(certs.nodes[i].1.clone());

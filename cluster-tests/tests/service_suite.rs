@@ -452,3 +452,49 @@ async fn http_client_against_a_three_node_cluster_behaves() {
 fn s_id(what: &str) -> String {
     format!("suite-{what}")
 }
+
+/// Members listed by host name, each node advertising its name (as the Kubernetes
+/// StatefulSet in deploy/kubernetes does with its pods' stable names): the cluster
+/// bootstraps, elects, replicates, fails over, and its membership shows the names.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cluster_of_host_names_behaves_and_fails_over() {
+    let mut cluster = TestCluster::start(leasehold_cluster_tests::ClusterOptions {
+        host_names: true,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let client = Client::new([cluster.url(2), cluster.url(1), cluster.url(0)]).unwrap();
+    behaviour(&client).await;
+    let status = client.cluster_status().await.unwrap();
+    assert!(
+        status
+            .members
+            .iter()
+            .all(|m| m.addr.starts_with("localhost:")),
+        "{status:?}"
+    );
+    let leader = cluster
+        .wait_for_leader(Duration::from_secs(10))
+        .await
+        .unwrap();
+    cluster.kill(leader).await;
+    let next = cluster
+        .wait_for_leader(Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_ne!(next, leader);
+    let survivor = Client::new([cluster.url(next)]).unwrap();
+    survivor
+        .acquire_lock(
+            "after-failover",
+            AcquireRequest {
+                owner: "o".into(),
+                ttl_ms: Some(5_000),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("the two named members make a quorum");
+    cluster.shutdown().await;
+}

@@ -12,9 +12,11 @@ pub enum ValueKind {
     Integer { max: u64 },
     /// `ip:port`.
     Address,
+    /// `ip:port` or `host:port`.
+    HostPort,
     /// A non-empty path.
     Path,
-    /// A comma-separated `id=ip:port` list; an empty string is the empty list.
+    /// A comma-separated `id=host:port` list; an empty string is the empty list.
     Members,
     /// One of these words.
     Choice(&'static [&'static str]),
@@ -26,8 +28,9 @@ impl ValueKind {
         match self {
             ValueKind::Integer { .. } => "N",
             ValueKind::Address => "IP:PORT",
+            ValueKind::HostPort => "HOST:PORT",
             ValueKind::Path => "PATH",
-            ValueKind::Members => "ID=IP:PORT,...",
+            ValueKind::Members => "ID=HOST:PORT,...",
             ValueKind::Choice(_) => "WORD",
         }
     }
@@ -65,6 +68,7 @@ const U32: ValueKind = ValueKind::Integer {
     max: u32::MAX as u64,
 };
 const ADDRESS: ValueKind = ValueKind::Address;
+const HOST_PORT: ValueKind = ValueKind::HostPort;
 const PATH: ValueKind = ValueKind::Path;
 const MEMBERS: ValueKind = ValueKind::Members;
 const LOG_FORMAT: ValueKind = ValueKind::Choice(&["text", "json"]);
@@ -82,8 +86,10 @@ keys! {
     "node_id", "LEASEHOLD_NODE_ID", "--node-id", U64, "1", "this node's id in the cluster (> 0)";
     "client_addr", "LEASEHOLD_CLIENT_ADDR", "--client-addr", ADDRESS, "127.0.0.1:7070", "HTTP API listen address";
     "peer_addr", "LEASEHOLD_PEER_ADDR", "--peer-addr", ADDRESS, "127.0.0.1:7170", "Raft peer listen address";
+    "advertise_peer_addr", "LEASEHOLD_ADVERTISE_PEER_ADDR", "--advertise-peer-addr", HOST_PORT, "(peer_addr)", "where the other members reach this node (its cluster.members entry), when not peer_addr";
+    "advertise_client_addr", "LEASEHOLD_ADVERTISE_CLIENT_ADDR", "--advertise-client-addr", HOST_PORT, "(client_addr)", "the client address this node gives out, when not client_addr";
     "data_dir", "LEASEHOLD_DATA_DIR", "--data-dir", PATH, "(in-memory)", "directory for the durable Raft log; omit for in-memory";
-    "cluster.members", "LEASEHOLD_CLUSTER_MEMBERS", "--cluster-members", MEMBERS, "(lone node)", "initial members as id=ip:port,... (bootstrap only; empty: a cluster of one)";
+    "cluster.members", "LEASEHOLD_CLUSTER_MEMBERS", "--cluster-members", MEMBERS, "(lone node)", "initial members as id=host:port,... (bootstrap only; empty: a cluster of one)";
     "cluster.secret_file", "LEASEHOLD_CLUSTER_SECRET_FILE", "--cluster-secret-file", PATH, "(none)", "file with the secret that authenticates peer traffic";
     "cluster.peer_proxy", "LEASEHOLD_CLUSTER_PEER_PROXY", "--cluster-peer-proxy", ADDRESS, "(none)", "HTTP forward proxy (ip:port) for outgoing peer traffic";
     "raft.heartbeat_interval_ms", "LEASEHOLD_RAFT_HEARTBEAT_INTERVAL_MS", "--raft-heartbeat-interval-ms", U64, "50", "leader heartbeat period";
@@ -177,6 +183,10 @@ fn parse(kind: ValueKind, value: &str) -> Result<toml::Value, String> {
                 .map_err(|_| format!("expected <ip:port>, got {value:?}"))?;
             toml::Value::String(trimmed.to_string())
         }
+        ValueKind::HostPort => {
+            let addr: crate::PeerAddress = trimmed.parse()?;
+            toml::Value::String(addr.to_string())
+        }
         ValueKind::Path => {
             // Paths are taken as given (they may legitimately contain spaces); only an
             // empty one is refused, as it is almost always an unset shell variable.
@@ -234,6 +244,8 @@ mod tests {
         };
         c.cluster.secret_file = Some("/s".into());
         c.cluster.peer_proxy = Some("127.0.0.1:1".parse().unwrap());
+        c.advertise_peer_addr = Some("node-1.example:7170".parse().unwrap());
+        c.advertise_client_addr = Some("node-1.example:7070".parse().unwrap());
         c.auth.tokens_file = Some("/t".into());
         c.tls.cert = Some("/c".into());
         c.tls.key = Some("/k".into());
@@ -278,8 +290,9 @@ mod tests {
             let value = match k.kind {
                 ValueKind::Integer { .. } => "7",
                 ValueKind::Address => " 127.0.0.1:9 ",
+                ValueKind::HostPort => "leasehold-0.peers.example:7170",
                 ValueKind::Path => "/tmp/x y",
-                ValueKind::Members => "1=127.0.0.1:9, 2=127.0.0.1:10,",
+                ValueKind::Members => "1=127.0.0.1:9, 2=node-2.example:10,",
                 ValueKind::Choice(words) => words[words.len() - 1],
             };
             let mut table = toml::Table::new();
@@ -304,7 +317,9 @@ mod tests {
         let err = set(&mut t, info("data_dir"), "").unwrap_err();
         assert!(err.contains("empty"), "{err}");
         let err = set(&mut t, info("cluster.members"), "1=127.0.0.1:1,2").unwrap_err();
-        assert!(err.contains("<id>=<ip:port>"), "{err}");
+        assert!(err.contains("<id>=<host:port>"), "{err}");
+        let err = set(&mut t, info("advertise_peer_addr"), "bad_name:1").unwrap_err();
+        assert!(err.contains("<host:port>"), "{err}");
     }
 
     #[test]

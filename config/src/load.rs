@@ -288,7 +288,7 @@ client_ca = "/etc/leasehold/clients-ca.crt"
             assert!(matches!(err, ConfigError::Parse { .. }), "{text}: {err:?}");
         }
         let err = load_str("[cluster]\nmembers = [\"1:127.0.0.1:7101\"]", &[], &[]).unwrap_err();
-        assert!(err.to_string().contains("<id>=<ip:port>"), "{err}");
+        assert!(err.to_string().contains("<id>=<host:port>"), "{err}");
     }
 
     #[test]

@@ -22,6 +22,13 @@ pub struct Config {
     pub client_addr: SocketAddr,
     /// The Raft (peer) listener.
     pub peer_addr: SocketAddr,
+    /// The peer address the other members reach this node at, when it differs from where
+    /// it listens (`peer_addr` 0.0.0.0:7170 behind the name `leasehold-0.peers:7170`). It
+    /// must be this node's entry in `cluster.members`.
+    pub advertise_peer_addr: Option<PeerAddress>,
+    /// The client address this node gives out (in the membership, for `members add` and
+    /// `--rejoin`), when it differs from `client_addr`.
+    pub advertise_client_addr: Option<PeerAddress>,
     /// Where the Raft log and snapshots live (sled); `None` keeps everything in memory,
     /// and the node then recovers from its peers, not from disk.
     pub data_dir: Option<PathBuf>,
@@ -189,11 +196,93 @@ impl TlsConfig {
     }
 }
 
-/// One member of the initial cluster, written `"<id>=<ip:port>"` in the file, env and flags.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Where a peer is reached: `ip:port`, `[ipv6]:port` or `host:port` (a DNS name, such as
+/// a Kubernetes pod's stable name `leasehold-0.leasehold-peers:7170`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PeerAddress {
+    host: String,
+    port: u16,
+}
+
+impl PeerAddress {
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+}
+
+impl From<SocketAddr> for PeerAddress {
+    fn from(addr: SocketAddr) -> Self {
+        PeerAddress {
+            host: addr.ip().to_string(),
+            port: addr.port(),
+        }
+    }
+}
+
+impl FromStr for PeerAddress {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.trim();
+        if let Ok(addr) = s.parse::<SocketAddr>() {
+            return Ok(addr.into());
+        }
+        let shape = || format!("expected <ip:port> or <host:port>, got {s:?}");
+        let (host, port) = s.rsplit_once(':').ok_or_else(shape)?;
+        let port: u16 = port.parse().map_err(|_| shape())?;
+        // A DNS name: labels of letters, digits and hyphens, at most 253 characters.
+        let valid = !host.is_empty()
+            && host.len() <= 253
+            && host.split('.').all(|label| {
+                !label.is_empty()
+                    && label.len() <= 63
+                    && !label.starts_with('-')
+                    && !label.ends_with('-')
+                    && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+            });
+        if !valid {
+            return Err(shape());
+        }
+        Ok(PeerAddress {
+            host: host.to_ascii_lowercase(),
+            port,
+        })
+    }
+}
+
+impl std::fmt::Display for PeerAddress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
+impl Serialize for PeerAddress {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for PeerAddress {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// One member of the initial cluster, written `"<id>=<host:port>"` in the file, env and
+/// flags (an IP or a DNS name).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Member {
     pub id: u64,
-    pub peer_addr: SocketAddr,
+    pub peer_addr: PeerAddress,
 }
 
 impl FromStr for Member {
@@ -202,7 +291,7 @@ impl FromStr for Member {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let (id, addr) = s
             .split_once('=')
-            .ok_or_else(|| format!("expected \"<id>=<ip:port>\", got {s:?}"))?;
+            .ok_or_else(|| format!("expected \"<id>=<host:port>\", got {s:?}"))?;
         let id = id
             .trim()
             .parse()
@@ -210,7 +299,7 @@ impl FromStr for Member {
         let peer_addr = addr
             .trim()
             .parse()
-            .map_err(|_| format!("member address must be <ip:port>, got {:?}", addr.trim()))?;
+            .map_err(|e| format!("member address: {e}"))?;
         Ok(Member { id, peer_addr })
     }
 }
@@ -243,6 +332,8 @@ impl Default for Config {
             node_id: 1,
             client_addr: SocketAddr::from(([127, 0, 0, 1], 7070)),
             peer_addr: SocketAddr::from(([127, 0, 0, 1], 7170)),
+            advertise_peer_addr: None,
+            advertise_client_addr: None,
             data_dir: None,
             cluster: ClusterConfig::default(),
             raft: RaftConfig::default(),
@@ -255,6 +346,23 @@ impl Default for Config {
 }
 
 impl Config {
+    /// The peer address this node gives the others: `advertise_peer_addr`, else where it
+    /// listens (`bound`, the actual address once bound).
+    pub fn advertised_peer_addr(&self, bound: SocketAddr) -> String {
+        match &self.advertise_peer_addr {
+            Some(a) => a.to_string(),
+            None => bound.to_string(),
+        }
+    }
+
+    /// The client address this node gives out: `advertise_client_addr`, else `bound`.
+    pub fn advertised_client_addr(&self, bound: SocketAddr) -> String {
+        match &self.advertise_client_addr {
+            Some(a) => a.to_string(),
+            None => bound.to_string(),
+        }
+    }
+
     /// A single in-memory node on the default addresses (the `leasehold serve` default);
     /// the same as [`Config::default`].
     pub fn in_memory() -> Self {
@@ -361,7 +469,7 @@ mod tests {
         assert!("2:127.0.0.1:7102"
             .parse::<Member>()
             .unwrap_err()
-            .contains("<id>=<ip:port>"));
+            .contains("<id>=<host:port>"));
         assert!("x=127.0.0.1:7102"
             .parse::<Member>()
             .unwrap_err()

@@ -101,18 +101,39 @@ impl Config {
                 format!("must list this node (node_id = {})", self.node_id),
             ));
         };
-        // The other members reach this node at its entry's address, so it must be where
-        // this node listens (unless the port is left to the OS, see above).
-        if me.peer_addr != self.peer_addr && self.peer_addr.port() != 0 {
-            return Err(invalid(
+        // The other members reach this node at its entry's address: it must be the
+        // address this node advertises, or else where it listens (unless the port is left
+        // to the OS, see above).
+        match &self.advertise_peer_addr {
+            Some(advertised) if *advertised != me.peer_addr => Err(invalid(
+                "advertise_peer_addr",
+                format!(
+                    "must equal this node's address in cluster.members ({me}), got {advertised}"
+                ),
+            )),
+            Some(_) => Ok(()),
+            None if self.peer_addr.ip().is_unspecified() => Err(invalid(
                 "peer_addr",
                 format!(
-                    "must equal this node's address in cluster.members ({me}), got {}",
+                    "{} listens on every interface, so the other members cannot be told where \
+                     to reach it: set advertise_peer_addr to this node's entry in \
+                     cluster.members ({me})",
                     self.peer_addr
                 ),
-            ));
+            )),
+            None if me.peer_addr != self.peer_addr.into() && self.peer_addr.port() != 0 => {
+                Err(invalid(
+                    "peer_addr",
+                    format!(
+                        "must equal this node's address in cluster.members ({me}), got {} \
+                         (or set advertise_peer_addr to it, if this node is reached by another \
+                         name or address)",
+                        self.peer_addr
+                    ),
+                ))
+            }
+            None => Ok(()),
         }
-        Ok(())
     }
 }
 
@@ -283,6 +304,46 @@ mod tests {
             member("3=127.0.0.1:7103"),
         ];
         c
+    }
+
+    #[test]
+    fn members_may_be_host_names_reached_through_an_advertised_address() {
+        // A StatefulSet pod: binds every interface, advertises its stable name.
+        let mut c = three_nodes();
+        c.peer_addr = addr("0.0.0.0:7170");
+        c.cluster.members = vec![
+            member("1=leasehold-0.peers.ns.svc:7170"),
+            member("2=leasehold-1.peers.ns.svc:7170"),
+            member("3=leasehold-2.peers.ns.svc:7170"),
+        ];
+        let err = c.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("peer_addr") && err.contains("advertise_peer_addr"),
+            "{err}"
+        );
+        c.advertise_peer_addr = Some("leasehold-0.peers.ns.svc:7170".parse().unwrap());
+        c.validate().unwrap();
+        c.advertise_peer_addr = Some("leasehold-1.peers.ns.svc:7170".parse().unwrap());
+        let err = c.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("advertise_peer_addr") && err.contains("1=leasehold-0.peers.ns.svc:7170"),
+            "{err}"
+        );
+        // Names are checked for their shape, and compared case-insensitively.
+        for bad in [
+            "1=-bad.host:1",
+            "1=host_name:1",
+            "1=:7170",
+            "1=host:99999",
+            "1=a..b:1",
+        ] {
+            assert!(bad.parse::<Member>().is_err(), "{bad}");
+        }
+        assert_eq!(
+            member("1=Node-1.Example:7170"),
+            member("1=node-1.example:7170")
+        );
+        assert_eq!(member("1=[::1]:7170").to_string(), "1=[::1]:7170");
     }
 
     #[test]

@@ -217,8 +217,8 @@ impl Node {
         let node = Node::start(config.clone()).await?;
         let add = MembershipChange::Add {
             id: config.node_id,
-            peer_addr: node.peer_addr().to_string(),
-            client_addr: node.client_addr().to_string(),
+            peer_addr: config.advertised_peer_addr(node.peer_addr()),
+            client_addr: config.advertised_client_addr(node.client_addr()),
         };
         if let Err(e) = ask(add, change_timeout).await {
             node.shutdown().await;
@@ -447,8 +447,8 @@ impl Node {
                 [(
                     config.node_id,
                     PeerNode {
-                        peer_addr: peer_addr.to_string(),
-                        client_addr: client_addr.to_string(),
+                        peer_addr: config.advertised_peer_addr(peer_addr),
+                        client_addr: config.advertised_client_addr(client_addr),
                     },
                 )]
                 .into()

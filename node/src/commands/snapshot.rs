@@ -117,8 +117,8 @@ pub fn snapshot_restore(
         [(
             config.node_id,
             PeerNode {
-                peer_addr: config.peer_addr.to_string(),
-                client_addr: config.client_addr.to_string(),
+                peer_addr: config.advertised_peer_addr(config.peer_addr),
+                client_addr: config.advertised_client_addr(config.client_addr),
             },
         )]
         .into()
