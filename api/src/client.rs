@@ -1004,6 +1004,11 @@ impl LeaseService for Client {
         Ok(())
     }
 
+    async fn status_view(&self, params: StatusParams) -> Result<StatusView> {
+        let wait = params.wait_ms;
+        self.get("/v1/status", query(&params), wait).await
+    }
+
     async fn snapshot(&self) -> Result<Vec<u8>> {
         // A large state takes a while to encode and send: allow five request timeouts.
         let wait_ms = (self.inner.request_timeout * 4).as_millis() as u64;

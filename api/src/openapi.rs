@@ -65,6 +65,8 @@ use crate::wire::*;
     NameList,
     MemberStatus,
     ClusterStatus,
+    StatusView,
+    StatusSample,
     ErrorCode,
     ApiError,
     Envelope,

@@ -120,6 +120,7 @@ pub fn router_with_auth(
             get(lock_get).post(lock_post).delete(lock_delete),
         )
         .route("/v1/expired", get(expired))
+        .route("/v1/status", get(status))
         .route("/v1/semaphores", get(list_semaphores))
         .route(
             "/v1/semaphores/{*key}",
@@ -415,6 +416,14 @@ async fn list_locks(Api(s): Api, QueryParams(p): QueryParams<ListParams>) -> Res
 
 async fn expired(Api(s): Api, QueryParams(p): QueryParams<ExpiredParams>) -> Response {
     reply(deadline(&s.limits, None, s.service.expired(p)).await)
+}
+
+async fn status(Api(s): Api, QueryParams(p): QueryParams<StatusParams>) -> Response {
+    let wait = p.wait_ms;
+    match deadline(&s.limits, wait, s.service.status_view(p)).await {
+        Ok(view) => with_index(&view, view.index),
+        Err(e) => e.into_response(),
+    }
 }
 
 // ----- semaphores -----

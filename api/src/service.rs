@@ -73,6 +73,8 @@ pub trait LeaseService: Send + Sync + 'static {
     /// A backup of the whole state, consistent as of a linearizable read (admin only): the
     /// file `leasehold snapshot save` writes (`leasehold_raft::backup`).
     async fn snapshot(&self) -> Result<Vec<u8>>;
+    /// What the status page shows (a blocking query on the applied index).
+    async fn status_view(&self, params: StatusParams) -> Result<StatusView>;
     /// Hears every request the HTTP router served: its method, route template (never the
     /// key), status and duration. The node's metrics; the default does nothing.
     fn observe_request(
@@ -136,4 +138,5 @@ forward_arc! {
     fn ready(&self) -> Result<()>;
     fn metrics_text(&self) -> String;
     fn snapshot(&self) -> Result<Vec<u8>>;
+    fn status_view(&self, params: StatusParams) -> Result<StatusView>;
 }

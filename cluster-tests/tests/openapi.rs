@@ -302,6 +302,11 @@ async fn the_description_matches_what_the_cluster_serves() {
         .call("GET", "/v1/cluster/snapshot", "/v1/cluster/snapshot", None)
         .await;
     assert_eq!(status, 200);
+    let (status, view) = c
+        .call("GET", "/v1/status", "/v1/status?index=1&wait_ms=10", None)
+        .await;
+    assert_eq!(status, 200);
+    assert!(view["locks"].is_array(), "{view}");
 
     // Every documented operation was exercised.
     let documented: BTreeSet<String> = c.doc["paths"]

@@ -159,6 +159,7 @@ impl Core {
         let election_timeout_max = Duration::from_millis(config.raft.election_timeout_max_ms);
         let storage_fault = watch_storage(&raft, config, tracker, cancel);
         watch_leader(&raft, metrics.clone(), tracker, cancel);
+        sample_for_charts(shared.clone(), metrics.clone(), tracker, cancel);
         let proposer = ProposerHandle::spawn(
             raft.clone(),
             ProposerSettings {
@@ -346,6 +347,23 @@ impl Core {
         }
     }
 
+    /// Each member's reachability and replication lag (entries behind the commit index),
+    /// as this node sees them: known on the leader only.
+    pub(crate) async fn member_health(&self) -> Vec<(NodeId, Option<bool>, Option<u64>)> {
+        let view = self.cluster_view();
+        let commit = self.commit_index().await.unwrap_or(view.applied_index);
+        view.members
+            .iter()
+            .map(|m| {
+                let lag = match (view.leading, m.matched_index) {
+                    (true, Some(matched)) => Some(commit.saturating_sub(matched)),
+                    _ => None,
+                };
+                (m.id, m.reachable, lag)
+            })
+            .collect()
+    }
+
     /// The leader as this node sees it: `Ok(None)` means "this node".
     fn leader_route(&self) -> Result<Option<(NodeId, String)>, Option<NodeId>> {
         let m = self.raft.metrics();
@@ -482,6 +500,9 @@ impl Core {
             ForwardRequest::Initialized => Ok(ForwardResponse::Initialized(
                 self.raft.is_initialized().await.unwrap_or(false),
             )),
+            ForwardRequest::MemberHealth => {
+                Ok(ForwardResponse::MemberHealth(self.member_health().await))
+            }
             ForwardRequest::MemberRecord(node) => {
                 let member = self
                     .raft
@@ -770,6 +791,39 @@ impl Core {
 
 fn unexpected(response: ForwardResponse) -> CoreError {
     CoreError::Unavailable(format!("unexpected reply from the leader: {response:?}"))
+}
+
+/// Every [`SAMPLE_EVERY`](crate::metrics::SAMPLE_EVERY), a sample for the status page's
+/// charts: grant and handoff rates as this node applied them, and its write p99.
+fn sample_for_charts(
+    shared: Arc<SharedState>,
+    metrics: Arc<Metrics>,
+    tracker: &TaskTracker,
+    cancel: &CancellationToken,
+) {
+    let cancel = cancel.clone();
+    tracker.spawn(
+        async move {
+            let mut every = tokio::time::interval(crate::metrics::SAMPLE_EVERY);
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = every.tick() => {}
+                }
+                let counts = shared.read(|s| s.counts());
+                let now_ms = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as u64);
+                metrics.sample(
+                    now_ms,
+                    counts.grants.iter().sum(),
+                    counts.handoffs.iter().sum(),
+                );
+            }
+        }
+        .in_current_span(),
+    );
 }
 
 /// Count the leader changes this node sees (`leasehold_raft_leader_changes_seen_total`,

@@ -38,6 +38,29 @@ const LATENCY_BUCKETS: &[f64] = &[
     5.0, 10.0,
 ];
 
+/// How many chart samples the status page gets: 5 minutes at one every 2 s.
+const SERIES_LEN: usize = 150;
+/// How often the status page's charts get a sample.
+pub(crate) const SAMPLE_EVERY: Duration = Duration::from_secs(2);
+
+/// One point of the status page's charts.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Sample {
+    pub at_ms: u64,
+    pub grants_per_s: f64,
+    pub handoffs_per_s: f64,
+    pub p99_ms: Option<f64>,
+}
+
+/// What the previous sample read, to take differences from.
+struct LastRead {
+    at: std::time::Instant,
+    grants: u64,
+    handoffs: u64,
+    /// Cumulative counts of the write-latency buckets.
+    buckets: Vec<u64>,
+}
+
 /// One node's metrics.
 pub(crate) struct Metrics {
     registry: Registry,
@@ -57,6 +80,7 @@ pub(crate) struct Metrics {
     expired: IntCounter,
     gauges: Gauges,
     batching: Batching,
+    series: std::sync::Mutex<(std::collections::VecDeque<Sample>, Option<LastRead>)>,
 }
 
 struct Gauges {
@@ -319,8 +343,74 @@ impl Metrics {
             ),
             gauges,
             batching,
+            series: std::sync::Mutex::new((std::collections::VecDeque::new(), None)),
             registry: r,
         }
+    }
+
+    /// Cumulative counts of the latency buckets of the writes this node served (every
+    /// route, methods that change state).
+    fn write_buckets(&self) -> Vec<u64> {
+        use prometheus::core::Collector;
+        let mut sums = vec![0u64; LATENCY_BUCKETS.len()];
+        for family in self.http_duration.collect() {
+            for metric in family.get_metric() {
+                let write = metric.get_label().iter().any(|l| {
+                    l.name() == "method" && matches!(l.value(), "POST" | "PUT" | "PATCH" | "DELETE")
+                });
+                if !write {
+                    continue;
+                }
+                for (sum, bucket) in sums.iter_mut().zip(metric.get_histogram().get_bucket()) {
+                    *sum += bucket.cumulative_count();
+                }
+            }
+        }
+        sums
+    }
+
+    /// Take a chart sample now: rates of grants and handoffs (the totals this node
+    /// applied) and the write p99 since the previous sample.
+    pub(crate) fn sample(&self, now_ms: u64, grants: u64, handoffs: u64) {
+        let buckets = self.write_buckets();
+        let now = std::time::Instant::now();
+        let mut guard = self.series.lock().expect("series lock");
+        let (series, last) = &mut *guard;
+        if let Some(prev) = last.as_ref() {
+            let secs = now.duration_since(prev.at).as_secs_f64().max(0.001);
+            let rate = |now: u64, before: u64| now.saturating_sub(before) as f64 / secs;
+            let deltas: Vec<u64> = buckets
+                .iter()
+                .zip(&prev.buckets)
+                .map(|(n, p)| n.saturating_sub(*p))
+                .collect();
+            series.push_back(Sample {
+                at_ms: now_ms,
+                grants_per_s: rate(grants, prev.grants),
+                handoffs_per_s: rate(handoffs, prev.handoffs),
+                p99_ms: quantile(&deltas, 0.99).map(|s| s * 1000.0),
+            });
+            while series.len() > SERIES_LEN {
+                series.pop_front();
+            }
+        }
+        *last = Some(LastRead {
+            at: now,
+            grants,
+            handoffs,
+            buckets,
+        });
+    }
+
+    /// The chart samples, oldest first.
+    pub(crate) fn series(&self) -> Vec<Sample> {
+        self.series
+            .lock()
+            .expect("series lock")
+            .0
+            .iter()
+            .copied()
+            .collect()
     }
 
     /// Count a long-poll in flight until the guard is dropped.
@@ -385,5 +475,56 @@ pub(crate) struct LongPoll(IntGauge);
 impl Drop for LongPoll {
     fn drop(&mut self) {
         self.0.dec();
+    }
+}
+
+/// The `q` quantile of a histogram given as cumulative bucket counts over
+/// [`LATENCY_BUCKETS`] (in seconds), interpolated within its bucket as Prometheus's
+/// `histogram_quantile` does; `None` when nothing was observed. Past the last bucket it
+/// is the last bound.
+fn quantile(cumulative: &[u64], q: f64) -> Option<f64> {
+    let total = *cumulative.last()?;
+    if total == 0 {
+        return None;
+    }
+    let rank = q * total as f64;
+    let mut below = 0u64;
+    let mut lower = 0.0;
+    for (count, &upper) in cumulative.iter().zip(LATENCY_BUCKETS) {
+        if *count as f64 >= rank {
+            let in_bucket = (*count - below) as f64;
+            let share = if in_bucket > 0.0 {
+                (rank - below as f64) / in_bucket
+            } else {
+                1.0
+            };
+            return Some(lower + (upper - lower) * share);
+        }
+        below = *count;
+        lower = upper;
+    }
+    Some(lower)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantiles_interpolate_within_the_bucket() {
+        assert_eq!(quantile(&vec![0; LATENCY_BUCKETS.len()], 0.99), None);
+        // 100 observations, all in the (0.001, 0.0025] bucket.
+        let mut c = vec![0u64; LATENCY_BUCKETS.len()];
+        for (i, b) in LATENCY_BUCKETS.iter().enumerate() {
+            if *b >= 0.0025 {
+                c[i] = 100;
+            }
+        }
+        let p99 = quantile(&c, 0.99).unwrap();
+        assert!(p99 > 0.001 && p99 <= 0.0025, "{p99}");
+        // Everything past the last bucket: the last bound.
+        let mut beyond = vec![0u64; LATENCY_BUCKETS.len()];
+        beyond[LATENCY_BUCKETS.len() - 1] = 0;
+        assert_eq!(quantile(&beyond, 0.5), None);
     }
 }

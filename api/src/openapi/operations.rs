@@ -26,6 +26,7 @@ pub enum QueryKind {
     List,
     LeaseList,
     Expired,
+    Status,
 }
 
 impl QueryKind {
@@ -39,6 +40,7 @@ impl QueryKind {
             QueryKind::List => ListParams::into_params(query),
             QueryKind::LeaseList => LeaseListParams::into_params(query),
             QueryKind::Expired => ExpiredParams::into_params(query),
+            QueryKind::Status => StatusParams::into_params(query),
         }
     }
 }
@@ -395,6 +397,16 @@ pub const OPERATIONS: &[Operation] = &[
         200,
         Json("ClusterStatus"),
         &[404, 409],
+    ),
+    op(
+        "GET",
+        "/v1/status",
+        "What the status page shows: members, held locks, names and semaphores with their \
+         queues, recent expirations and rate samples; a blocking query on the applied index",
+        Input::Query(QueryKind::Status),
+        200,
+        Json("StatusView"),
+        &[],
     ),
     op(
         "GET",

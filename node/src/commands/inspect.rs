@@ -142,12 +142,10 @@ pub async fn status(client_args: &ClientArgs) -> i32 {
                 // member's log is behind the leader's commit index.
                 let leading = s.leader_id == Some(s.node_id);
                 for m in &s.members {
-                    let lag = match (leading, m.matched_index) {
-                        (true, Some(matched)) => {
-                            format!("lag {}", s.commit_index.saturating_sub(matched))
-                        }
+                    let lag = match (leading, m.lag) {
+                        (_, Some(lag)) => format!("lag {lag}"),
                         (true, None) => "lag unknown".to_string(),
-                        (false, _) => String::new(),
+                        (false, None) => String::new(),
                     };
                     println!(
                         "  member {:<3} {:<22} {:<8} {:<10} {}",

@@ -28,7 +28,9 @@ use crate::error::CoreError;
 /// a stale one reports `CommandResult::StaleExpiry`.
 /// 5: members record their data directory's identity (`Command::RecordIncarnation`), and
 /// a member starting empty asks the others for it (`ForwardRequest::MemberRecord`).
-pub const PEER_PROTOCOL_VERSION: u8 = 5;
+/// 6: the leader's view of its members for a follower's status page
+/// (`ForwardRequest::MemberHealth`).
+pub const PEER_PROTOCOL_VERSION: u8 = 6;
 
 /// Every request one node sends another.
 #[derive(Debug, Serialize, Deserialize)]

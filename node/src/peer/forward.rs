@@ -32,6 +32,9 @@ pub(crate) enum ForwardRequest {
     /// the asked node's view, and which data-directory identity did it record? Answered
     /// from the asked node's own state (no leader needed).
     MemberRecord(NodeId),
+    /// The leader's view of every member: reachability and replication lag (the status
+    /// page of a follower shows them).
+    MemberHealth,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -49,6 +52,8 @@ pub(crate) enum ForwardResponse {
         member: bool,
         incarnation: Option<u64>,
     },
+    /// Per member: id, reachable, entries behind the leader's commit index.
+    MemberHealth(Vec<(NodeId, Option<bool>, Option<u64>)>),
     Done,
 }
 

@@ -12,10 +12,16 @@ use crate::peer::MembershipChange;
 impl NodeService {
     pub(super) async fn cluster_status_impl(&self) -> Result<ClusterStatus, ApiError> {
         let view = self.core.cluster_view();
+        let commit_index = self.core.commit_index().await.unwrap_or(view.applied_index);
+        let leading = view.leading;
         let members = view
             .members
             .into_iter()
             .map(|m| MemberStatus {
+                lag: match (leading, m.matched_index) {
+                    (true, Some(matched)) => Some(commit_index.saturating_sub(matched)),
+                    _ => None,
+                },
                 id: m.id,
                 addr: m.peer_addr,
                 client_addr: m.client_addr,
@@ -29,7 +35,7 @@ impl NodeService {
             node_id: view.node_id,
             leader_id: view.leader_id,
             term: view.term,
-            commit_index: self.core.commit_index().await.unwrap_or(view.applied_index),
+            commit_index,
             applied_index: view.applied_index,
             members,
             storage_fault: self.core.storage_fault().borrow().clone(),
@@ -75,6 +81,105 @@ impl NodeService {
         })
         .await
         .map_err(|e| ApiError::new(leasehold_api::ErrorCode::Internal, e.to_string()))
+    }
+
+    /// What the status page shows. A blocking query: with `index`, wait (up to `wait_ms`,
+    /// at most `limits.max_wait_ms`) until this node has applied past it. Held resources
+    /// come from this node's state after a linearizable barrier, through the same list
+    /// and read paths as their own routes (so a principal sees only its prefixes).
+    pub(super) async fn status_view_impl(
+        &self,
+        params: StatusParams,
+    ) -> Result<StatusView, ApiError> {
+        let wait_ms = params.wait_ms.unwrap_or(0);
+        if wait_ms > self.limits.max_wait_ms {
+            return Err(ApiError::new(
+                leasehold_api::ErrorCode::InvalidArgument,
+                format!(
+                    "wait_ms: must be at most {} (limits.max_wait_ms), got {wait_ms}",
+                    self.limits.max_wait_ms
+                ),
+            ));
+        }
+        if let Some(index) = params.index {
+            let _in_flight = self.core.metrics().long_poll();
+            let deadline = tokio::time::Instant::now() + std::time::Duration::from_millis(wait_ms);
+            let mut applied = self.core.subscribe_applied();
+            while *applied.borrow_and_update() <= index {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(deadline) => break,
+                    changed = applied.changed() => if changed.is_err() { break },
+                }
+            }
+        }
+        self.barrier(false).await?;
+        let index = self.core.shared().applied_index();
+        let page = |prefix: Option<String>| ListParams {
+            prefix,
+            limit: Some(100),
+            after: None,
+        };
+        let stale = ReadParams {
+            stale: Some(true),
+            ..Default::default()
+        };
+        let mut locks = Vec::new();
+        for l in self.list_locks_impl(page(None)).await?.locks {
+            if let Ok(state) = self.get_lock_impl(&l.key, stale.clone()).await {
+                locks.push(state);
+            }
+        }
+        let mut names = Vec::new();
+        for n in self.list_names_impl(page(None)).await?.names {
+            if let Ok(state) = self.get_name_impl(&n.name, stale.clone()).await {
+                names.push(state);
+            }
+        }
+        let semaphores = self.list_semaphores_impl(page(None)).await?.semaphores;
+        let expired = self
+            .expired_impl(ExpiredParams { limit: Some(20) })
+            .await?
+            .expired;
+        let series = self
+            .core
+            .metrics()
+            .series()
+            .into_iter()
+            .map(|s| StatusSample {
+                at_ms: s.at_ms,
+                grants_per_s: s.grants_per_s,
+                handoffs_per_s: s.handoffs_per_s,
+                p99_ms: s.p99_ms,
+            })
+            .collect();
+        let mut cluster = self.cluster_status_impl().await?;
+        if cluster.leader_id.is_some() && cluster.leader_id != Some(cluster.node_id) {
+            // Reachability and lag are the leader's to know: ask it (briefly).
+            let asked = self
+                .core
+                .on_leader_within(
+                    crate::peer::ForwardRequest::MemberHealth,
+                    std::time::Duration::from_millis(500),
+                )
+                .await;
+            if let Ok(crate::peer::ForwardResponse::MemberHealth(health)) = asked {
+                for m in &mut cluster.members {
+                    if let Some((_, reachable, lag)) = health.iter().find(|h| h.0 == m.id) {
+                        m.reachable = *reachable;
+                        m.lag = *lag;
+                    }
+                }
+            }
+        }
+        Ok(StatusView {
+            index,
+            cluster,
+            locks,
+            names,
+            semaphores,
+            expired,
+            series,
+        })
     }
 
     /// The Prometheus text exposition (`node::metrics`), with what is read at scrape time.

@@ -403,6 +403,10 @@ impl LeaseService for NodeService {
             .metrics()
             .observe_http(method, route, status, elapsed);
     }
+    async fn status_view(&self, params: StatusParams) -> Result<StatusView, ApiError> {
+        self.allow(Role::Read, "reading the status page")?;
+        self.status_view_impl(params).await
+    }
     async fn snapshot(&self) -> Result<Vec<u8>, ApiError> {
         self.allow(Role::Admin, "saving a snapshot of the whole state")?;
         self.snapshot_impl().await
