@@ -75,6 +75,13 @@ struct Components;
 
 /// The API description.
 pub fn openapi() -> OpenApi {
+    openapi_for(true)
+}
+
+/// The description of a node with `[auth]` (`auth`: bearer tokens, 401 and 403 on every
+/// `/v1` operation) or without (neither): a node serves the one that is true of it, so a
+/// client generated from it, or a fuzzer, sees what the node does.
+pub fn openapi_for(auth: bool) -> OpenApi {
     OpenApiBuilder::new()
         .info(
             InfoBuilder::new()
@@ -86,15 +93,18 @@ pub fn openapi() -> OpenApi {
                 ))
                 .build(),
         )
-        .paths(paths::paths())
+        .paths(paths::paths(auth))
         .components(Components::openapi().components.map(|mut components| {
+            if !auth {
+                return components;
+            }
             components.add_security_scheme(
                 paths::BEARER,
                 SecurityScheme::Http(
                     HttpBuilder::new()
                         .scheme(HttpAuthScheme::Bearer)
                         .description(Some(
-                            "when the node has [auth]: a token from its tokens_file                              (SPEC §5 \"Auth\"); /healthz, /readyz, /metrics, /openapi.json                              and / need none",
+                            "when the node has [auth]: a token from its tokens_file (SPEC §5 \"Auth\"); /healthz, /readyz, /metrics, /openapi.json and / need none",
                         ))
                         .build(),
                 ),
@@ -107,6 +117,20 @@ pub fn openapi() -> OpenApi {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_bearer_scheme_and_its_errors_appear_only_with_auth() {
+        let doc = |auth| serde_json::to_value(openapi_for(auth)).unwrap();
+        let (with, without) = (doc(true), doc(false));
+        let op = |d: &serde_json::Value| d["paths"]["/v1/locks/{key}"]["post"].clone();
+        assert!(with["components"]["securitySchemes"][paths::BEARER].is_object());
+        assert!(op(&with)["security"].is_array());
+        assert!(op(&with)["responses"]["401"].is_object());
+        assert!(without["components"]["securitySchemes"].is_null());
+        assert!(op(&without)["security"].is_null());
+        assert!(op(&without)["responses"]["401"].is_null());
+        assert!(op(&without)["responses"]["400"].is_object());
+    }
 
     #[test]
     fn every_schema_an_operation_names_is_a_component() {

@@ -276,10 +276,14 @@ async fn metrics(Api(s): Api) -> Response {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 
-async fn openapi_json() -> Response {
-    static DOC: std::sync::OnceLock<Result<String, String>> = std::sync::OnceLock::new();
-    let doc = DOC.get_or_init(|| {
-        crate::openapi::openapi()
+async fn openapi_json(State(s): State<AppState>) -> Response {
+    type Doc = std::sync::OnceLock<Result<String, String>>;
+    static WITH_AUTH: Doc = std::sync::OnceLock::new();
+    static WITHOUT_AUTH: Doc = std::sync::OnceLock::new();
+    let auth = s.auth.is_some();
+    let cell = if auth { &WITH_AUTH } else { &WITHOUT_AUTH };
+    let doc = cell.get_or_init(|| {
+        crate::openapi::openapi_for(auth)
             .to_pretty_json()
             .map_err(|e| e.to_string())
     });

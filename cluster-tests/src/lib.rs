@@ -373,6 +373,20 @@ pub async fn free_addr() -> anyhow::Result<SocketAddr> {
     bail!("no fresh loopback port after 1000 tries")
 }
 
+/// An acquire by `owner` under a new `ttl_ms` lease, queueing for `wait_ms` if given.
+pub fn acquire_request(
+    owner: &str,
+    ttl_ms: u64,
+    wait_ms: Option<u64>,
+) -> leasehold_api::wire::AcquireRequest {
+    leasehold_api::wire::AcquireRequest {
+        owner: owner.into(),
+        ttl_ms: Some(ttl_ms),
+        wait_ms,
+        ..Default::default()
+    }
+}
+
 /// Poll `check` every few milliseconds until it returns `Some`, or fail after `timeout`.
 pub async fn wait_until<T, F, Fut>(timeout: Duration, mut check: F) -> anyhow::Result<T>
 where

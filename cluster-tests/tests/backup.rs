@@ -59,11 +59,7 @@ fn restore(file: &Path, dir: &Path, id: usize, members: &str) -> Output {
 }
 
 fn acquire(owner: &str, ttl_ms: u64) -> AcquireRequest {
-    AcquireRequest {
-        owner: owner.into(),
-        ttl_ms: Some(ttl_ms),
-        ..Default::default()
-    }
+    leasehold_cluster_tests::acquire_request(owner, ttl_ms, None)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

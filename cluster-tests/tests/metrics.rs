@@ -9,9 +9,11 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use leasehold_api::wire::{AcquireRequest, ExtendRequest, ReadParams, ReleaseParams};
+use leasehold_api::wire::{ExtendRequest, ReadParams, ReleaseParams};
 use leasehold_api::{Client, LeaseService};
-use leasehold_cluster_tests::{wait_until, ClusterOptions, TestCluster};
+use leasehold_cluster_tests::{
+    acquire_request as acquire, wait_until, ClusterOptions, TestCluster,
+};
 
 /// The value of the first series of `name` whose labels include every pair of `labels`.
 fn value(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
@@ -58,15 +60,6 @@ fn promtool() -> PathBuf {
 
 fn rules_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/prometheus")
-}
-
-fn acquire(owner: &str, ttl_ms: u64, wait_ms: Option<u64>) -> AcquireRequest {
-    AcquireRequest {
-        owner: owner.into(),
-        ttl_ms: Some(ttl_ms),
-        wait_ms,
-        ..Default::default()
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

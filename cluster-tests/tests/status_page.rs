@@ -11,11 +11,9 @@ use std::time::{Duration, Instant};
 
 use headless_chrome::protocol::cdp::Page::CaptureScreenshotFormatOption;
 use headless_chrome::{Browser, LaunchOptions, Tab};
-use leasehold_api::wire::{
-    AcquireRequest, ReadParams, RegisterRequest, ReleaseParams, SemaphoreAcquireRequest,
-};
+use leasehold_api::wire::{ReadParams, RegisterRequest, ReleaseParams, SemaphoreAcquireRequest};
 use leasehold_api::{Client, LeaseService};
-use leasehold_cluster_tests::{wait_until, TestCluster};
+use leasehold_cluster_tests::{acquire_request as acquire, wait_until, TestCluster};
 
 fn chromium() -> PathBuf {
     let path = PathBuf::from("/usr/bin/chromium");
@@ -66,15 +64,6 @@ fn screenshot(tab: &Tab, name: &str) {
         .capture_screenshot(CaptureScreenshotFormatOption::Png, None, None, true)
         .unwrap();
     std::fs::write(dir.join(name), png).unwrap();
-}
-
-fn acquire(owner: &str, ttl_ms: u64, wait_ms: Option<u64>) -> AcquireRequest {
-    AcquireRequest {
-        owner: owner.into(),
-        ttl_ms: Some(ttl_ms),
-        wait_ms,
-        ..Default::default()
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
