@@ -74,6 +74,52 @@ use crate::wire::*;
 struct Components;
 
 /// The API description.
+/// The methods the document lists for the operation `path` (a request path) belongs to, in
+/// the table's order, or `None` for a path it does not describe. Paths are matched against
+/// the templates of [`OPERATIONS`]: `{id}` is one segment; `{key}` and `{name}` are one or
+/// more, and an action suffix (`/extend`, `/wait`, `/history`) makes the more specific
+/// template win. The router answers any other method with 405 and exactly these in
+/// `Allow`, so the document and the server agree on every route.
+pub fn documented_methods(path: &str) -> Option<Vec<&'static str>> {
+    let mut best: Option<(usize, &'static str)> = None;
+    for o in OPERATIONS {
+        let Some(specificity) = template_matches(o.path, path) else {
+            continue;
+        };
+        if best.is_none_or(|(s, _)| specificity > s) {
+            best = Some((specificity, o.path));
+        }
+    }
+    let (_, template) = best?;
+    Some(
+        OPERATIONS
+            .iter()
+            .filter(|o| o.path == template)
+            .map(|o| o.method)
+            .collect(),
+    )
+}
+
+/// Does `template` match `path`? `Some(length of its fixed text)` (longer is more
+/// specific) if so.
+fn template_matches(template: &str, path: &str) -> Option<usize> {
+    let Some(open) = template.find('{') else {
+        return (template == path).then_some(template.len());
+    };
+    let close = template[open..].find('}')? + open;
+    let (prefix, param, suffix) = (
+        &template[..open],
+        &template[open + 1..close],
+        &template[close + 1..],
+    );
+    let value = path.strip_prefix(prefix)?.strip_suffix(suffix)?;
+    let ok = match param {
+        "id" => !value.is_empty() && !value.contains('/'),
+        _ => !value.is_empty(),
+    };
+    ok.then_some(prefix.len() + suffix.len())
+}
+
 pub fn openapi() -> OpenApi {
     openapi_for(true)
 }
@@ -130,6 +176,26 @@ mod tests {
         assert!(op(&without)["security"].is_null());
         assert!(op(&without)["responses"]["401"].is_null());
         assert!(op(&without)["responses"]["400"].is_object());
+    }
+
+    #[test]
+    fn every_path_gets_exactly_its_documented_methods() {
+        assert_eq!(
+            documented_methods("/v1/locks/a/b").unwrap(),
+            vec!["POST", "GET", "DELETE"]
+        );
+        assert_eq!(
+            documented_methods("/v1/locks/a/b/extend").unwrap(),
+            vec!["POST"]
+        );
+        assert_eq!(documented_methods("/v1/locks/a/wait").unwrap(), vec!["GET"]);
+        assert_eq!(
+            documented_methods("/v1/leases/7/keepalive").unwrap(),
+            vec!["POST"]
+        );
+        assert!(documented_methods("/v1/leases/7/8").is_none());
+        assert!(documented_methods("/v1/nowhere").is_none());
+        assert_eq!(documented_methods("/v1/cluster").unwrap(), vec!["GET"]);
     }
 
     #[test]

@@ -147,6 +147,7 @@ pub fn router_with_auth(
             state.clone(),
             authenticate,
         ))
+        .layer(axum::middleware::from_fn(documented_methods_only))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             extract::read_body_first,
@@ -302,6 +303,35 @@ async fn not_found() -> ApiError {
         ErrorCode::NotFound,
         "no such route; see SPEC §3 for the API",
     )
+}
+
+/// A documented path with a method its operations do not list: 405 with exactly the
+/// documented methods in `Allow` (and HEAD where GET is), after the body was read and
+/// before anything else (auth included) looks at it.
+async fn documented_methods_only(req: Request, next: Next) -> Response {
+    let Some(mut methods) = crate::openapi::documented_methods(req.uri().path()) else {
+        return next.run(req).await;
+    };
+    let method = req.method().as_str();
+    if methods.contains(&method) || (method == "HEAD" && methods.contains(&"GET")) {
+        return next.run(req).await;
+    }
+    if methods.contains(&"GET") {
+        methods.push("HEAD");
+    }
+    let mut response = ApiError::new(
+        ErrorCode::MethodNotAllowed,
+        format!(
+            "method {method} is not allowed on {}; it takes {}",
+            req.uri().path(),
+            methods.join(", ")
+        ),
+    )
+    .into_response();
+    if let Ok(allow) = HeaderValue::from_str(&methods.join(", ")) {
+        response.headers_mut().insert(header::ALLOW, allow);
+    }
+    response
 }
 
 async fn method_not_allowed() -> ApiError {

@@ -308,6 +308,45 @@ async fn the_description_matches_what_the_cluster_serves() {
     assert_eq!(status, 200);
     assert!(view["locks"].is_array(), "{view}");
 
+    // Every method a route does not document: 405, with exactly the documented methods
+    // (and HEAD where GET is) in `Allow`.
+    let raw = reqwest::Client::new();
+    for (template, item) in c.doc["paths"].as_object().unwrap() {
+        let documented: BTreeSet<String> = item
+            .as_object()
+            .unwrap()
+            .keys()
+            .filter(|k| ["get", "post", "put", "patch", "delete"].contains(&k.as_str()))
+            .map(|k| k.to_uppercase())
+            .collect();
+        let path = template
+            .replace("{key}", "k")
+            .replace("{name}", "n")
+            .replace("{id}", "1");
+        for method in ["GET", "POST", "PUT", "PATCH", "DELETE"] {
+            if documented.contains(method) {
+                continue;
+            }
+            let r = raw
+                .request(method.parse().unwrap(), format!("{}{path}", c.base))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 405, "{method} {path}");
+            let allow: BTreeSet<String> = r.headers()["allow"]
+                .to_str()
+                .unwrap()
+                .split(',')
+                .map(|m| m.trim().to_string())
+                .collect();
+            let mut expected = documented.clone();
+            if expected.contains("GET") {
+                expected.insert("HEAD".into());
+            }
+            assert_eq!(allow, expected, "{method} {path}");
+        }
+    }
+
     // Every documented operation was exercised.
     let documented: BTreeSet<String> = c.doc["paths"]
         .as_object()
