@@ -147,7 +147,8 @@ async fn disk_full(role: Role) {
     let value = "v".repeat(60 * 1024);
     let mut acknowledged = Vec::new();
     let mut failed_at = None;
-    for n in 0..2_000 {
+    // 10 MiB fills in under 200 writes; the others (256 MiB each) hold far more than 600.
+    for n in 0..600 {
         let key = format!("fill/{n}");
         let req = AcquireRequest {
             owner: "filler".into(),

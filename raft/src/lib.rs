@@ -14,6 +14,7 @@
 #![allow(clippy::result_large_err)]
 
 pub mod backup;
+pub mod closing;
 pub mod command;
 pub mod log_store;
 pub mod sm_store;

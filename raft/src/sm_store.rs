@@ -171,7 +171,7 @@ fn snapshot_err(verb: ErrorVerb, message: &str) -> StorageError {
 pub struct StateMachineStore {
     shared: Arc<SharedState>,
     current: SharedCurrent,
-    persist: Option<sled::Tree>,
+    persist: Option<crate::closing::Shared<sled::Tree>>,
     snapshot_seq: Arc<AtomicU64>,
     snapshot_observer: Option<crate::Observer>,
 }
@@ -181,10 +181,11 @@ impl StateMachineStore {
     pub fn new(db: Option<sled::Db>) -> Result<(Self, Arc<SharedState>), StorageError> {
         let shared = Arc::new(SharedState::new());
         let persist = match db {
-            Some(db) => Some(
+            // Closed off the async runtime when the last clone goes (`crate::closing`).
+            Some(db) => Some(crate::closing::shared(
                 db.open_tree(SNAPSHOT_TREE)
                     .map_err(|e| sm_err(ErrorVerb::Read, e))?,
-            ),
+            )),
             None => None,
         };
         let current: SharedCurrent = Arc::new(Mutex::new(None));
@@ -358,9 +359,15 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             meta: meta.clone(),
             data,
         };
-        if let Some(tree) = &self.persist {
-            persist_snapshot(tree, &stored)?;
-        }
+        // Written and flushed on a blocking thread, off the runtime's workers.
+        let stored = match self.persist.clone() {
+            Some(tree) => tokio::task::spawn_blocking(move || {
+                persist_snapshot(&tree, &stored).map(|()| stored)
+            })
+            .await
+            .map_err(|e| snapshot_err(ErrorVerb::Write, &e.to_string()))??,
+            None => stored,
+        };
         set_current(&self.current, stored, self.persist.is_some());
         Ok(())
     }
@@ -402,7 +409,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
 pub struct SnapshotBuilder {
     shared: Arc<SharedState>,
     current: SharedCurrent,
-    persist: Option<sled::Tree>,
+    persist: Option<crate::closing::Shared<sled::Tree>>,
     snapshot_seq: Arc<AtomicU64>,
     observer: Option<crate::Observer>,
 }

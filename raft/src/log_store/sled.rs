@@ -20,6 +20,7 @@ use serde::Serialize;
 
 use super::watermark::Watermark;
 use super::{read_logs_err, read_vote_err, write_logs_err, write_vote_err};
+use crate::closing::{self, Shared};
 use crate::typ::{Entry, LogState, NodeId, StorageError, TypeConfig, Vote};
 
 /// Version of the on-disk encoding of every value this store writes.
@@ -62,9 +63,10 @@ pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError>
 /// A Raft log in a sled database. Clones share the database (the log reader is a clone).
 #[derive(Debug, Clone)]
 pub struct SledLogStore {
-    db: sled::Db,
-    logs: sled::Tree,
-    meta: sled::Tree,
+    // Closed off the async runtime when the last clone goes (see `crate::closing`).
+    db: Shared<sled::Db>,
+    logs: Shared<sled::Tree>,
+    meta: Shared<sled::Tree>,
     /// How far the log reached and the highest term voted in, kept outside sled.
     watermark: Option<Arc<Watermark>>,
     /// Hears how long each fsync of the log took.
@@ -76,9 +78,9 @@ impl SledLogStore {
         let logs = db.open_tree("logs").map_err(read_logs_err)?;
         let meta = db.open_tree("meta").map_err(read_logs_err)?;
         Ok(SledLogStore {
-            db: db.clone(),
-            logs,
-            meta,
+            db: closing::shared(db.clone()),
+            logs: closing::shared(logs),
+            meta: closing::shared(meta),
             watermark: None,
             fsync_observer: None,
         })
