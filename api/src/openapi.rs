@@ -120,6 +120,100 @@ fn template_matches(template: &str, path: &str) -> Option<usize> {
     ok.then_some(prefix.len() + suffix.len())
 }
 
+/// The document a node serves: [`openapi_for`] with every rule of [`crate::validate`]
+/// stated where it applies, from the node's own `limits` (lengths and patterns of strings,
+/// ranges of integers, on every request body field and parameter; "exactly one of `ttl_ms`
+/// and `lease_id`" on the bodies that take a lease). The validators read the same rules,
+/// so a request the document allows is one the server accepts, as far as its input goes.
+pub fn document(auth: bool, limits: &crate::validate::Limits) -> serde_json::Value {
+    use crate::validate::{exactly_one_of, rule_for, Place};
+    let mut doc = serde_json::to_value(openapi_for(auth)).expect("the document serializes");
+    let bodies: Vec<&str> = OPERATIONS
+        .iter()
+        .filter_map(|o| match o.input {
+            Input::Body(schema) => Some(schema),
+            _ => None,
+        })
+        .collect();
+    if let Some(schemas) = doc
+        .pointer_mut("/components/schemas")
+        .and_then(|s| s.as_object_mut())
+    {
+        for (name, schema) in schemas.iter_mut() {
+            if !bodies.contains(&name.as_str()) {
+                continue;
+            }
+            if let Some(properties) = schema.get_mut("properties").and_then(|p| p.as_object_mut()) {
+                for (field, property) in properties.iter_mut() {
+                    if let Some(rule) = rule_for(Place::Body(name), field, limits) {
+                        state_rule(property, rule);
+                    }
+                }
+            }
+            if let Some(fields) = exactly_one_of(name) {
+                // Given means a number: the server reads `null` as absent, so a branch
+                // needs the field present and an integer, not merely present.
+                let given = |field: &str| {
+                    serde_json::json!({
+                        "required": [field],
+                        "properties": {field: {"type": "integer"}},
+                    })
+                };
+                schema["oneOf"] = serde_json::json!([given(fields[0]), given(fields[1])]);
+            }
+        }
+    }
+    if let Some(paths) = doc.get_mut("paths").and_then(|p| p.as_object_mut()) {
+        for (path, item) in paths.iter_mut() {
+            let Some(item) = item.as_object_mut() else {
+                continue;
+            };
+            for operation in item.values_mut() {
+                let Some(parameters) = operation
+                    .get_mut("parameters")
+                    .and_then(|p| p.as_array_mut())
+                else {
+                    continue;
+                };
+                for parameter in parameters {
+                    let name = parameter["name"].as_str().unwrap_or_default().to_string();
+                    let place = match parameter["in"].as_str() {
+                        Some("path") => Place::Path,
+                        _ => Place::Query(path),
+                    };
+                    if let Some(rule) = rule_for(place, &name, limits) {
+                        state_rule(&mut parameter["schema"], rule);
+                    }
+                }
+            }
+        }
+    }
+    doc
+}
+
+/// Write `rule` into a JSON Schema object.
+fn state_rule(schema: &mut serde_json::Value, rule: crate::validate::Rule) {
+    use crate::validate::Rule;
+    let Some(schema) = schema.as_object_mut() else {
+        return;
+    };
+    match rule {
+        Rule::Text { min, max, .. } => {
+            if min > 0 {
+                schema.insert("minLength".into(), min.into());
+            }
+            schema.insert("maxLength".into(), max.into());
+            if let Some(pattern) = rule.pattern() {
+                schema.insert("pattern".into(), pattern.into());
+            }
+        }
+        Rule::Int { min, max } => {
+            schema.insert("minimum".into(), min.into());
+            schema.insert("maximum".into(), max.into());
+        }
+    }
+}
+
 pub fn openapi() -> OpenApi {
     openapi_for(true)
 }
@@ -163,6 +257,50 @@ pub fn openapi_for(auth: bool) -> OpenApi {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The document states the rules of the node it describes, from its limits, and the
+    /// validators refuse exactly past them.
+    #[test]
+    fn the_document_states_the_rules_the_validators_enforce() {
+        use crate::validate::{self, Limits};
+        let limits = Limits {
+            max_wait_ms: 1234,
+            max_key_bytes: 40,
+            ..Limits::default()
+        };
+        let doc = document(false, &limits);
+        let acquire = &doc["components"]["schemas"]["AcquireRequest"];
+        assert_eq!(acquire["properties"]["wait_ms"]["maximum"], 1234);
+        assert_eq!(acquire["properties"]["owner"]["minLength"], 1);
+        assert_eq!(acquire["properties"]["owner"]["maxLength"], 256);
+        assert_eq!(acquire["oneOf"].as_array().map(Vec::len), Some(2));
+        let key = &doc["paths"]["/v1/locks/{key}"]["post"]["parameters"][0]["schema"];
+        assert_eq!(key["maxLength"], 40);
+        assert!(key["pattern"]
+            .as_str()
+            .unwrap()
+            .contains("extend|wait|history"));
+        let list = &doc["paths"]["/v1/leases"]["get"]["parameters"];
+        let after = list
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == "after")
+            .unwrap();
+        assert_eq!(after["schema"]["maximum"], validate::MAX_SAFE_INTEGER);
+        // Response schemas carry no request rules.
+        assert!(
+            doc["components"]["schemas"]["LockHolder"]["properties"]["owner"]["minLength"]
+                .is_null()
+        );
+        // The validators: at the limit accepted, past it refused; lengths in characters.
+        assert!(validate::key("key", &"é".repeat(40), &limits).is_ok());
+        assert!(validate::key("key", &"k".repeat(41), &limits).is_err());
+        assert!(validate::wait_ms(Some(1234), &limits).is_ok());
+        assert!(validate::wait_ms(Some(1235), &limits).is_err());
+        assert!(validate::key("key", "a/wait", &limits).is_err());
+        assert!(validate::owner("\u{85}").is_err(), "a C1 control character");
+    }
 
     #[test]
     fn the_bearer_scheme_and_its_errors_appear_only_with_auth() {

@@ -60,6 +60,8 @@ struct AppState {
     service: Arc<dyn LeaseService>,
     limits: Arc<Limits>,
     auth: Option<Auth>,
+    /// This node's `/openapi.json`: its auth and its limits (`openapi::document`).
+    openapi: Arc<String>,
 }
 
 /// A handler's view of the state: the service acting for this request's principal.
@@ -77,6 +79,7 @@ impl FromRequestParts<AppState> for Api {
                 service: (auth.scope)(principal.clone()),
                 limits: state.limits.clone(),
                 auth: None,
+                openapi: state.openapi.clone(),
             })),
             // Open paths use the node's own (trusted) service; only they get here without
             // a principal.
@@ -100,10 +103,15 @@ pub fn router_with_auth(
     limits: Limits,
     auth: Option<Auth>,
 ) -> Router {
+    let openapi = Arc::new(
+        serde_json::to_string_pretty(&crate::openapi::document(auth.is_some(), &limits))
+            .expect("the document serializes"),
+    );
     let state = AppState {
         service,
         limits: Arc::new(limits),
         auth,
+        openapi,
     };
     Router::new()
         .route("/", get(status_page))
@@ -278,24 +286,11 @@ async fn metrics(Api(s): Api) -> Response {
 }
 
 async fn openapi_json(State(s): State<AppState>) -> Response {
-    type Doc = std::sync::OnceLock<Result<String, String>>;
-    static WITH_AUTH: Doc = std::sync::OnceLock::new();
-    static WITHOUT_AUTH: Doc = std::sync::OnceLock::new();
-    let auth = s.auth.is_some();
-    let cell = if auth { &WITH_AUTH } else { &WITHOUT_AUTH };
-    let doc = cell.get_or_init(|| {
-        crate::openapi::openapi_for(auth)
-            .to_pretty_json()
-            .map_err(|e| e.to_string())
-    });
-    match doc {
-        Ok(doc) => ([(header::CONTENT_TYPE, "application/json")], doc.as_str()).into_response(),
-        Err(e) => ApiError::new(
-            ErrorCode::Internal,
-            format!("the API description does not serialize: {e}"),
-        )
-        .into_response(),
-    }
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        s.openapi.as_str().to_owned(),
+    )
+        .into_response()
 }
 
 async fn not_found() -> ApiError {

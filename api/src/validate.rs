@@ -4,162 +4,323 @@
 use crate::error::ApiError;
 use crate::wire::*;
 
-/// Longest `owner` string.
-pub const MAX_OWNER_BYTES: usize = 256;
-/// Longest `request_id`.
-pub const MAX_REQUEST_ID_BYTES: usize = 128;
+/// Longest `owner` string, in characters.
+pub const MAX_OWNER_CHARS: usize = 256;
+/// Longest `request_id`, in characters.
+pub const MAX_REQUEST_ID_CHARS: usize = 128;
 /// Default page size of list requests.
 pub const DEFAULT_LIST_LIMIT: usize = 100;
+/// JSON's safe integer range (2^53 - 1): every id, token and index a request carries stays
+/// in it, so a client in any language (JavaScript's numbers included) reads it exactly.
+pub const MAX_SAFE_INTEGER: u64 = (1 << 53) - 1;
 
 /// The limits a service enforces: the `[limits]` section of the node's config (SPEC §5),
 /// one type with one set of defaults, defined in `leasehold-config`.
 pub use leasehold_config::Limits;
 
-fn printable(field: &str, s: &str) -> Result<(), ApiError> {
-    if let Some(c) = s.chars().find(|c| c.is_control()) {
-        return Err(ApiError::invalid(
-            field,
-            format!(
-                "must not contain control characters (found U+{:04X})",
-                c as u32
-            ),
-        ));
-    }
-    Ok(())
+/// What one field must be. This is the single statement of each rule: the validators below
+/// check input against it, and the OpenAPI document states it ([`rule_for`] is called for
+/// every body field and parameter when `openapi::document` is built from a node's limits),
+/// so the document cannot promise what the server refuses or allow what it forbids.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rule {
+    /// A string of `min..=max` characters. Lengths count Unicode scalar values, as JSON
+    /// Schema's `minLength`/`maxLength` do (so a limit named `..._bytes` in the config
+    /// bounds characters; a character is at most 4 bytes of UTF-8).
+    Text {
+        min: usize,
+        max: usize,
+        /// No control characters (Unicode category Cc: U+0000-U+001F, U+007F-U+009F).
+        printable: bool,
+        /// A key or name: also must not end in an action route's suffix.
+        key: bool,
+        /// Over `max` is 413 `payload_too_large` (keys, names, values), not 400.
+        oversize_is_413: bool,
+    },
+    /// An integer in `min..=max`.
+    Int { min: u64, max: u64 },
 }
 
-/// A key or name: non-empty, at most `max_key_bytes`, no control characters.
-pub fn key(field: &str, key: &str, limits: &Limits) -> Result<(), ApiError> {
-    if key.is_empty() {
-        return Err(ApiError::invalid(field, "must not be empty"));
-    }
-    if key.len() > limits.max_key_bytes {
-        return Err(ApiError::too_large(
-            field,
-            format!(
-                "must be at most {} bytes, got {}",
-                limits.max_key_bytes,
-                key.len()
-            ),
-        ));
-    }
-    printable(field, key)?;
-    for action in ["/extend", "/wait", "/history"] {
-        if key.ends_with(action) {
-            return Err(ApiError::invalid(
-                field,
-                format!("must not end with {action:?} (reserved for the action routes)"),
-            ));
+/// The action routes a key must not end with (they would be taken for the action).
+pub const RESERVED_KEY_SUFFIXES: [&str; 3] = ["/extend", "/wait", "/history"];
+
+/// Where a field is: in the JSON body of the component schema named, or a query parameter
+/// of the operation on the path named, or a path parameter.
+#[derive(Clone, Copy, Debug)]
+pub enum Place<'a> {
+    Body(&'a str),
+    Query(&'a str),
+    Path,
+}
+
+impl Rule {
+    fn text(min: usize, max: usize) -> Rule {
+        Rule::Text {
+            min,
+            max,
+            printable: true,
+            key: false,
+            oversize_is_413: false,
         }
     }
-    Ok(())
+
+    /// A key or name: 1 to `limits.max_key_bytes` characters, printable, not ending in
+    /// `/extend`, `/wait` or `/history`.
+    pub fn key(limits: &Limits) -> Rule {
+        Rule::Text {
+            min: 1,
+            max: limits.max_key_bytes,
+            printable: true,
+            key: true,
+            oversize_is_413: true,
+        }
+    }
+
+    /// An owner: 1 to [`MAX_OWNER_CHARS`] printable characters (`min` 0 where it may be
+    /// left out: a release's query).
+    pub fn owner(min: usize) -> Rule {
+        Rule::text(min, MAX_OWNER_CHARS)
+    }
+
+    pub fn request_id() -> Rule {
+        Rule::text(1, MAX_REQUEST_ID_CHARS)
+    }
+
+    /// A value: anything up to `limits.max_value_bytes` characters.
+    pub fn value(limits: &Limits) -> Rule {
+        Rule::Text {
+            min: 0,
+            max: limits.max_value_bytes,
+            printable: false,
+            key: false,
+            oversize_is_413: true,
+        }
+    }
+
+    pub fn ttl_ms(limits: &Limits) -> Rule {
+        Rule::Int {
+            min: limits.min_ttl_ms,
+            max: limits.max_ttl_ms,
+        }
+    }
+
+    pub fn wait_ms(limits: &Limits) -> Rule {
+        Rule::Int {
+            min: 0,
+            max: limits.max_wait_ms,
+        }
+    }
+
+    pub fn lock_delay_ms(limits: &Limits) -> Rule {
+        Rule::Int {
+            min: 0,
+            max: limits.max_ttl_ms,
+        }
+    }
+
+    /// An id (lease, member): 1 to [`MAX_SAFE_INTEGER`].
+    pub fn id() -> Rule {
+        Rule::Int {
+            min: 1,
+            max: MAX_SAFE_INTEGER,
+        }
+    }
+
+    /// A token or an index: 0 (none) to [`MAX_SAFE_INTEGER`].
+    pub fn counter() -> Rule {
+        Rule::Int {
+            min: 0,
+            max: MAX_SAFE_INTEGER,
+        }
+    }
+
+    pub fn semaphore_limit(limits: &Limits) -> Rule {
+        Rule::Int {
+            min: 1,
+            max: limits.max_waiters_per_key as u64,
+        }
+    }
+
+    pub fn list_limit(limits: &Limits) -> Rule {
+        Rule::Int {
+            min: 1,
+            max: limits.max_list_limit as u64,
+        }
+    }
+
+    /// A list's `prefix` or `after` key: up to `limits.max_key_bytes` printable characters.
+    pub fn key_bound(limits: &Limits) -> Rule {
+        Rule::text(0, limits.max_key_bytes)
+    }
+
+    /// JSON Schema's `pattern` for a text rule, if it has one: no control characters, and
+    /// for keys no reserved suffix (ECMA-262 syntax, which Python's `re` also reads).
+    pub fn pattern(&self) -> Option<&'static str> {
+        match self {
+            Rule::Text { key: true, .. } => {
+                Some(r"^(?!.*/(extend|wait|history)$)[^\u0000-\u001F\u007F-\u009F]*$")
+            }
+            Rule::Text {
+                printable: true, ..
+            } => Some(r"^[^\u0000-\u001F\u007F-\u009F]*$"),
+            _ => None,
+        }
+    }
+
+    /// Check a string against this rule; the error names `field` and the rule.
+    pub fn check_text(&self, field: &str, s: &str) -> Result<(), ApiError> {
+        let Rule::Text {
+            min,
+            max,
+            printable,
+            key,
+            oversize_is_413,
+        } = *self
+        else {
+            return Err(ApiError::invalid(field, "must be a string"));
+        };
+        if min > 0 && s.is_empty() {
+            return Err(ApiError::invalid(field, "must not be empty"));
+        }
+        let chars = s.chars().count();
+        if chars < min {
+            return Err(ApiError::invalid(
+                field,
+                format!("must be at least {min} characters, got {chars}"),
+            ));
+        }
+        if chars > max {
+            let rule = format!("must be at most {max} characters, got {chars}");
+            return Err(match oversize_is_413 {
+                true => ApiError::too_large(field, rule),
+                false => ApiError::invalid(field, rule),
+            });
+        }
+        if printable {
+            if let Some(c) = s.chars().find(|c| c.is_control()) {
+                return Err(ApiError::invalid(
+                    field,
+                    format!(
+                        "must not contain control characters (found U+{:04X})",
+                        c as u32
+                    ),
+                ));
+            }
+        }
+        if key {
+            if let Some(action) = RESERVED_KEY_SUFFIXES.iter().find(|a| s.ends_with(*a)) {
+                return Err(ApiError::invalid(
+                    field,
+                    format!("must not end with {action:?} (reserved for the action routes)"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Check an integer against this rule; the error names `field` and the range.
+    pub fn check_int(&self, field: &str, n: u64) -> Result<(), ApiError> {
+        let Rule::Int { min, max } = *self else {
+            return Err(ApiError::invalid(field, "must be an integer"));
+        };
+        if n < min || n > max {
+            return Err(ApiError::invalid(
+                field,
+                format!("must be between {min} and {max}, got {n}"),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The rule of `field` at `place`, for the OpenAPI document; `None` for a field with no
+/// rule beyond its type (`stale`, `force`) or one outside this table (membership).
+pub fn rule_for(place: Place<'_>, field: &str, limits: &Limits) -> Option<Rule> {
+    Some(match (place, field) {
+        (Place::Path, "key" | "name") => Rule::key(limits),
+        (Place::Path, "id") => Rule::id(),
+        (Place::Query(_), "owner") => Rule::owner(0),
+        (_, "owner") => Rule::owner(1),
+        (_, "request_id") => Rule::request_id(),
+        (_, "value") => Rule::value(limits),
+        (_, "ttl_ms") => Rule::ttl_ms(limits),
+        (_, "wait_ms") => Rule::wait_ms(limits),
+        (_, "lock_delay_ms") => Rule::lock_delay_ms(limits),
+        (_, "lease_id") => Rule::id(),
+        (Place::Body("AddMemberRequest"), "id") => Rule::id(),
+        (_, "token" | "index") => Rule::counter(),
+        (Place::Body(_), "limit") => Rule::semaphore_limit(limits),
+        (Place::Query(_), "limit") => Rule::list_limit(limits),
+        (Place::Query("/v1/leases"), "after") => Rule::counter(),
+        (Place::Query(_), "prefix" | "after") => Rule::key_bound(limits),
+        _ => return None,
+    })
+}
+
+/// The request bodies that take exactly one of two fields (a new lease's `ttl_ms`, or an
+/// existing `lease_id`): checked by [`lease_choice`], stated as `oneOf` in the document.
+pub fn exactly_one_of(schema: &str) -> Option<[&'static str; 2]> {
+    matches!(
+        schema,
+        "AcquireRequest" | "SemaphoreAcquireRequest" | "RegisterRequest"
+    )
+    .then_some(["ttl_ms", "lease_id"])
+}
+
+/// A key or name: non-empty, at most `max_key_bytes` characters, no control characters.
+pub fn key(field: &str, key: &str, limits: &Limits) -> Result<(), ApiError> {
+    Rule::key(limits).check_text(field, key)
 }
 
 pub fn owner(owner: &str) -> Result<(), ApiError> {
-    if owner.is_empty() {
-        return Err(ApiError::invalid("owner", "must not be empty"));
-    }
-    if owner.len() > MAX_OWNER_BYTES {
-        return Err(ApiError::invalid(
-            "owner",
-            format!(
-                "must be at most {MAX_OWNER_BYTES} bytes, got {}",
-                owner.len()
-            ),
-        ));
-    }
-    printable("owner", owner)
+    Rule::owner(1).check_text("owner", owner)
 }
 
 pub fn ttl_ms(field: &str, ttl_ms: u64, limits: &Limits) -> Result<(), ApiError> {
-    if ttl_ms < limits.min_ttl_ms || ttl_ms > limits.max_ttl_ms {
-        return Err(ApiError::invalid(
-            field,
-            format!(
-                "must be between {} and {}, got {ttl_ms}",
-                limits.min_ttl_ms, limits.max_ttl_ms
-            ),
-        ));
-    }
-    Ok(())
+    Rule::ttl_ms(limits).check_int(field, ttl_ms)
+}
+
+fn optional_int(field: &str, n: Option<u64>, rule: Rule) -> Result<(), ApiError> {
+    n.map_or(Ok(()), |n| rule.check_int(field, n))
+}
+
+fn optional_text(field: &str, s: Option<&str>, rule: Rule) -> Result<(), ApiError> {
+    s.map_or(Ok(()), |s| rule.check_text(field, s))
 }
 
 pub fn wait_ms(wait_ms: Option<u64>, limits: &Limits) -> Result<(), ApiError> {
-    match wait_ms {
-        Some(w) if w > limits.max_wait_ms => Err(ApiError::invalid(
-            "wait_ms",
-            format!(
-                "must be at most {} (limits.max_wait_ms), got {w}",
-                limits.max_wait_ms
-            ),
-        )),
-        _ => Ok(()),
-    }
+    optional_int("wait_ms", wait_ms, Rule::wait_ms(limits))
 }
 
 pub fn value(value: Option<&str>, limits: &Limits) -> Result<(), ApiError> {
-    match value {
-        Some(v) if v.len() > limits.max_value_bytes => Err(ApiError::too_large(
-            "value",
-            format!(
-                "must be at most {} bytes, got {}",
-                limits.max_value_bytes,
-                v.len()
-            ),
-        )),
-        _ => Ok(()),
-    }
+    optional_text("value", value, Rule::value(limits))
 }
 
 pub fn lock_delay_ms(delay: Option<u64>, limits: &Limits) -> Result<(), ApiError> {
-    match delay {
-        Some(d) if d > limits.max_ttl_ms => Err(ApiError::invalid(
-            "lock_delay_ms",
-            format!(
-                "must be at most {} (limits.max_ttl_ms), got {d}",
-                limits.max_ttl_ms
-            ),
-        )),
-        _ => Ok(()),
-    }
+    optional_int("lock_delay_ms", delay, Rule::lock_delay_ms(limits))
 }
 
 pub fn semaphore_limit(limit: u32, limits: &Limits) -> Result<(), ApiError> {
-    if limit == 0 || limit > limits.max_waiters_per_key {
-        return Err(ApiError::invalid(
-            "limit",
-            format!(
-                "must be between 1 and {}, got {limit}",
-                limits.max_waiters_per_key
-            ),
-        ));
-    }
-    Ok(())
+    Rule::semaphore_limit(limits).check_int("limit", limit.into())
 }
 
 pub fn request_id(id: Option<&str>) -> Result<(), ApiError> {
-    let Some(id) = id else { return Ok(()) };
-    if id.is_empty() || id.len() > MAX_REQUEST_ID_BYTES {
-        return Err(ApiError::invalid(
-            "request_id",
-            format!(
-                "must be 1 to {MAX_REQUEST_ID_BYTES} bytes, got {}",
-                id.len()
-            ),
-        ));
-    }
-    printable("request_id", id)
+    optional_text("request_id", id, Rule::request_id())
+}
+
+/// A token (0: none given) or an index.
+pub fn counter(field: &str, n: Option<u64>) -> Result<(), ApiError> {
+    optional_int(field, n, Rule::counter())
 }
 
 /// A page size: 1..=max_list_limit, default [`DEFAULT_LIST_LIMIT`].
 pub fn list_limit(limit: Option<usize>, limits: &Limits) -> Result<usize, ApiError> {
     match limit {
         None => Ok(DEFAULT_LIST_LIMIT.min(limits.max_list_limit)),
-        Some(l) if l == 0 || l > limits.max_list_limit => Err(ApiError::invalid(
-            "limit",
-            format!("must be between 1 and {}, got {l}", limits.max_list_limit),
-        )),
-        Some(l) => Ok(l),
+        Some(l) => {
+            Rule::list_limit(limits).check_int("limit", l as u64)?;
+            Ok(l)
+        }
     }
 }
 
@@ -179,7 +340,7 @@ pub fn lease_choice(
             "required: give ttl_ms (a new lease) or lease_id (an existing lease)",
         )),
         (Some(t), None) => ttl_ms("ttl_ms", t, limits),
-        (None, Some(_)) => Ok(()),
+        (None, Some(id)) => Rule::id().check_int("lease_id", id),
     }
 }
 
@@ -218,71 +379,54 @@ pub fn semaphore_acquire(
 pub fn extend(k: &str, req: &ExtendRequest, limits: &Limits) -> Result<(), ApiError> {
     key("key", k, limits)?;
     owner(&req.owner)?;
+    counter("token", Some(req.token))?;
     if let Some(t) = req.ttl_ms {
         ttl_ms("ttl_ms", t, limits)?;
     }
     request_id(req.request_id.as_deref())
 }
 
+/// A release names the hold by `owner` and `token`, or is an operator's `force=true`
+/// (where `owner`, if given, narrows it to that owner's hold). Each parameter's rule stands
+/// on its own, as the document states them: a release that names no hold is answered by
+/// the service with 409 `not_owner` (it is not the holder), not refused here.
 pub fn release(k: &str, params: &ReleaseParams, limits: &Limits) -> Result<(), ApiError> {
     key("key", k, limits)?;
     request_id(params.request_id.as_deref())?;
-    if params.force == Some(true) {
-        // An operator's release names no owner: it ends the hold whoever owns it.
-        if !params.owner.is_empty() {
-            return Err(ApiError::invalid(
-                "owner",
-                "must not be given with force=true (a force release ends the hold whoever owns it; name the hold with token=N)",
-            ));
-        }
-        return Ok(());
-    }
-    owner(&params.owner)?;
-    if params.token == 0 {
-        return Err(ApiError::invalid(
-            "token",
-            "is required: the fencing token the grant returned (tokens start at 1)",
-        ));
-    }
-    Ok(())
+    Rule::owner(0).check_text("owner", &params.owner)?;
+    counter("token", Some(params.token))
 }
 
+/// A read; `wait_ms` makes it a blocking query only together with `index` (as Consul's
+/// `wait` does), and is ignored without it.
 pub fn read(k: &str, params: &ReadParams, limits: &Limits) -> Result<(), ApiError> {
     key("key", k, limits)?;
     wait_ms(params.wait_ms, limits)?;
-    if params.wait_ms.is_some() && params.index.is_none() {
-        return Err(ApiError::invalid(
-            "index",
-            "required with wait_ms: pass the X-Leasehold-Index of your last read",
-        ));
-    }
-    Ok(())
+    counter("index", params.index)
 }
 
 pub fn wait_release(k: &str, params: &WaitReleaseParams, limits: &Limits) -> Result<(), ApiError> {
     key("key", k, limits)?;
-    wait_ms(params.wait_ms, limits)
+    wait_ms(params.wait_ms, limits)?;
+    counter("token", params.token)
 }
 
 pub fn list(params: &ListParams, limits: &Limits) -> Result<usize, ApiError> {
-    if let Some(p) = &params.prefix {
-        if p.len() > limits.max_key_bytes {
-            return Err(ApiError::invalid(
-                "prefix",
-                format!("must be at most {} bytes", limits.max_key_bytes),
-            ));
-        }
-        printable("prefix", p)?;
-    }
-    if let Some(a) = &params.after {
-        if a.len() > limits.max_key_bytes {
-            return Err(ApiError::invalid(
-                "after",
-                format!("must be at most {} bytes", limits.max_key_bytes),
-            ));
-        }
-    }
+    optional_text("prefix", params.prefix.as_deref(), Rule::key_bound(limits))?;
+    optional_text("after", params.after.as_deref(), Rule::key_bound(limits))?;
     list_limit(params.limit, limits)
+}
+
+/// A page of leases: `after` is a lease id.
+pub fn lease_list(params: &LeaseListParams, limits: &Limits) -> Result<usize, ApiError> {
+    counter("after", params.after)?;
+    list_limit(params.limit, limits)
+}
+
+/// The status page's blocking query.
+pub fn status(params: &StatusParams, limits: &Limits) -> Result<(), ApiError> {
+    wait_ms(params.wait_ms, limits)?;
+    counter("index", params.index)
 }
 
 pub fn register(name: &str, req: &RegisterRequest, limits: &Limits) -> Result<(), ApiError> {
@@ -297,14 +441,21 @@ pub fn register(name: &str, req: &RegisterRequest, limits: &Limits) -> Result<()
 pub fn proclaim(name: &str, req: &ProclaimRequest, limits: &Limits) -> Result<(), ApiError> {
     key("name", name, limits)?;
     owner(&req.owner)?;
+    counter("token", Some(req.token))?;
     value(req.value.as_deref(), limits)?;
     request_id(req.request_id.as_deref())
 }
 
+/// A name's keepalive.
+pub fn name_extend(name: &str, req: &NameExtendRequest, limits: &Limits) -> Result<(), ApiError> {
+    key("name", name, limits)?;
+    owner(&req.owner)?;
+    counter("token", Some(req.token))?;
+    request_id(req.request_id.as_deref())
+}
+
 pub fn add_member(req: &AddMemberRequest) -> Result<(), ApiError> {
-    if req.id == 0 {
-        return Err(ApiError::invalid("id", "must be greater than 0"));
-    }
+    Rule::id().check_int("id", req.id)?;
     if req.peer_addr.parse::<std::net::SocketAddr>().is_err() {
         return Err(ApiError::invalid(
             "peer_addr",

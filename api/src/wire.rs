@@ -74,11 +74,13 @@ pub struct ExtendRequest {
 #[cfg_attr(feature = "server", into_params(parameter_in = Query))]
 #[serde(deny_unknown_fields)]
 pub struct ReleaseParams {
-    /// The holder (required unless `force`).
+    /// The holder. A release without `force` that names no owner and token is not the
+    /// holder's: 409 `not_owner`. With `force`, narrows the release to this owner's hold
+    /// (409 `not_owner` if it holds none).
     #[serde(default)]
     pub owner: String,
-    /// The hold's fencing token (required unless `force`; with `force`, the hold to end,
-    /// which a semaphore with several holders needs).
+    /// The hold's fencing token (0 or absent: none). With `force`, the hold to end, which a
+    /// semaphore with several holders needs.
     #[serde(default)]
     pub token: u64,
     /// An operator's force release: end the hold whoever owns it (admin only with auth).

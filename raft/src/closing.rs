@@ -124,6 +124,9 @@ mod tests {
             watcher_ran < drop_returned,
             "the woken task waited for the stuck close"
         );
-        assert!(!closed.load(Ordering::SeqCst), "left to finish in the background");
+        assert!(
+            !closed.load(Ordering::SeqCst),
+            "left to finish in the background"
+        );
     }
 }

@@ -131,6 +131,30 @@ pub enum LeaseSpec {
     New { ttl_ms: u64 },
 }
 
+impl Command {
+    /// What a `request_id` is remembered for: the operation and what it acts on. A retry
+    /// (same id, same operation on the same key or lease) gets the first result; an id
+    /// reused for another operation or key is a new request, never another's result.
+    pub fn dedupe_scope(&self) -> String {
+        match self {
+            Command::CreateLease { .. } => "lease/create".into(),
+            Command::SetLeaseTtl { lease_id, .. } => format!("lease/{lease_id}/ttl"),
+            Command::RevokeLease { lease_id } => format!("lease/{lease_id}/revoke"),
+            Command::ExpireLease { lease_id } | Command::Expire { lease_id, .. } => {
+                format!("lease/{lease_id}/expire")
+            }
+            Command::Acquire(a) => format!("{}/{}/acquire", a.kind.as_str(), a.key),
+            Command::CancelWait { kind, key, .. } => format!("{}/{key}/cancel", kind.as_str()),
+            Command::Release { kind, key, .. } => format!("{}/{key}/release", kind.as_str()),
+            Command::Extend { kind, key, .. } => format!("{}/{key}/extend", kind.as_str()),
+            Command::SetValue { kind, key, .. } => format!("{}/{key}/value", kind.as_str()),
+            Command::Promote { kind, key } => format!("{}/{key}/promote", kind.as_str()),
+            Command::ForceRelease { kind, key, .. } => format!("{}/{key}/force", kind.as_str()),
+            Command::RecordIncarnation { node_id, .. } => format!("member/{node_id}"),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Acquire {
     pub kind: Kind,

@@ -216,7 +216,7 @@ pub const OPERATIONS: &[Operation] = &[
         Query(QueryKind::Release),
         200,
         Json("ReleaseResponse"),
-        &[409, 413],
+        &[404, 409, 413],
     ),
     op(
         "POST",
@@ -297,7 +297,7 @@ pub const OPERATIONS: &[Operation] = &[
         Query(QueryKind::Release),
         200,
         Json("ReleaseResponse"),
-        &[409, 413],
+        &[404, 409, 413],
     ),
     op(
         "POST",
@@ -360,7 +360,7 @@ pub const OPERATIONS: &[Operation] = &[
         Query(QueryKind::Release),
         200,
         Json("ReleaseResponse"),
-        &[409, 413],
+        &[404, 409, 413],
     ),
     op(
         "POST",

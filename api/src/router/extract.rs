@@ -163,12 +163,47 @@ pub(super) fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiErro
         return Err(ApiError::invalid("body", "a JSON object is required"));
     }
     let mut de = serde_json::Deserializer::from_slice(bytes);
-    let value: T = serde_path_to_error::deserialize(&mut de).map_err(|e| {
-        let path = e.path().to_string();
-        json_error(Some(path).filter(|p| p != "."), e.inner())
-    })?;
+    let parsed: Result<T, _> = serde_path_to_error::deserialize(&mut de);
+    let value = match parsed {
+        Ok(value) => value,
+        // JSON (and JSON Schema's `integer`) counts `5.0` as the integer 5; serde does not.
+        // Only on that failure, re-read the body with integral numbers made integers.
+        Err(e) if e.inner().to_string().contains("floating point") => {
+            let mut json: serde_json::Value =
+                serde_json::from_slice(bytes).map_err(|e| json_error(None, &e))?;
+            integral_floats_to_integers(&mut json);
+            return serde_path_to_error::deserialize(json).map_err(|e| {
+                let path = e.path().to_string();
+                json_error(Some(path).filter(|p| p != "."), e.inner())
+            });
+        }
+        Err(e) => {
+            let path = e.path().to_string();
+            return Err(json_error(Some(path).filter(|p| p != "."), e.inner()));
+        }
+    };
     de.end().map_err(|e| json_error(None, &e))?;
     Ok(value)
+}
+
+/// Turn every number with no fractional part that fits a `u64` (`5.0`, `1e3`) into that
+/// integer; other numbers are left for the field's own type to refuse.
+fn integral_floats_to_integers(value: &mut serde_json::Value) {
+    match value {
+        serde_json::Value::Number(n) if n.is_f64() => {
+            if let Some(f) = n.as_f64() {
+                // 2^64 is exactly representable; anything below it with no fraction fits.
+                if f.fract() == 0.0 && (0.0..18_446_744_073_709_551_616.0).contains(&f) {
+                    *value = serde_json::Value::from(f as u64);
+                }
+            }
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(integral_floats_to_integers),
+        serde_json::Value::Object(fields) => {
+            fields.values_mut().for_each(integral_floats_to_integers)
+        }
+        _ => {}
+    }
 }
 
 /// Name the field: the path where a value was wrong, or the field serde names in messages
@@ -241,4 +276,20 @@ pub(super) fn parse_query<T: DeserializeOwned>(query: &str) -> Result<T, ApiErro
             .unwrap_or_else(|| "query".to_string());
         ApiError::invalid(&field, format!("invalid query string: {message}"))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// JSON Schema's `integer` includes `5.0`; the body parser reads it as 5, and still
+    /// refuses a fraction, naming the field.
+    #[test]
+    fn integral_numbers_written_as_floats_are_integers() {
+        let req: crate::wire::CreateLeaseRequest =
+            parse_json(br#"{"ttl_ms": 242471.0, "owner": null}"#).unwrap();
+        assert_eq!(req.ttl_ms, 242_471);
+        let e = parse_json::<crate::wire::CreateLeaseRequest>(br#"{"ttl_ms": 1.5}"#).unwrap_err();
+        assert!(e.message.starts_with("ttl_ms: "), "{}", e.message);
+    }
 }

@@ -91,16 +91,8 @@ impl NodeService {
         &self,
         params: StatusParams,
     ) -> Result<StatusView, ApiError> {
+        validate::status(&params, &self.limits)?;
         let wait_ms = params.wait_ms.unwrap_or(0);
-        if wait_ms > self.limits.max_wait_ms {
-            return Err(ApiError::new(
-                leasehold_api::ErrorCode::InvalidArgument,
-                format!(
-                    "wait_ms: must be at most {} (limits.max_wait_ms), got {wait_ms}",
-                    self.limits.max_wait_ms
-                ),
-            ));
-        }
         if let Some(index) = params.index {
             let _in_flight = self.core.metrics().long_poll();
             let deadline = tokio::time::Instant::now() + std::time::Duration::from_millis(wait_ms);

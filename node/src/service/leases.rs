@@ -92,7 +92,7 @@ impl NodeService {
         &self,
         params: LeaseListParams,
     ) -> Result<LeaseList, ApiError> {
-        let limit = validate::list_limit(params.limit, &self.limits)?;
+        let limit = validate::lease_list(&params, &self.limits)?;
         self.barrier(false).await?;
         let after = params.after.unwrap_or(0);
         let (mut leases, more) = self.read(|s| {

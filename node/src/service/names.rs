@@ -94,9 +94,7 @@ impl NodeService {
         name: &str,
         req: NameExtendRequest,
     ) -> Result<ExtendResponse, ApiError> {
-        validate::key("name", name, &self.limits)?;
-        validate::owner(&req.owner)?;
-        validate::request_id(req.request_id.as_deref())?;
+        validate::name_extend(name, &req, &self.limits)?;
         let extend = ExtendRequest {
             owner: req.owner,
             token: req.token,

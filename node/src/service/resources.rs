@@ -189,10 +189,14 @@ impl NodeService {
         params: ReleaseParams,
     ) -> Result<ReleaseResponse, ApiError> {
         self.allow(leasehold_api::auth::Role::Admin, "force-releasing a hold")?;
+        let mut token = (params.token > 0).then_some(params.token);
+        if !params.owner.is_empty() {
+            token = self.force_release_target(kind, key, &params, token).await?;
+        }
         let command = Command::ForceRelease {
             kind,
             key: key.to_string(),
-            token: (params.token > 0).then_some(params.token),
+            token,
         };
         match self.write(params.request_id, command).await? {
             CommandResult::ForceReleased { owner, token } => Ok(ReleaseResponse {
@@ -205,12 +209,66 @@ impl NodeService {
         }
     }
 
+    /// A force release narrowed by `owner` (and `token`, if given) to that owner's hold:
+    /// find it under a linearizable read and name it by its token, so a hold taken by
+    /// someone else meanwhile (another token) is left alone. No such hold: 409
+    /// `not_owner`. A retry of a release that already happened (same `request_id`) gets
+    /// the first result from the dedupe window: it is proposed with a token no hold has.
+    async fn force_release_target(
+        &self,
+        kind: Kind,
+        key: &str,
+        params: &ReleaseParams,
+        token: Option<u64>,
+    ) -> Result<Option<u64>, ApiError> {
+        self.barrier(false).await?;
+        let tokens: Vec<u64> = self.read(|s| {
+            current_holders(s, kind, key)
+                .into_iter()
+                .filter(|h| h.owner == params.owner && token.is_none_or(|t| t == h.token))
+                .map(|h| h.token)
+                .collect()
+        });
+        match tokens.as_slice() {
+            [one] => Ok(Some(*one)),
+            [] if params.request_id.is_some() => Ok(Some(u64::MAX)),
+            [] => Err(ApiError::new(
+                leasehold_api::ErrorCode::NotOwner,
+                format!(
+                    "{} {key:?} is not held by owner {:?}{}: nothing to force-release",
+                    kind.as_str(),
+                    params.owner,
+                    token
+                        .map(|t| format!(" with token {t}"))
+                        .unwrap_or_default()
+                ),
+            )),
+            many => Err(sm_error(
+                kind,
+                key,
+                leasehold_raft::command::SmError::SlotTokenRequired {
+                    holders: many.len() as u32,
+                },
+            )),
+        }
+    }
+
     async fn release(
         &self,
         kind: Kind,
         key: &str,
         params: ReleaseParams,
     ) -> Result<ReleaseResponse, ApiError> {
+        if params.owner.is_empty() || params.token == 0 {
+            return Err(ApiError::new(
+                leasehold_api::ErrorCode::NotOwner,
+                format!(
+                    "{} {key:?}: a release names the hold with owner=... and token=... (the \
+                     grant's), or is an operator's force=true",
+                    kind.as_str()
+                ),
+            ));
+        }
         let command = Command::Release {
             kind,
             key: key.to_string(),

@@ -76,9 +76,14 @@ impl LeaseState {
         events: &mut Vec<StateEvent>,
     ) -> CommandResult {
         // A principal's request ids are its own: another's retry never sees its result.
-        let dedupe_key = request_id.map(|id| match caller {
-            Some(c) => format!("{}\u{0}{id}", c.principal),
-            None => id.clone(),
+        // And an id is remembered for one operation on one key or lease: reused for
+        // another, it is a new request (`Command::dedupe_scope`).
+        let dedupe_key = request_id.map(|id| {
+            let scope = command.dedupe_scope();
+            match caller {
+                Some(c) => format!("{}\u{0}{id}\u{0}{scope}", c.principal),
+                None => format!("{id}\u{0}{scope}"),
+            }
         });
         if let Some(key) = &dedupe_key {
             if let Some(entry) = self.dedupe.get(key) {

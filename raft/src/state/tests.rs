@@ -398,12 +398,60 @@ fn request_id_retry_returns_the_original_result() {
         CommandResult::Busy { .. }
     ));
     // Past the window the id is forgotten.
+    assert!(sm.state.dedupe.keys().any(|k| k.starts_with("req-1\u{0}")));
     sm.now_ms += DEDUPE_WINDOW_MS + 1;
     sm.apply(Command::Promote {
         kind: Kind::Lock,
         key: "x".into(),
     });
-    assert!(!sm.state.dedupe.contains_key("req-1"));
+    assert!(!sm.state.dedupe.keys().any(|k| k.starts_with("req-1\u{0}")));
+}
+
+/// An id reused for another operation (or another key) is a new request: it never gets
+/// the first one's result (schemathesis found a lease creation's result, under a reused
+/// id, answered to a semaphore acquire: a 500).
+#[test]
+fn a_request_id_reused_for_another_operation_is_a_new_request() {
+    let mut sm = Sm::new();
+    let created = sm.apply_with_id(
+        Some("r"),
+        Command::CreateLease {
+            ttl_ms: 10_000,
+            owner: "o".into(),
+            max_leases: 100,
+        },
+    );
+    let CommandResult::LeaseCreated { lease_id, .. } = created else {
+        panic!("{created:?}");
+    };
+    let acquire = |key: &str| {
+        Command::Acquire(Acquire {
+            kind: Kind::Lock,
+            key: key.into(),
+            owner: "o".into(),
+            lease: LeaseSpec::Existing(lease_id),
+            wait: false,
+            value: None,
+            lock_delay_ms: 0,
+            limit: 1,
+            max_waiters: 10,
+            max_leases: 100,
+        })
+    };
+    assert!(matches!(
+        sm.apply_with_id(Some("r"), acquire("a")),
+        CommandResult::Granted(_)
+    ));
+    // Same id, same operation, same key: the first result again (token 1, not a new grant).
+    let CommandResult::Granted(again) = sm.apply_with_id(Some("r"), acquire("a")) else {
+        panic!("a retry is answered with the grant");
+    };
+    assert_eq!(again.token, 1);
+    // Same id on another key: a new request, granted there.
+    let CommandResult::Granted(other) = sm.apply_with_id(Some("r"), acquire("b")) else {
+        panic!("another key is another request");
+    };
+    assert_eq!(other.key, "b");
 }
 
 #[test]
