@@ -355,7 +355,10 @@ async fn bad_input_is_refused_with_a_named_field_and_changes_nothing() {
         "index",
     );
     expect(
-        &http.get(&url("/v1/locks/held?wait_ms=300001")).await.unwrap(),
+        &http
+            .get(&url("/v1/locks/held?wait_ms=300001"))
+            .await
+            .unwrap(),
         400,
         "invalid_argument",
         "wait_ms",

@@ -44,29 +44,35 @@ pub(super) fn summary(v: &HoldView) -> HolderSummary {
 }
 
 /// The 409 for a busy resource. `expires_in_ms`: the time left on the first holder's lease
-/// (`None`: unknown here, and its full TTL is reported as the upper bound).
+/// (`None`: unknown here, and its full TTL is reported as the upper bound). `waited`: the
+/// request queued and its wait ran out (so it is not told to pass `wait_ms`).
 pub(super) fn busy_error(
     kind: Kind,
     key: &str,
     holders: &[HoldView],
     reason: &BusyReason,
     expires_in_ms: Option<u64>,
+    waited: bool,
 ) -> ApiError {
     let (code, what) = match kind {
         Kind::Lock => (ErrorCode::LockHeld, "lock"),
         Kind::Name => (ErrorCode::NameTaken, "name"),
         Kind::Semaphore => (ErrorCode::SemaphoreFull, "semaphore"),
     };
+    let advice = match waited {
+        true => "; the wait ran out (the queue entry was removed)",
+        false => "; pass wait_ms to queue",
+    };
     let message = match (reason, holders.first()) {
         (BusyReason::Delayed { until_ms }, _) => format!(
-            "{what} {key:?} is free but under lock-delay until {until_ms} (ms since epoch) after an expiry; retry then, or pass wait_ms to queue"
+            "{what} {key:?} is free but under lock-delay until {until_ms} (ms since epoch) after an expiry{advice}"
         ),
         (BusyReason::Held, Some(h)) if kind != Kind::Semaphore => format!(
-            "{what} {key:?} is held by {:?} (token {}); pass wait_ms to queue for it",
+            "{what} {key:?} is held by {:?} (token {}){advice}",
             h.owner, h.token
         ),
         _ => format!(
-            "{what} {key:?} has no free slot ({} holders); pass wait_ms to queue",
+            "{what} {key:?} has no free slot ({} holders){advice}",
             holders.len()
         ),
     };

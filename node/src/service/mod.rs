@@ -164,13 +164,15 @@ impl NodeService {
         self.core.read_barrier().await.map_err(core_error)
     }
 
-    /// The 409 for a busy resource, naming the time left on the first holder's lease.
+    /// The 409 for a busy resource, naming the time left on the first holder's lease;
+    /// `waited`: the request queued and its wait ran out.
     async fn busy(
         &self,
         kind: Kind,
         key: &str,
         holders: &[HoldView],
         reason: &BusyReason,
+        waited: bool,
     ) -> ApiError {
         let left = match holders.first() {
             Some(h) => self
@@ -181,7 +183,7 @@ impl NodeService {
                 .flatten(),
             None => None,
         };
-        convert::busy_error(kind, key, holders, reason, left)
+        convert::busy_error(kind, key, holders, reason, left, waited)
     }
 
     /// Time left on each lease: exact from the leader's lease actor, else `None` (the

@@ -152,9 +152,9 @@ impl NodeService {
         let (index, result) = self.write_indexed(args.request_id.clone(), command).await?;
         match result {
             CommandResult::Granted(hold) => Ok((index, hold)),
-            CommandResult::Busy { holders, reason } => {
-                Err(self.busy(args.kind, &args.key, &holders, &reason).await)
-            }
+            CommandResult::Busy { holders, reason } => Err(self
+                .busy(args.kind, &args.key, &holders, &reason, false)
+                .await),
             CommandResult::Queued { lease_id, .. } => {
                 let deadline = started + Duration::from_millis(args.wait_ms);
                 // A grant seen while waiting is already in the local state: index 0.

@@ -117,7 +117,7 @@ impl NodeService {
                 let holders = self.read(|s| current_holders(s, args.kind, &args.key));
                 // An implicit lease went with the wait (the state machine revoked it).
                 Err(self
-                    .busy(args.kind, &args.key, &holders, &BusyReason::Held)
+                    .busy(args.kind, &args.key, &holders, &BusyReason::Held, true)
                     .await)
             }
             CommandResult::Error(e) => Err(sm_error(args.kind, &args.key, e)),
