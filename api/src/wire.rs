@@ -217,8 +217,13 @@ pub struct NameExtendRequest {
 #[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct AddMemberRequest {
+    /// The new member's node id (1 to 2^53-1, not a member's already).
     pub id: u64,
+    /// Where the members reach its peer port: `ip:port` (an IPv6 address in brackets),
+    /// as Rust's `SocketAddr` parses it. (JSON Schema's patterns cannot state that
+    /// exactly; the server refuses anything else with 400 naming the field.)
     pub peer_addr: String,
+    /// Its HTTP API address, `ip:port` like `peer_addr`; empty or absent: unknown.
     #[serde(default)]
     pub client_addr: String,
 }

@@ -363,6 +363,15 @@ async fn bad_input_is_refused_with_a_named_field_and_changes_nothing() {
         "invalid_argument",
         "wait_ms",
     );
+    // `wait_ms` without `index` is a plain read (as Consul's `wait`): for a vacant name,
+    // the plain read's 404, not a blocking query's `registered: false` (schemathesis
+    // found the two disagreeing: "deleted resource still available").
+    expect(
+        &http.get(&url("/v1/names/nobody?wait_ms=10")).await.unwrap(),
+        404,
+        "name_not_found",
+        "nobody",
+    );
     expect(
         &http.get(&url("/v1/locks/held?bogus=1")).await.unwrap(),
         400,

@@ -34,7 +34,9 @@ impl NodeService {
             reason: release_reason(e.reason),
             at_ms: e.at_ms,
         });
-        let blocking = params.wait_ms.is_some();
+        // A blocking query (index and wait_ms, as for every read) answers a vacant name
+        // with its state; a plain read answers 404, like a read of a deleted resource.
+        let blocking = params.wait_ms.is_some() && params.index.is_some();
         match view.holders.into_iter().next() {
             Some(h) => {
                 let remaining = self
