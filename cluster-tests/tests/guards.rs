@@ -383,3 +383,41 @@ async fn guards_share_a_session_lease_and_set_lock_delay() {
     }
     cluster.shutdown().await;
 }
+
+/// A hold under an existing lease joins a lease whose TTL runs from its last renewal, not
+/// from the acquire (attaching does not renew it). The guard re-anchors its client
+/// deadline with a renewal, so it never believes it holds past the lease's end on the
+/// cluster (SPEC §2 rule 5). Before the fix the deadline ran from the acquire's send:
+/// here 1.5 s past the lease's real end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_guard_under_an_existing_lease_never_outlasts_it() {
+    use leasehold_api::wire::CreateLeaseRequest;
+    let cluster = TestCluster::start3().await.unwrap();
+    let c = client(&cluster);
+    let session = c
+        .create_lease(CreateLeaseRequest {
+            ttl_ms: 3_000,
+            owner: Some("worker".into()),
+            request_id: None,
+        })
+        .await
+        .unwrap();
+    // The lease was last renewed at its creation; 1.5 s of its 3 s are gone.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let guard = Lock::new(&c, "session/late")
+        .lease(session.lease_id)
+        .ttl(Duration::from_secs(3))
+        .acquire()
+        .await
+        .unwrap();
+    let believed = guard
+        .valid_until()
+        .saturating_duration_since(tokio::time::Instant::now());
+    let info = c.get_lease(session.lease_id).await.unwrap();
+    assert!(
+        believed.as_millis() as u64 <= info.remaining_ms + 50,
+        "the guard believes it holds for {believed:?}, the lease has {} ms left",
+        info.remaining_ms
+    );
+    guard.release().await.unwrap();
+}

@@ -96,7 +96,8 @@ impl<'a, S: LeaseService + Clone> Spec<'a, S> {
 
     /// The one acquire path: check the options, send the acquire (retrying refusals as
     /// `retry` says), and start renewing. With `wait_ms` set the request may have queued,
-    /// so the client deadline is first re-anchored with an immediate renewal.
+    /// and with a `lease_id` the hold joins a lease renewed earlier, so in both cases the
+    /// client deadline is first re-anchored with an immediate renewal.
     async fn acquire(
         mut self,
         wait_ms: Option<u64>,
@@ -122,9 +123,14 @@ impl<'a, S: LeaseService + Clone> Spec<'a, S> {
                 },
             }
         };
-        let grant = match wait_ms {
-            Some(_) => grant.reanchor(self.service).await?,
-            None => grant,
+        // Re-anchor the client deadline with an immediate renewal when the acquire did
+        // not itself start the lease's TTL afresh: after a wait (the server kept the
+        // waiting lease alive), and under an existing lease (the acquire attaches to it
+        // without renewing it: its TTL runs from its last renewal, which may be long
+        // before this acquire was sent).
+        let grant = match (wait_ms, self.opts.lease_id) {
+            (None, None) => grant,
+            _ => grant.reanchor(self.service).await?,
         };
         Ok(LockGuard::start(
             self.service.clone(),
