@@ -4,6 +4,7 @@ package leasehold
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"io"
@@ -388,20 +389,29 @@ func TestC6RetriedAcquire(t *testing.T) {
 }
 
 // replyDropper forwards each HTTP request to a node and closes the connection instead
-// of returning the reply: the request acted, but its caller never learns how.
+// of returning the reply: the request acted, but its caller never learns how. With a
+// limit, only the first limit replies are dropped and the later ones are returned.
 type replyDropper struct {
 	url     string
+	limit   int64 // 0: drop every reply
+	replies atomic.Int64
 	dropped atomic.Int64
 }
 
 func dropReplies(t *testing.T, target string) *replyDropper {
+	t.Helper()
+	return dropFirstReplies(t, target, 0)
+}
+
+// dropFirstReplies is dropReplies for the first n replies (0: all of them).
+func dropFirstReplies(t *testing.T, target string, n int64) *replyDropper {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { l.Close() })
-	p := &replyDropper{url: "http://" + l.Addr().String()}
+	p := &replyDropper{url: "http://" + l.Addr().String(), limit: n}
 	host := strings.TrimPrefix(target, "http://")
 	go func() {
 		for {
@@ -427,9 +437,18 @@ func dropReplies(t *testing.T, target string) *replyDropper {
 				if err != nil {
 					return
 				}
-				_, _ = io.Copy(io.Discard, resp.Body)
+				reply, err := io.ReadAll(resp.Body)
 				resp.Body.Close()
-				p.dropped.Add(1)
+				if err != nil {
+					return
+				}
+				if p.limit == 0 || p.replies.Add(1) <= p.limit {
+					p.dropped.Add(1)
+					return
+				}
+				resp.Body = io.NopCloser(bytes.NewReader(reply))
+				resp.Close = true
+				_ = resp.Write(conn)
 			}()
 		}
 	}()

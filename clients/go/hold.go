@@ -89,14 +89,14 @@ type Lock struct {
 	lost     chan error
 	stop     chan struct{}
 	stopOnce sync.Once
-	cancel   context.CancelFunc // ends the renewal loop
-	loopDone chan struct{}
 
 	mu         sync.Mutex
+	cancel     context.CancelFunc // ends the running renewal loop
+	loopDone   chan struct{}      // closed when it has ended
 	clock      leaseClock
 	state      State
 	err        error
-	released   bool
+	released   bool // a Release has begun (and did not fail leaving the hold as it was)
 	lostClosed bool
 	stopped    bool
 }
@@ -110,21 +110,28 @@ type grant struct {
 
 // startLock starts renewing a hold granted by a request sent at tSend.
 func (c *Client) startLock(k kind, g grant, tSend time.Time, ttl, heartbeat time.Duration, drift float64) (*Lock, error) {
-	ctx, cancel := context.WithCancel(context.Background())
 	l := &Lock{
 		c: c, kind: k, key: g.key, owner: g.owner, token: g.token, leaseID: g.leaseID, value: g.value,
-		lost:     make(chan error, 1),
-		stop:     make(chan struct{}),
-		cancel:   cancel,
-		loopDone: make(chan struct{}),
-		clock:    newLeaseClock(tSend, ttl, heartbeat, drift),
+		lost:  make(chan error, 1),
+		stop:  make(chan struct{}),
+		clock: newLeaseClock(tSend, ttl, heartbeat, drift),
 	}
 	if err := c.track(l); err != nil {
-		cancel()
 		return nil, err
 	}
-	go l.renew(ctx)
+	l.mu.Lock()
+	l.startRenewal()
+	l.mu.Unlock()
 	return l, nil
+}
+
+// startRenewal starts the renewal loop (again, after a Release that failed). l.mu is
+// held, and no loop runs.
+func (l *Lock) startRenewal() {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	l.cancel, l.loopDone = cancel, done
+	go l.renew(ctx, done)
 }
 
 // Key returns the key (or semaphore key, or name) held.
@@ -203,7 +210,11 @@ func (l *Lock) heartbeatStopped() bool {
 
 // Release stops renewing and releases the hold (unregisters a name). The cluster's
 // refusal is returned as is: not_owner (errors.Is(err, ErrNotOwner)) if the hold was
-// already gone. A second Release returns ErrAlreadyReleased.
+// already gone; the hold is then released on this side too. A Release that fails
+// otherwise (no node reachable, a timeout, ctx ended) leaves the hold as it was:
+// renewed, and released by a later Release or by Client.Close. Once a Release has
+// succeeded (or found the hold gone), another returns ErrAlreadyReleased, as does one
+// called while a Release is under way.
 func (l *Lock) Release(ctx context.Context) error {
 	l.mu.Lock()
 	if l.released {
@@ -211,11 +222,20 @@ func (l *Lock) Release(ctx context.Context) error {
 		return ErrAlreadyReleased
 	}
 	l.released = true
+	cancel, loopDone := l.cancel, l.loopDone
 	l.mu.Unlock()
-	l.cancel()
-	<-l.loopDone
+	cancel()
+	<-loopDone
 	err := l.c.release(ctx, l.kind, l.key, l.owner, l.token)
 	l.mu.Lock()
+	if err != nil && !releaseIsFinal(err) && l.state != Lost {
+		// The hold may still be there: keep it as it was (renewed, tracked for Close),
+		// so that the release can be retried.
+		l.released = false
+		l.startRenewal()
+		l.mu.Unlock()
+		return err
+	}
 	if l.state != Lost {
 		l.state = Released
 		l.closeLost(nil)
@@ -256,8 +276,8 @@ func (l *Lock) lose(reason LossReason, cause error) {
 // client deadline after each successful renewal to its send time + ttl × (1 − drift),
 // and end at the deadline, when the cluster says the hold is gone, or when ctx ends
 // (Release).
-func (l *Lock) renew(ctx context.Context) {
-	defer close(l.loopDone)
+func (l *Lock) renew(ctx context.Context, done chan struct{}) {
+	defer close(done)
 	var lastErr error
 	for {
 		l.mu.Lock()
@@ -291,7 +311,7 @@ func (l *Lock) renew(ctx context.Context) {
 		// heartbeat, so that a paused node leaves time to try the others.
 		rctx, cancel := context.WithDeadline(ctx, deadline)
 		sent := time.Now()
-		err := l.c.extend(rctx, l.kind, l.key, l.owner, l.token, renewalAttempt(heartbeat))
+		_, err := l.c.extend(rctx, l.kind, l.key, l.owner, l.token, renewalAttempt(heartbeat))
 		cancel()
 		if ctx.Err() != nil {
 			return // released meanwhile
@@ -362,18 +382,32 @@ func (l *Lock) waitOutDeadline(ctx context.Context) {
 	}
 }
 
-// extend renews a hold (POST .../extend: a keepalive of its lease).
-func (c *Client) extend(ctx context.Context, k kind, key, owner string, token uint64, attempt time.Duration) error {
+// extend renews a hold (POST .../extend: a keepalive of its lease) and returns the TTL
+// the renewal started (0 if the reply does not say).
+func (c *Client) extend(ctx context.Context, k kind, key, owner string, token uint64, attempt time.Duration) (time.Duration, error) {
 	path, err := keyPath(k.route(), k.field(), key)
 	if err != nil {
-		return err
+		return 0, err
 	}
 	body := struct {
 		Owner     string `json:"owner"`
 		Token     uint64 `json:"token"`
 		RequestID string `json:"request_id"`
 	}{owner, token, c.NewRequestID()}
-	return c.do(ctx, request{method: http.MethodPost, path: path + "/extend", body: body, attempt: attempt}, nil)
+	var reply struct {
+		TTLMs uint64 `json:"ttl_ms"`
+	}
+	if err := c.do(ctx, request{method: http.MethodPost, path: path + "/extend", body: body, attempt: attempt}, &reply); err != nil {
+		return 0, err
+	}
+	return ms(reply.TTLMs), nil
+}
+
+// releaseIsFinal reports whether a failed release leaves nothing to release: the
+// cluster said the hold is gone (404, 409).
+func releaseIsFinal(err error) bool {
+	var apiErr *Error
+	return holdIsGone(err) || (errors.As(err, &apiErr) && (apiErr.Status == http.StatusNotFound || apiErr.Status == http.StatusConflict))
 }
 
 // release releases a hold by owner and token (DELETE ...?owner=&token=).

@@ -3,6 +3,7 @@ package leasehold
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/http"
 	"net/url"
 	"strconv"
@@ -27,26 +28,36 @@ type acquireBody struct {
 // Without WithWait it tries once: if the key is held, the error is a
 // *LockNotGrantedError wrapping the server's lock_held, which names the holder
 // (errors.Is(err, ErrLockNotGranted) and errors.Is(err, ErrLockHeld) both hold). With
-// WithWait(d) it queues FIFO for up to d; a grant after a wait re-anchors the client
-// deadline with an immediate renewal before it is returned.
+// WithWait(d) it queues FIFO for up to d. A grant after a wait, under an existing lease
+// (WithLease) or for a request id the caller gave (WithRequestID) re-anchors the client
+// deadline with an immediate renewal before it is returned; if that renewal finds the
+// hold gone (a retried acquire replaying a grant that has ended since), the error
+// matches ErrNotOwner or ErrLeaseNotFound and no Lock is returned.
 func (c *Client) AcquireLock(ctx context.Context, key string, opts ...LockOption) (*Lock, error) {
 	o, err := c.options(lockDefaults, opts)
 	if err != nil {
 		return nil, err
 	}
-	return c.acquire(ctx, kindLock, key, 0, o, o.requestID)
+	l, _, err := c.acquire(ctx, kindLock, key, 0, o, o.requestID)
+	return l, err
 }
 
-// acquire sends one acquire of key and, once granted, starts renewing it.
-func (c *Client) acquire(ctx context.Context, k kind, key string, limit int, o lockOptions, requestID string) (*Lock, error) {
+// acquire sends one acquire of key and, once granted, starts renewing it. requestID is
+// the caller's (WithRequestID, or a campaign's kept across its retries), or "" for a
+// fresh one. granted reports whether the cluster granted the request, also when the
+// acquire then failed: its request id is used up.
+func (c *Client) acquire(ctx context.Context, k kind, key string, limit int, o lockOptions, requestID string) (l *Lock, granted bool, err error) {
 	if c.isClosed() {
-		return nil, ErrClientClosed
+		return nil, false, ErrClientClosed
 	}
 	path, err := keyPath(k.route(), k.field(), key)
 	if err != nil {
-		return nil, err
+		return nil, false, err
 	}
-	if requestID == "" {
+	// A request id from the caller may have been sent before: the reply may then be the
+	// dedupe window's replay of a grant made for an earlier send.
+	replayable := requestID != ""
+	if !replayable {
 		requestID = c.NewRequestID()
 	}
 	wait := waitWithin(ctx, o.wait)
@@ -83,51 +94,63 @@ func (c *Client) acquire(ctx context.Context, k kind, key string, limit int, o l
 		ExpiresInMs uint64  `json:"expires_in_ms"`
 		Value       *string `json:"value"`
 	}
+	// Sent before the first try: the client's own retries of this call (same request id)
+	// may get the grant of an earlier try, which the server made after this.
 	tSend := time.Now()
 	if err := c.do(ctx, request{method: method, path: path, body: body, wait: wait}, &reply); err != nil {
 		var apiErr *Error
 		if errors.As(err, &apiErr) && (apiErr.Code == "lock_held" || apiErr.Code == "name_taken" || apiErr.Code == "semaphore_full") {
-			return nil, &LockNotGrantedError{Key: key, Wait: wait, Err: apiErr}
+			return nil, false, &LockNotGrantedError{Key: key, Wait: wait, Err: apiErr}
 		}
-		return nil, err
+		return nil, false, err
 	}
 	g := grant{key: key, owner: reply.Owner, token: reply.Token, leaseID: reply.LeaseID, value: str(reply.Value)}
 	if k == kindSemaphore && o.value != nil {
 		g.value = *o.value // a slot's reply does not repeat the value
 	}
-	// The TTL the cluster applies (a shared lease's, under WithLease); never more than
-	// asked for, so that a fraction of a millisecond rounded up on the wire does not
-	// lengthen the client deadline.
+	// The TTL the cluster applies (a shared lease's, under WithLease).
 	ttl := ms(reply.TTLMs)
 	if ttl == 0 {
 		ttl = ms(reply.ExpiresInMs)
 	}
+	// Re-anchor the client deadline with an immediate renewal wherever the acquire did
+	// not itself start the lease's TTL afresh after tSend (SPEC §2 rule 5):
+	//   - after a wait: the server kept the waiting lease alive, from before the grant;
+	//   - under an existing lease: the acquire attaches to it without renewing it, and
+	//     its TTL runs from its last renewal, which may be long before tSend;
+	//   - with the caller's request id: the reply may replay a grant made for an earlier
+	//     send, before tSend, whose hold may even have ended since (the renewal says so).
+	if wait > 0 || o.leaseID != 0 || replayable {
+		sent := time.Now()
+		renewedTTL, err := c.extend(ctx, k, key, g.owner, g.token, 0)
+		if err != nil {
+			if holdIsGone(err) {
+				return nil, true, fmt.Errorf("leasehold: %q was granted (token %d), but the hold has ended since: %w", key, g.token, err)
+			}
+			c.releaseInBackground(k, g)
+			return nil, true, err
+		}
+		tSend = sent
+		if renewedTTL > 0 {
+			ttl = renewedTTL // the TTL that renewal started, after sent
+		}
+	}
+	// Never more than asked for, so that a fraction of a millisecond rounded up on the
+	// wire does not lengthen the client deadline.
 	if o.leaseID == 0 && o.ttl > 0 && o.ttl < ttl {
 		ttl = o.ttl
 	}
 	heartbeat, err := heartbeatPeriod(ttl, o.heartbeat, o.drift)
 	if err != nil {
 		c.releaseInBackground(k, g)
-		return nil, err
+		return nil, true, err
 	}
-	if wait > 0 {
-		// The grant may have come after a wait: the server kept the waiting lease alive,
-		// but the client deadline needs a fresh t_send, from an immediate renewal.
-		sent := time.Now()
-		if err := c.extend(ctx, k, key, g.owner, g.token, 0); err != nil {
-			if !holdIsGone(err) {
-				c.releaseInBackground(k, g)
-			}
-			return nil, err
-		}
-		tSend = sent
-	}
-	l, err := c.startLock(k, g, tSend, ttl, heartbeat, o.drift)
+	l, err = c.startLock(k, g, tSend, ttl, heartbeat, o.drift)
 	if err != nil {
 		c.releaseInBackground(k, g)
-		return nil, err
+		return nil, true, err
 	}
-	return l, nil
+	return l, true, nil
 }
 
 // releaseInBackground releases a grant the caller will not get, best effort.

@@ -63,6 +63,11 @@ func (l *Leadership) Proclaim(ctx context.Context, value string) error {
 // returns once elected. It goes on until elected or ctx ends; WithWait bounds each
 // queued request (default DefaultCampaignWait), and the default lease duration is
 // DefaultElectionLeaseDuration. The leadership is renewed until Resign or its loss.
+//
+// A queued request that fails as unavailable or timeout (its reply may have been lost
+// after the cluster acted on it) is sent again after a pause with the same request id,
+// so that it gets its own grant or queue entry back; a new request id is used only
+// after a wait that ran out (name_taken) or a grant that could not be kept.
 func (c *Client) Campaign(ctx context.Context, name, value string, opts ...LockOption) (*Leadership, error) {
 	o, err := c.options(electionDefaults, append([]LockOption{WithData(value)}, opts...))
 	if err != nil {
@@ -79,18 +84,34 @@ func (c *Client) Campaign(ctx context.Context, name, value string, opts ...LockO
 	if heartbeat > 0 && heartbeat < pause {
 		pause = heartbeat
 	}
+	// One request id per queued request, kept when the request is sent again after a
+	// failure that may have hidden its outcome: a grant (or queue entry) that raced a
+	// lost reply is then this campaign's own, not a ghost holder it would queue behind
+	// until its TTL ran out. Every grant is re-anchored (acquire does so for a request
+	// id it is given), so a replayed grant is safe, and one that has ended is refused.
 	requestID := o.requestID
+	if requestID == "" {
+		requestID = c.NewRequestID()
+	}
 	for {
 		if err := ctx.Err(); err != nil {
 			return nil, err
 		}
-		l, err := c.acquire(ctx, kindName, name, 0, o, requestID)
-		requestID = "" // a new campaign request is a new request
-		switch {
-		case err == nil:
+		l, granted, err := c.acquire(ctx, kindName, name, 0, o, requestID)
+		if err == nil {
 			return &Leadership{Lock: l, value: l.value}, nil
+		}
+		if granted {
+			// The grant failed after the fact (it had ended, or its re-anchoring failed
+			// and it was released): the id is used up.
+			requestID = c.NewRequestID()
+		}
+		switch {
+		case granted && holdIsGone(err):
+			c.logf("campaign for %q: %v; running again", name, errText(err))
 		case errors.Is(err, ErrNameTaken):
-			// The wait ran out with another leader in place: queue again.
+			// The wait ran out with another leader in place: queue again, as a new request.
+			requestID = c.NewRequestID()
 		case errors.Is(err, ErrUnavailable) || errors.Is(err, ErrTimeout):
 			c.logf("campaign for %q: %v; trying again", name, errText(err))
 			if !sleep(ctx, pause) {
@@ -110,7 +131,7 @@ func (c *Client) Register(ctx context.Context, name, value string, opts ...LockO
 	if err != nil {
 		return nil, err
 	}
-	l, err := c.acquire(ctx, kindName, name, 0, o, o.requestID)
+	l, _, err := c.acquire(ctx, kindName, name, 0, o, o.requestID)
 	if err != nil {
 		return nil, err
 	}

@@ -80,7 +80,11 @@ func WithData[T ~[]byte | ~string](data T) LockOption {
 
 // WithRequestID sets the idempotency key of the acquire (default: a fresh one per call,
 // see Client.NewRequestID). Sending an acquire again with the same id within the
-// server's dedupe window returns the first result instead of acting twice.
+// server's dedupe window returns the first result instead of acting twice. That result
+// did not renew the lease, so a grant for a request id given here is re-anchored with an
+// immediate renewal before it is returned, and one whose hold has ended since is an
+// error (matching ErrNotOwner or ErrLeaseNotFound), not a Lock. It is an option of one
+// call: New refuses it as a client-wide default.
 func WithRequestID(id string) LockOption {
 	return func(o *lockOptions) { o.requestID = id }
 }
@@ -128,6 +132,9 @@ func (c *Client) options(base lockOptions, opts []LockOption) (lockOptions, erro
 	o := base
 	for _, opt := range c.defaults {
 		opt(&o)
+	}
+	if o.requestID != "" {
+		return o, invalid("request_id", "identifies one acquire: give WithRequestID to the call, not as a client default (every acquire would replay the first)")
 	}
 	for _, opt := range opts {
 		opt(&o)

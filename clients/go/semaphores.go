@@ -16,7 +16,8 @@ func (c *Client) AcquireSemaphore(ctx context.Context, key string, limit int, op
 	if err != nil {
 		return nil, err
 	}
-	return c.acquire(ctx, kindSemaphore, key, limit, o, o.requestID)
+	l, _, err := c.acquire(ctx, kindSemaphore, key, limit, o, o.requestID)
+	return l, err
 }
 
 // ReleaseSemaphore releases the slot of key held by owner with this fencing token,

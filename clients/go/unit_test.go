@@ -201,6 +201,13 @@ func TestNewChecksTheConfiguration(t *testing.T) {
 	if _, err := New(Config{Endpoints: []string{"http://a:1"}}, WithLeaseDuration(time.Second), WithHeartbeatPeriod(time.Second)); !errors.Is(err, ErrInvalidArgument) {
 		t.Errorf("bad default options were accepted: %v", err)
 	}
+	// One request id for every acquire of a client would make each acquire a replay of
+	// the first.
+	_, err = New(Config{Endpoints: []string{"http://a:1"}}, WithRequestID("once"))
+	var e *Error
+	if !errors.As(err, &e) || !errors.Is(err, ErrInvalidArgument) || !strings.HasPrefix(e.Message, "request_id: ") {
+		t.Errorf("a client-wide request id: %v, want invalid_argument naming request_id", err)
+	}
 }
 
 func TestRequestIDsAreUniqueAcrossCallsAndClients(t *testing.T) {

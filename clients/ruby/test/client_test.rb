@@ -104,6 +104,47 @@ class ClientTest < Minitest::Test
     assert_equal "revoked", c.wait_for_release(key, timeout: 1)[:reason]
   end
 
+  # An acquire under an existing lease attaches to it without renewing it (its
+  # TTL runs from its last renewal), so the client deadline must come from a
+  # renewal sent after the grant, not from the acquire: never believe longer
+  # than the cluster has left on the lease.
+  def test_a_hold_under_an_existing_lease_is_not_believed_longer_than_the_lease
+    c = Leasehold::Client.new(endpoints: cluster.urls)
+    lease = c.grant(ttl: 3, owner: unique("session"))
+    sleep 1.5
+    lock = c.lock(unique("under-lease"), lease_id: lease[:lease_id])
+    assert lock.acquire
+    # The lease first, then the belief: the lease's true time left now is at most what the
+    # read reported, so the check holds however slow the read was.
+    remaining = c.lease(lease[:lease_id])[:remaining_ms] / 1000.0
+    believed = lock.valid_until - now
+    assert_operator believed, :<=, remaining + 0.05,
+                    "believed #{believed.round(3)} s, the cluster has #{remaining} s left on the lease"
+    assert lock.release
+  ensure
+    c.revoke(lease[:lease_id]) if lease
+  end
+
+  # A hung endpoint must not take the whole time left before the client
+  # deadline: each renewal try at one endpoint gets half a heartbeat (at least
+  # 100 ms), so the renewal fails over to a live node in time.
+  def test_a_renewal_fails_over_from_a_hung_endpoint_before_the_deadline
+    proxy = HangingProxy.new(cluster.urls[0])
+    c = Leasehold::Client.new(endpoints: [proxy.url, *cluster.urls.drop(1)])
+    losses = Queue.new
+    lock = c.lock(unique("hung-endpoint"), ttl: 1.5, on_lost: ->(e) { losses << e })
+    assert lock.acquire
+    assert_equal proxy.url, c.current_endpoint
+    proxy.hang!
+    sleep 2.5 # well past the deadline of the last renewal through the proxy
+    assert_empty losses
+    assert lock.held?
+    refute_equal proxy.url, c.current_endpoint
+    assert lock.release
+  ensure
+    proxy&.close
+  end
+
   def test_wait_for_release_and_expired
     c = Leasehold::Client.new(endpoints: cluster.urls)
     key = unique("wait")

@@ -138,6 +138,63 @@ class DeadlineTest < Minitest::Test
     refute renewer.held?
   end
 
+  # A success recorded after the deadline passed (the loop's own renewal hung
+  # past it) or after the loss was reported does not bring the hold back.
+  def test_a_late_success_does_not_bring_a_lapsed_hold_back
+    hung = Queue.new
+    losses = Queue.new
+    renewer = renewer(ttl: 0.3, on_lost: ->(e) { losses << e }, renew: ->(_) { hung.pop })
+    sent = D.now
+    wait_until("the deadline passed") { D.now >= renewer.valid_until }
+    deadline = renewer.valid_until
+    refute renewer.renewed(sent), "a success after the deadline is too late"
+    assert_equal deadline, renewer.valid_until
+    refute renewer.held?
+    hung << true # the loop's renewal answers, too late as well
+    assert_equal :unreachable, losses.pop.reason
+    assert_equal deadline, renewer.valid_until
+
+    gone = renewer(ttl: 3, heartbeat: 0.05, on_lost: ->(e) { losses << e },
+                   renew: ->(_) { raise Leasehold::LeaseNotFoundError, "lease 7 not found" })
+    assert_equal :expired, losses.pop.reason
+    deadline = gone.valid_until
+    assert_operator deadline, :>, D.now
+    refute gone.renewed(D.now), "a success after the loss was reported is too late"
+    assert_equal deadline, gone.valid_until
+    assert_equal :lost, gone.state
+    refute gone.held?
+  ensure
+    hung&.push(true)
+  end
+
+  # A shorter TTL lowers the deadline before its request is sent (the cluster may
+  # apply it at any moment after that), and its success sets the deadline from
+  # the send time and the new TTL, never keeping a longer one. A longer TTL counts
+  # only once it was answered.
+  def test_a_ttl_change_moves_the_deadline_safely
+    renewer = renewer(ttl: 3, renew: ->(_) {})
+    sent = D.now
+    renewer.changing_ttl(sent, 0.6)
+    assert_in_delta D.valid_until(sent, 0.6), renewer.valid_until, 1e-9
+    assert_in_delta 0.1, renewer.attempt_timeout, 1e-9 # the renewal period follows the TTL
+    assert renewer.renewed(sent, ttl: 0.6)
+    assert_in_delta D.valid_until(sent, 0.6), renewer.valid_until, 1e-9
+
+    sent = D.now
+    renewer.changing_ttl(sent, 5)
+    assert_operator renewer.valid_until, :<, sent + 0.6, "not raised before the reply"
+    assert renewer.renewed(sent, ttl: 5)
+    assert_in_delta D.valid_until(sent, 5), renewer.valid_until, 1e-9
+  ensure
+    renewer&.stop
+  end
+
+  # Each renewal try at one endpoint is bounded by half a heartbeat, at least 100 ms.
+  def test_a_renewal_try_at_one_endpoint_gets_half_a_heartbeat
+    assert_in_delta 0.5, renewer(ttl: 3, renew: ->(_) {}).tap(&:stop).attempt_timeout, 1e-9
+    assert_in_delta 0.1, renewer(ttl: 0.3, renew: ->(_) {}).tap(&:stop).attempt_timeout, 1e-9
+  end
+
   private
 
   def renewer(ttl:, renew:, t_send: D.now, heartbeat: nil, on_lost: ->(_) {})

@@ -161,6 +161,164 @@ class MemoryTest < Minitest::Test
     assert_equal :stolen, error.reason
   end
 
+  # Shrinking the TTL lowers the client deadline before the request goes out (the
+  # backend may apply it at once) and sets it from the send time and the new TTL
+  # after, never keeping the longer one; growing it counts only once answered.
+  def test_refresh_with_a_shorter_ttl_shortens_the_client_deadline
+    lock = @memory.lock("shrink", ttl: 5)
+    lock.acquire
+    seen = []
+    @memory.define_singleton_method(:extend_lock) do |key, **options|
+      seen << [options[:ttl], lock.valid_until - Leasehold::Deadline.now] if options[:ttl]
+      super(key, **options)
+    end
+    before = now
+    assert lock.refresh(0.6)
+    after = now
+    assert_equal 0.6, lock.ttl
+    assert_operator seen.last[1], :<=, 0.594, "lowered before the request was sent"
+    assert_operator lock.valid_until, :>=, Leasehold::Deadline.valid_until(before, 0.6)
+    assert_operator lock.valid_until, :<=, Leasehold::Deadline.valid_until(after, 0.6)
+    assert_equal 600, @memory.lock_info("shrink")[:ttl_ms]
+
+    assert lock.refresh(5)
+    assert_operator seen.last[1], :<=, 0.594, "not raised before the reply"
+    assert_equal 5, lock.ttl
+    assert_operator lock.valid_until - now, :>, 4.5
+    assert lock.held?
+    lock.release
+  end
+
+  # A refresh whose reply comes after the client deadline passed (the renewals
+  # failed meanwhile and the loss was reported) raises LockLost: it does not
+  # bring the lapsed hold back.
+  def test_a_refresh_answered_after_the_deadline_raises_lock_lost
+    main = Thread.current
+    @memory.define_singleton_method(:extend_lock) do |key, **options|
+      raise Leasehold::UnavailableError, "no quorum" unless Thread.current == main # the renewals fail
+
+      super(key, **options).tap { sleep 0.4 } # applied at once, answered late
+    end
+    lock = @memory.lock("late-refresh", ttl: 0.6)
+    lock.acquire
+    sleep 0.3
+    error = assert_raises(Leasehold::LockLost) { lock.refresh }
+    assert_equal :unreachable, error.reason
+    refute lock.held?
+    assert_equal :lost, lock.state
+  end
+
+  # A loss reported between the grant and the start of with_lock's block (no
+  # thread to raise it into yet) is raised instead of running the block.
+  def test_a_loss_before_the_block_starts_is_raised_instead_of_running_it
+    lock = @memory.lock("lost-early", ttl: 0.6)
+    memory = @memory
+    lock.define_singleton_method(:acquire) do |**options|
+      super(**options).tap do
+        memory.force_release("lost-early")
+        sleep 0.01 until lost # the renewal thread reports it (:stolen) before the block
+      end
+    end
+    ran = false
+    error = assert_raises(Leasehold::LockLost) { lock.with_lock { ran = true } }
+    refute ran, "the block must not run without the lock"
+    assert_equal :stolen, error.reason
+    assert_same lock.lost, error
+  end
+
+  # A loss reported after the block returned but before with_lock stopped
+  # raising into its thread is not raised: the block's work is done, so with_lock
+  # returns its value; the loss shows in lost and state, nothing is released.
+  def test_a_loss_after_the_block_returned_is_not_raised
+    lock = @memory.lock("lost-late", ttl: 0.6)
+    mutex = lock.instance_variable_get(:@mutex)
+    main = Thread.current
+    locked = Queue.new
+    go = Queue.new
+    holder = nil
+    result = lock.with_lock do
+      # Hold the lock object's mutex so that the loss waits for it, then let
+      # with_lock's block end; release the mutex once with_lock waits for it too.
+      holder = Thread.new do
+        mutex.synchronize do
+          locked << true
+          go.pop
+          sleep 0.01 until main.status == "sleep"
+        end
+      end
+      locked.pop
+      @memory.force_release("lost-late")
+      renewal = lock.instance_variable_get(:@renewer).instance_variable_get(:@thread)
+      sleep 0.01 until lock.lost && renewal.status == "sleep" # waiting for the mutex to raise it in
+      go << true
+      :done
+    end
+    holder.join
+    assert_equal :done, result
+    assert_equal :stolen, lock.lost.reason
+    assert_equal :lost, lock.state
+  end
+
+  # A release that failed on the way (no quorum, no answer) can be retried: with
+  # the same request id, so a retry of one that did act gets its result back.
+  def test_a_release_that_failed_can_be_retried
+    lock = @memory.lock("release-retry", ttl: 5)
+    lock.acquire
+    ids = []
+    @memory.define_singleton_method(:release_lock) do |key, **options|
+      ids << options[:request_id]
+      case ids.size
+      when 1 then raise Leasehold::UnavailableError, "no quorum" # not sent anywhere
+      when 2 then super(key, **options).tap { raise Leasehold::TimeoutError, "no answer" } # released, reply lost
+      else super(key, **options)
+      end
+    end
+    assert_raises(Leasehold::UnavailableError) { lock.release }
+    assert @memory.lock_info("release-retry")[:held]
+    assert_raises(Leasehold::TimeoutError) { lock.release }
+    refute @memory.lock_info("release-retry")[:held]
+    assert lock.release, "the retry gets the first result"
+    refute lock.release, "nothing left to release"
+    assert_equal 3, ids.size
+    assert_equal 1, ids.uniq.size
+    refute_nil ids.first
+  end
+
+  # Every acquire carries a request id of its own; a campaign keeps one across
+  # its retries after unavailable/timeout (a grant that raced the disconnect is
+  # then its own) and takes a new one after name_taken (a wait that ran out).
+  def test_acquires_and_campaigns_send_request_ids
+    ids = []
+    @memory.define_singleton_method(:acquire_lock) do |key, **options|
+      ids << options[:request_id]
+      super(key, **options)
+    end
+    lock = @memory.lock("with-id")
+    lock.acquire
+    lock.release
+    lock.acquire
+    lock.release
+    assert_equal 2, ids.compact.uniq.size
+
+    ids.clear
+    errors = [Leasehold::UnavailableError.new("no quorum"), Leasehold::TimeoutError.new("no answer"),
+              Leasehold::NameTakenError.new("taken")]
+    @memory.define_singleton_method(:register_name) do |name, **options|
+      ids << options[:request_id]
+      error = errors.shift
+      raise error if error
+
+      super(name, **options)
+    end
+    leader = @memory.election("campaign-ids", "v", ttl: 0.9).campaign
+    assert leader.leader?
+    assert_equal 4, ids.size
+    refute_nil ids[0]
+    assert_equal [ids[0]] * 3, ids[0, 3], "the same id across unavailable and timeout"
+    refute_equal ids[2], ids[3], "a new id after name_taken"
+    leader.resign
+  end
+
   def test_shared_lease_holds_several_locks
     lease = @memory.grant(ttl: 1, owner: "worker")
     a = @memory.lock("s/a", lease_id: lease[:lease_id])

@@ -268,3 +268,52 @@ class ReplyDroppingProxy
     socket.close
   end
 end
+
+# A TCP proxy to one node that forwards each request and its reply until {#hang!};
+# after that it accepts connections and reads the requests but never answers, as a
+# paused node does.
+class HangingProxy
+  def initialize(upstream)
+    @upstream = URI(upstream)
+    @server = TCPServer.new("127.0.0.1", 0)
+    @hanging = false
+    @held = Queue.new
+    @thread = Thread.new { loop { Thread.new(@server.accept) { |socket| serve(socket) } } }
+  end
+
+  # The URL clients use.
+  def url
+    "http://127.0.0.1:#{@server.addr[1]}"
+  end
+
+  # Answer nothing from now on.
+  def hang!
+    @hanging = true
+  end
+
+  # Stop accepting and drop the connections held open.
+  def close
+    @thread.kill
+    @server.close
+    @held.pop.close until @held.empty?
+  end
+
+  private
+
+  def serve(socket)
+    head = +""
+    head << socket.readpartial(4096) until head.include?("\r\n\r\n")
+    length = head[/^content-length:\s*(\d+)/i, 1].to_i
+    body_so_far = head.split("\r\n\r\n", 2)[1].to_s.bytesize
+    head << socket.read(length - body_so_far) if length > body_so_far
+    return @held << socket if @hanging # never answered; closed by #close
+
+    TCPSocket.open(@upstream.host, @upstream.port) do |upstream|
+      upstream.write(head.sub(/^connection:.*\r\n/i, "").sub("\r\n", "\r\nConnection: close\r\n"))
+      socket.write(upstream.read)
+    end
+    socket.close
+  rescue IOError, SystemCallError
+    socket.close unless socket.closed?
+  end
+end

@@ -17,7 +17,8 @@ module Leasehold
   # a 503 +unavailable+, it tries the next one, twice round the list at most and
   # within +timeout+ seconds (plus the call's own wait for blocking calls). Each
   # try at one endpoint is bounded by +attempt_timeout+ (a paused node accepts
-  # connections but never answers). Every mutating call carries a +request_id+,
+  # connections but never answers), or by a call's shorter +attempt+ (renewals
+  # use half their heartbeat). Every mutating call carries a +request_id+,
   # the same on each retry of that call, so a retry never acts twice.
   #
   # The methods below map one to one onto the HTTP API. Durations are seconds;
@@ -135,11 +136,12 @@ module Leasehold
     end
 
     # Keep a held lock's lease alive; with +ttl+ give the lease that TTL.
-    # +timeout+ bounds this call. => +{token:, ttl_ms:}+; {NotOwnerError} if lost.
-    def extend_lock(key, owner:, token:, ttl: nil, request_id: nil, timeout: nil)
+    # +timeout+ bounds this call, +attempt+ (when shorter than +attempt_timeout+)
+    # each try at one endpoint. => +{token:, ttl_ms:}+; {NotOwnerError} if lost.
+    def extend_lock(key, owner:, token:, ttl: nil, request_id: nil, timeout: nil, attempt: nil)
       post("/v1/locks/#{seg('key', key)}/extend",
            { owner: owner, token: token, ttl_ms: ttl && Deadline.ms(ttl), request_id: request_id || new_request_id },
-           timeout: timeout)
+           timeout: timeout, attempt: attempt)
     end
 
     # Release a held lock. => +{released: true}+; {NotOwnerError} if not held.
@@ -200,10 +202,10 @@ module Leasehold
     end
 
     # Keep a slot alive (see {#extend_lock}).
-    def extend_semaphore(key, owner:, token:, ttl: nil, request_id: nil, timeout: nil)
+    def extend_semaphore(key, owner:, token:, ttl: nil, request_id: nil, timeout: nil, attempt: nil)
       post("/v1/semaphores/#{seg('key', key)}/extend",
            { owner: owner, token: token, ttl_ms: ttl && Deadline.ms(ttl), request_id: request_id || new_request_id },
-           timeout: timeout)
+           timeout: timeout, attempt: attempt)
     end
 
     # Release a slot. => +{released: true}+
@@ -234,10 +236,12 @@ module Leasehold
                    wait_ms: wait_ms(wait), request_id: request_id || new_request_id }, wait: wait)
     end
 
-    # Keep a registered name alive. => +{token:, ttl_ms:}+
-    def extend_name(name, owner:, token:, request_id: nil, timeout: nil)
+    # Keep a registered name alive (+timeout+, +attempt+: see {#extend_lock}).
+    # => +{token:, ttl_ms:}+
+    def extend_name(name, owner:, token:, request_id: nil, timeout: nil, attempt: nil)
       post("/v1/names/#{seg('name', name)}/extend",
-           { owner: owner, token: token, request_id: request_id || new_request_id }, timeout: timeout)
+           { owner: owner, token: token, request_id: request_id || new_request_id }, timeout: timeout,
+                                                                                      attempt: attempt)
     end
 
     # Publish a new value under a held name. => the name's record.
@@ -284,13 +288,16 @@ module Leasehold
 
     private
 
-    def post(path, body, wait: nil, timeout: nil)
-      call(:post, path, body: body, wait: wait, timeout: timeout)
+    def post(path, body, wait: nil, timeout: nil, attempt: nil)
+      call(:post, path, body: body, wait: wait, timeout: timeout, attempt: attempt)
     end
 
-    # One call with failover; the parsed 2xx body, or raises.
-    def call(method, path, query: nil, body: nil, wait: nil, timeout: nil)
+    # One call with failover; the parsed 2xx body, or raises. +timeout+ bounds
+    # the whole call (default the client's), +attempt+ one try at one endpoint
+    # (at most the client's +attempt_timeout+); +wait+ is added to both.
+    def call(method, path, query: nil, body: nil, wait: nil, timeout: nil, attempt: nil)
       wait = wait.to_f
+      per_try = (attempt ? [attempt, @attempt_timeout].min : @attempt_timeout) + wait
       budget = (timeout || @timeout) + wait
       give_up_at = Deadline.now + budget
       target = path + query_string(query)
@@ -305,7 +312,7 @@ module Leasehold
         i = (start + attempt) % n
         endpoint = @endpoints[i]
         begin
-          status, reply, retry_after = perform(endpoint, method, target, payload, [@attempt_timeout + wait, remaining].min)
+          status, reply, retry_after = perform(endpoint, method, target, payload, [per_try, remaining].min)
         rescue *TRANSPORT_ERRORS => e
           last_error = transport_error(endpoint, e)
           logger.info("#{method.upcase} #{target}: #{last_error.message}; trying the next endpoint")

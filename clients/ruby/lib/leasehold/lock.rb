@@ -1,5 +1,6 @@
 # frozen_string_literal: true
 
+require "securerandom"
 require "socket"
 
 module Leasehold
@@ -54,6 +55,7 @@ module Leasehold
       @on_lost = on_lost
       @logger = logger
       @mutex = Mutex.new
+      @refresh_mutex = Mutex.new
       @hold = nil
       @renewer = nil
       @raise_into = nil
@@ -71,21 +73,7 @@ module Leasehold
     # {LockNotOwnedError} (with the +holder+) when not obtained within the wait,
     # or the server's error (e.g. {InvalidArgumentError}).
     def acquire(wait: @wait)
-      return true if held?
-
-      ttl = effective_ttl
-      heartbeat = Deadline.heartbeat(ttl, @heartbeat, @drift) if ttl.positive?
-      t_send = Deadline.now
-      hold = begin
-        send_acquire(ttl, wait)
-      rescue LockHeldError, NameTakenError, SemaphoreFullError => e
-        raise not_obtained(e)
-      end
-      # The grant came after a wait: the server kept the waiting lease alive, so
-      # only this side's deadline needs a fresh t_send: renew at once.
-      t_send = reanchor(hold) if wait.positive?
-      start(hold, t_send, ttl, heartbeat)
-      true
+      obtain(wait, new_request_id)
     end
 
     # Try once without waiting: true if acquired, false if someone else holds it.
@@ -99,7 +87,9 @@ module Leasehold
     # renewing it, and release afterwards; returns the block's value. Raises
     # {LockNotOwnedError} if not obtained within the wait. If the hold is lost
     # before the block returns, {LockLost} is raised in the block's thread (unless
-    # +on_lost+ was given); a lost hold is not released.
+    # +on_lost+ was given), or instead of running the block if it was lost before
+    # the block started; a lost hold is not released. A loss reported after the
+    # block returned is not raised: its value is returned, {#lost} shows the loss.
     def with_lock(wait: @wait, &block)
       acquire(wait: wait)
       run_held(&block)
@@ -109,33 +99,59 @@ module Leasehold
     # Release now (stops renewing). Returns true if released, false if there was
     # nothing to release. Raises {LockLost} if the cluster says the hold had
     # already ended (NoBrainer's LostLock on unlock).
+    #
+    # Renewal stops before the request is sent. If the request fails on the way
+    # (unavailable, timeout: the cluster may or may not have released), the error
+    # is raised and {#release} can be called again; it sends the same request id,
+    # so a retry of a release that did happen answers true. Meanwhile the hold is
+    # not renewed and no longer believed ({#held?} false, {#state} :stopped).
     def release
-      hold, renewer = @mutex.synchronize do
+      hold, renewer, request_id = @mutex.synchronize do
         return false unless @hold && !@released
 
         @released = true
-        [@hold, @renewer]
+        [@hold, @renewer, @release_request_id ||= new_request_id]
       end
       renewer.stop
-      send_release(hold)
+      begin
+        send_release(hold, request_id)
+      rescue *Renewer::GONE => e
+        raise lost_from(e, "not released: the hold had already ended on the cluster")
+      rescue StandardError
+        # Not known to be released: let a later call try again.
+        @mutex.synchronize { @released = false if @hold.equal?(hold) }
+        raise
+      end
       true
-    rescue *Renewer::GONE => e
-      raise lost_from(e, "not released: the hold had already ended on the cluster")
     end
 
     # Extend the hold now; with +ttl+ (seconds) its lease gets that TTL from now
-    # on (a replicated change) and renewal follows it. Returns true. Raises
-    # {LockLost} if the hold is gone (or was never acquired).
+    # on (a replicated change) and renewal follows it. A shorter TTL shortens the
+    # client deadline before the request is sent (the cluster may apply it at any
+    # moment after), a longer one lengthens it only once the cluster answered.
+    # Returns true. Raises {LockLost} if the hold is gone (or was never
+    # acquired), or if the answer came too late: after the client deadline passed
+    # or the loss was reported (a lapsed hold is not brought back).
     def refresh(ttl = nil)
-      hold, renewer = @mutex.synchronize { [@hold, @renewer] }
-      raise LockLost.new("#{label}: not held", reason: :expired) unless hold && !@released
-      raise renewer.lost if renewer.lost
+      @refresh_mutex.synchronize do # one TTL change at a time
+        hold, renewer = @mutex.synchronize { [@hold, @released ? nil : @renewer] }
+        raise LockLost.new("#{label}: not held", reason: :expired) unless hold && renewer
+        raise renewer.lost if renewer.lost
 
-      sent = Deadline.now
-      send_extend(hold, ttl: ttl)
-      @ttl = ttl if ttl
-      renewer.renewed(sent, ttl: ttl)
-      true
+        sent = Deadline.now
+        if ttl
+          renewer.changing_ttl(sent, ttl)
+          @ttl = [@ttl, ttl].min
+        end
+        send_extend(hold, ttl: ttl)
+        unless renewer.renewed(sent, ttl: ttl)
+          raise renewer.lost || LockLost.new("#{label}: refreshed too late: the hold was no longer believed " \
+                                             "(its client deadline had passed, or it was released)",
+                                             reason: :expired, details: { key: @key, token: token })
+        end
+        @ttl = ttl if ttl
+        true
+      end
     rescue *Renewer::GONE => e
       raise lost_from(e, "not refreshed: the hold had ended on the cluster")
     end
@@ -230,18 +246,59 @@ module Leasehold
 
     protected
 
+    # Acquire with +request_id+ (reused by the caller on a retry of the same
+    # attempt), queueing up to +wait+ seconds; see {#acquire}.
+    def obtain(wait, request_id)
+      return true if held?
+
+      ttl = effective_ttl
+      heartbeat = Deadline.heartbeat(ttl, @heartbeat, @drift) if ttl.positive?
+      t_send = Deadline.now
+      hold = begin
+        send_acquire(ttl, wait, request_id)
+      rescue LockHeldError, NameTakenError, SemaphoreFullError => e
+        raise not_obtained(e)
+      end
+      # The acquire did not start the lease's TTL afresh when the grant came after
+      # a wait (the server kept the waiting lease alive meanwhile) or when the hold
+      # joined an existing lease (whose TTL runs from its last renewal, maybe long
+      # before this acquire). Both are safe on the server; this side's deadline
+      # needs a fresh t_send: renew at once.
+      t_send = reanchor(hold) if wait.positive? || @lease_id
+      start(hold, t_send, ttl, heartbeat)
+      true
+    end
+
     # Run the block with this (held) lock, raising a loss into it, then release.
+    #
+    # A loss is raised into the block only (LockLost is masked elsewhere here).
+    # One reported before the block started (the grant was lost at once) is
+    # raised instead of running it. One that arrives after the block returned,
+    # while this method still let losses be raised into its thread, is left
+    # pending by the mask and surfaces as the mask ends: the block's work is done
+    # then, so it is not raised; {#lost} and {#state} show it.
     def run_held
       completed = false
-      Thread.handle_interrupt(LockLost => :never) do
-        @mutex.synchronize { @raise_into = Thread.current }
-        result = Thread.handle_interrupt(LockLost => :immediate) { yield self }
-        completed = true
-        result
-      ensure
-        @mutex.synchronize { @raise_into = nil }
-        release_after_block(completed)
+      result = nil
+      begin
+        Thread.handle_interrupt(LockLost => :never) do
+          @mutex.synchronize { @raise_into = Thread.current }
+          result = Thread.handle_interrupt(LockLost => :immediate) do
+            # A loss reported before @raise_into was set had nowhere to go.
+            raise_if_lost_before_block unless @on_lost
+            yield self
+          end
+          completed = true
+        ensure
+          @mutex.synchronize { @raise_into = nil }
+          release_after_block(completed)
+        end
+      rescue LockLost => e
+        raise unless completed && e.equal?(lost) # another lock's loss goes on up
+
+        logger.info("#{label}: lost after the block had returned; its result stands")
       end
+      result
     end
 
     # Field of {#holder} with the grant time in ms since the epoch.
@@ -249,20 +306,26 @@ module Leasehold
       :locked_at_ms
     end
 
-    # Send the acquire; returns the grant (+:token+, +:lease_id+ at least).
-    def send_acquire(ttl, wait)
+    # Send the acquire with +request_id+; returns the grant (+:token+, +:lease_id+ at least).
+    def send_acquire(ttl, wait, request_id)
       @backend.acquire_lock(@key, owner: @owner, value: @value, wait: wait, lock_delay: @lock_delay,
-                                  **lease_choice(ttl))
+                                  request_id: request_id, **lease_choice(ttl))
     end
 
-    # Renew +hold+ (and change its TTL when +ttl+ is given); +timeout+ bounds the call.
-    def send_extend(hold, ttl: nil, timeout: nil)
-      @backend.extend_lock(@key, owner: @owner, token: hold[:token], ttl: ttl, timeout: timeout)
+    # Renew +hold+ (and change its TTL when +ttl+ is given); +timeout+ bounds the
+    # call, +attempt+ each try at one endpoint.
+    def send_extend(hold, ttl: nil, timeout: nil, attempt: nil)
+      @backend.extend_lock(@key, owner: @owner, token: hold[:token], ttl: ttl, timeout: timeout, attempt: attempt)
     end
 
-    # Release +hold+.
-    def send_release(hold)
-      @backend.release_lock(@key, owner: @owner, token: hold[:token])
+    # Release +hold+ with +request_id+ (the same on a retry).
+    def send_release(hold, request_id)
+      @backend.release_lock(@key, owner: @owner, token: hold[:token], request_id: request_id)
+    end
+
+    # A fresh idempotency key for one acquire or release (reused on its retries).
+    def new_request_id
+      "rb-#{SecureRandom.uuid}"
     end
 
     # The error raised when the acquire was refused by a holder.
@@ -284,7 +347,8 @@ module Leasehold
       [@ttl, @backend.lease(@lease_id).fetch(:ttl_ms) / 1000.0].min
     end
 
-    # Renew right after a waited grant; the time that renewal was sent.
+    # Renew right after a grant that did not start the lease's TTL afresh (after a
+    # wait, or under an existing lease); the time that renewal was sent.
     def reanchor(hold)
       sent = Deadline.now
       send_extend(hold)
@@ -293,7 +357,7 @@ module Leasehold
       raise lost_from(e, "lost right after the grant")
     rescue Error
       begin
-        send_release(hold)
+        send_release(hold, new_request_id)
       rescue Error
         nil # best effort: the hold expires by its TTL otherwise
       end
@@ -305,10 +369,13 @@ module Leasehold
         @renewer&.stop # a previous hold's renewer must not report anything now
         @hold = hold
         @released = false
+        @release_request_id = nil
         @heartbeat_stopped = false
         renewer = Renewer.new(
           t_send: t_send, ttl: ttl, heartbeat: heartbeat, drift: @drift, logger: logger, label: label,
-          renew: ->(budget) { send_extend(hold, timeout: budget) },
+          # The whole renewal ends by the deadline; each try at one endpoint
+          # sooner, so that a hung node leaves time for the others.
+          renew: ->(budget) { send_extend(hold, timeout: budget, attempt: renewer.attempt_timeout) },
           on_lost: ->(error) { signal_loss(renewer, error) }
         )
         @renewer = renewer # before it starts: it may report a loss at once
@@ -323,6 +390,17 @@ module Leasehold
 
       # Under the mutex, so that with_lock's block cannot end in between.
       @mutex.synchronize { @raise_into&.raise(error) }
+    end
+
+    # Raise the loss of the hold if it ended before with_lock's block could start
+    # (reported already, or its client deadline passed and the report is coming).
+    def raise_if_lost_before_block
+      error = lost
+      raise error if error
+      return if held?
+
+      raise LockLost.new("#{label}: the client deadline passed before the block started",
+                         reason: :expired, details: { key: @key, token: token })
     end
 
     def release_after_block(completed)

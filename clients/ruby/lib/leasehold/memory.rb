@@ -87,7 +87,7 @@ module Leasehold
     end
 
     # Keep a held lock alive (see {Client#extend_lock}).
-    def extend_lock(key, owner:, token:, ttl: nil, request_id: nil, timeout: nil) # rubocop:disable Lint/UnusedMethodArgument
+    def extend_lock(key, owner:, token:, ttl: nil, request_id: nil, timeout: nil, attempt: nil) # rubocop:disable Lint/UnusedMethodArgument
       once(request_id) { extend_hold(:lock, key, owner, token, ttl) }
     end
 
@@ -154,7 +154,7 @@ module Leasehold
     end
 
     # Keep a registered name alive.
-    def extend_name(name, owner:, token:, request_id: nil, timeout: nil) # rubocop:disable Lint/UnusedMethodArgument
+    def extend_name(name, owner:, token:, request_id: nil, timeout: nil, attempt: nil) # rubocop:disable Lint/UnusedMethodArgument
       once(request_id) { extend_hold(:name, name, owner, token, nil) }
     end
 

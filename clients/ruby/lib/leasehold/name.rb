@@ -31,19 +31,40 @@ module Leasehold
     # Campaign until elected (FIFO with the other candidates), or until +timeout+
     # seconds pass ({NameTakenError}). Retries while the cluster is unavailable.
     # Returns self, elected.
+    #
+    # A retry after unavailable/timeout sends the same request id: the server then
+    # treats it as the same campaign request (the same place in the queue, or the
+    # grant that raced the disconnect), so that grant is not left behind as a
+    # ghost holder that this campaign would queue behind for a TTL. A new request
+    # id is taken only for a new request: after name_taken (the wait ran out), or
+    # when what the retry got back had already ended.
     def campaign(timeout: nil)
       give_up_at = timeout && Deadline.now + timeout
+      request_id = new_request_id
+      retried = false
       loop do
         remaining = give_up_at ? give_up_at - Deadline.now : CAMPAIGN_WAIT
         begin
-          acquire(wait: [[remaining, CAMPAIGN_WAIT].min, 0].max)
+          obtain([[remaining, CAMPAIGN_WAIT].min, 0].max, request_id)
           return self
         rescue NameTakenError
           raise if give_up_at && Deadline.now >= give_up_at
+
+          request_id = new_request_id
+          retried = false
+        rescue LockLost, LeaseNotFoundError => e
+          # The retried request's grant or waiting lease ended meanwhile; with a
+          # lease of our own (lease_id), that lease is gone: nothing to retry.
+          raise unless retried && !@lease_id && !(give_up_at && Deadline.now >= give_up_at)
+
+          logger.info("#{label}: campaign request #{request_id} ended (#{e.message}); campaigning anew")
+          request_id = new_request_id
+          retried = false
         rescue UnavailableError, TimeoutError => e
           raise if give_up_at && Deadline.now >= give_up_at
 
           logger.info("#{label}: campaign paused: #{e.message}")
+          retried = true
           sleep([ttl / 3.0, 0.5].min)
         end
       end
@@ -65,6 +86,14 @@ module Leasehold
     # True while this object holds the name (see {Lock#held?}).
     def leader?
       held?
+    end
+
+    # Extend the registration now (see {Lock#refresh}); a name's TTL cannot be
+    # changed (+ttl+ must be nil: ArgumentError otherwise).
+    def refresh(ttl = nil)
+      raise ArgumentError, "a name's TTL cannot be changed while held" if ttl
+
+      super()
     end
 
     # Publish a new value under the name while holding it; returns the record.
@@ -110,20 +139,21 @@ module Leasehold
     end
 
     # Register (with +wait+: campaign) for the name.
-    def send_acquire(ttl, wait)
-      @backend.register_name(@key, owner: @owner, value: @value, wait: wait, **lease_choice(ttl))
+    def send_acquire(ttl, wait, request_id)
+      @backend.register_name(@key, owner: @owner, value: @value, wait: wait, request_id: request_id,
+                                   **lease_choice(ttl))
     end
 
     # Keep the name alive; a name's TTL cannot be changed (+ttl+ must be nil).
-    def send_extend(hold, ttl: nil, timeout: nil)
+    def send_extend(hold, ttl: nil, timeout: nil, attempt: nil)
       raise ArgumentError, "a name's TTL cannot be changed while held" if ttl
 
-      @backend.extend_name(@key, owner: @owner, token: hold[:token], timeout: timeout)
+      @backend.extend_name(@key, owner: @owner, token: hold[:token], timeout: timeout, attempt: attempt)
     end
 
     # Unregister.
-    def send_release(hold)
-      @backend.resign(@key, owner: @owner, token: hold[:token])
+    def send_release(hold, request_id)
+      @backend.resign(@key, owner: @owner, token: hold[:token], request_id: request_id)
     end
 
     # A taken name raises the server's NameTakenError as it is.

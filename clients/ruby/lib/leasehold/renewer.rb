@@ -5,9 +5,11 @@ module Leasehold
   # client-deadline rule ({Deadline}), until when this side may believe it holds.
   #
   # Every +heartbeat+ seconds it calls +renew+ (which raises a {Leasehold::Error}
-  # on failure) with the seconds left until the deadline, to bound the request.
+  # on failure) with the seconds left until the deadline, to bound the request
+  # (each try at one endpoint is bounded shorter still: {#attempt_timeout}).
   # A success moves the deadline to the time that renewal was *sent* plus
-  # ttl × (1 − drift). A failure puts it in :jeopardy and it retries sooner
+  # ttl × (1 − drift); a success that comes back after the deadline passed is
+  # too late and changes nothing. A failure puts it in :jeopardy and it retries sooner
   # (every heartbeat / 4). It reports loss once, through +on_lost+ with a
   # {LockLost}, when the cluster says the hold is gone (404 lease_not_found /
   # name_not_found, 409 not_owner) or when the deadline passes without a
@@ -61,18 +63,51 @@ module Leasehold
       @mutex.synchronize { (@state == :held || @state == :jeopardy) && Deadline.now < @valid_until }
     end
 
-    # Record a refresh made outside the loop (a {Lock#refresh}), sent at +t_send+,
-    # possibly with a new +ttl+: the deadline and the renewal period follow it.
-    def renewed(t_send, ttl: nil)
+    # Bound of one renewal try at one endpoint: half the renewal period, at least
+    # 100 ms, so that a hung node leaves time to try the others before the deadline.
+    def attempt_timeout
+      @mutex.synchronize { [@heartbeat / 2.0, 0.1].max }
+    end
+
+    # Call before sending, at +t_send+, a refresh that gives the lease +ttl+. A
+    # shorter TTL counts at once, as the cluster may apply it any time after the
+    # send: the TTL, the renewal period and the deadline (to at most
+    # t_send + ttl × (1 − drift)) are lowered now. A longer one counts only once
+    # the refresh succeeded ({#renewed}).
+    def changing_ttl(t_send, ttl)
+      return unless ttl.positive? # the cluster refuses it (invalid_argument): nothing changes
+
+      heartbeat = Deadline.heartbeat(ttl, nil, @drift)
       @mutex.synchronize do
+        return unless ttl < @ttl
+
+        @ttl = ttl
+        @heartbeat = heartbeat
+        @valid_until = [@valid_until, Deadline.valid_until(t_send, ttl, @drift)].min
+        @next = [@next, t_send + heartbeat].min
+        @wakeup.signal
+      end
+    end
+
+    # Record a successful refresh made outside the loop (a {Lock#refresh}), sent
+    # at +t_send+, possibly with a new +ttl+ (announced first with
+    # {#changing_ttl}): the deadline becomes t_send + ttl × (1 − drift) and the
+    # renewal period follows the TTL. Returns false, changing nothing, when it
+    # comes too late: the hold was lost or stopped, or its deadline passed.
+    def renewed(t_send, ttl: nil)
+      heartbeat = ttl && Deadline.heartbeat(ttl, nil, @drift)
+      @mutex.synchronize do
+        return false unless record_success(t_send)
+
         if ttl
           @ttl = ttl
-          @heartbeat = Deadline.heartbeat(ttl, nil, @drift)
+          @heartbeat = heartbeat
+          # Exactly this refresh's deadline: one with the old TTL may be longer.
+          @valid_until = Deadline.valid_until(t_send, ttl, @drift)
         end
-        @valid_until = [@valid_until, Deadline.valid_until(t_send, @ttl, @drift)].max
         @next = t_send + @heartbeat
-        @state = :held if @state == :jeopardy
         @wakeup.signal
+        true
       end
     end
 
@@ -129,17 +164,17 @@ module Leasehold
     # One renewal; false when the loop should end (lost or stopped).
     def renew_once
       sent = Deadline.now
-      @renew.call(@mutex.synchronize { @valid_until } - sent)
+      ttl, valid_until = @mutex.synchronize { [@ttl, @valid_until] }
+      @renew.call(valid_until - sent)
       @mutex.synchronize do
         return false if @stopped
-        # A success that came back after the deadline is too late: the hold was
-        # not believed in between, so it stays lost.
-        return true if Deadline.now >= @valid_until
 
-        @valid_until = [@valid_until, Deadline.valid_until(sent, @ttl, @drift)].max
-        @next = sent + @heartbeat
-        @logger.info("#{@label}: renewed again") if @state == :jeopardy
-        @state = :held
+        recovered = @state == :jeopardy
+        # Too late (the deadline passed): the loop reports the loss next.
+        if record_success(sent, ttl)
+          @next = sent + @heartbeat
+          @logger.info("#{@label}: renewed again") if recovered
+        end
       end
       true
     rescue *GONE => e
@@ -156,6 +191,19 @@ module Leasehold
       end
       message = "#{@label}: renewal failed (in jeopardy until the client deadline): #{@last_error}"
       entering ? @logger.warn(message) : @logger.info(message)
+      true
+    end
+
+    # Under @mutex: count a renewal sent at +t_send+ that succeeded, unless it
+    # comes too late (lost, stopped, or the deadline passed: the hold was not
+    # believed in between and must not come back). The TTL is the smaller of
+    # +ttl_at_send+ and the current one (a shorter TTL may have been set
+    # meanwhile). True if counted.
+    def record_success(t_send, ttl_at_send = @ttl)
+      return false if @stopped || @state == :lost || Deadline.now >= @valid_until
+
+      @valid_until = [@valid_until, Deadline.valid_until(t_send, [ttl_at_send, @ttl].min, @drift)].max
+      @state = :held
       true
     end
 

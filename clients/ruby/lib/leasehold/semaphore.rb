@@ -36,18 +36,20 @@ module Leasehold
     protected
 
     # Acquire a slot.
-    def send_acquire(ttl, wait)
-      @backend.acquire_semaphore(@key, limit: @limit, owner: @owner, value: @value, wait: wait, **lease_choice(ttl))
+    def send_acquire(ttl, wait, request_id)
+      @backend.acquire_semaphore(@key, limit: @limit, owner: @owner, value: @value, wait: wait,
+                                       request_id: request_id, **lease_choice(ttl))
     end
 
     # Renew the slot.
-    def send_extend(hold, ttl: nil, timeout: nil)
-      @backend.extend_semaphore(@key, owner: @owner, token: hold[:token], ttl: ttl, timeout: timeout)
+    def send_extend(hold, ttl: nil, timeout: nil, attempt: nil)
+      @backend.extend_semaphore(@key, owner: @owner, token: hold[:token], ttl: ttl, timeout: timeout,
+                                      attempt: attempt)
     end
 
     # Release the slot.
-    def send_release(hold)
-      @backend.release_semaphore(@key, owner: @owner, token: hold[:token])
+    def send_release(hold, request_id)
+      @backend.release_semaphore(@key, owner: @owner, token: hold[:token], request_id: request_id)
     end
 
     # A full semaphore raises the server's SemaphoreFullError as it is.
