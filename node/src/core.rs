@@ -28,7 +28,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, Instrument};
 
 use crate::batcher::{Batcher, Pace, FORWARD_IN_FLIGHT};
-use crate::clock::Clock;
+use crate::clock::{Clock, ClusterClock};
 use crate::confirmer::ConfirmerHandle;
 use crate::error::CoreError;
 use crate::lease_actor::LeaseHandle;
@@ -156,6 +156,7 @@ impl Core {
             clock,
             metrics,
         } = parts;
+        let clock = Arc::new(ClusterClock::new(clock));
         let election_timeout_max = Duration::from_millis(config.raft.election_timeout_max_ms);
         let storage_fault = watch_storage(&raft, config, tracker, cancel);
         watch_leader(&raft, metrics.clone(), tracker, cancel);
@@ -166,7 +167,8 @@ impl Core {
                 max_batch: config.raft.max_batch,
                 proposal_timeout: Duration::from_millis(config.raft.proposal_timeout_ms),
                 quorum_stale_after: election_timeout_max,
-                clock,
+                clock: clock.clone(),
+                shared: shared.clone(),
                 metrics: metrics.clone(),
             },
             tracker,

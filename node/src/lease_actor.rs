@@ -28,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn, Instrument};
 
-use crate::clock::Clock;
+use crate::clock::ClusterClock;
 use crate::error::CoreError;
 use crate::proposer::ProposerHandle;
 
@@ -74,7 +74,7 @@ impl LeaseHandle {
         raft: Raft,
         shared: Arc<SharedState>,
         proposer: ProposerHandle,
-        clock: Clock,
+        clock: Arc<ClusterClock>,
         tracker: &TaskTracker,
         cancel: CancellationToken,
     ) -> Self {
@@ -135,21 +135,21 @@ impl LeaseHandle {
 
 /// A keepalive that arrived while this node's takeover was still in progress.
 type PendingRefresh = (LeaseId, u64, oneshot::Sender<Result<u64, CoreError>>);
-/// A lock-delay that holds back waiters: (wall-clock ms, kind, key).
+/// A lock-delay that holds back waiters: (the cluster's time in ms, kind, key).
 type Delay = (u64, Kind, String);
 
 struct LeaseActor {
     raft: Raft,
     shared: Arc<SharedState>,
     proposer: ProposerHandle,
-    clock: Clock,
+    clock: Arc<ClusterClock>,
     tracker: TaskTracker,
     done_tx: mpsc::Sender<Done>,
     deadlines: HashMap<LeaseId, Instant>,
     queue: BTreeSet<(Instant, LeaseId)>,
     /// Leases whose `Expire` is in flight.
     expiring: HashSet<LeaseId>,
-    /// Lock-delays holding back waiters: (wall-clock ms, kind, key).
+    /// Lock-delays holding back waiters: (the cluster's time in ms, kind, key).
     delays: BTreeSet<Delay>,
     /// The term in which this node leads and tracks deadlines.
     leading_term: Option<u64>,
@@ -191,6 +191,11 @@ impl LeaseActor {
         }
     }
 
+    /// The cluster's time now (only the leader reads it: it stamps the entries).
+    fn cluster_ms(&self) -> u64 {
+        self.clock.now_ms(self.shared.read(|s| s.now_ms()))
+    }
+
     fn next_wakeup(&self) -> Instant {
         let now = Instant::now();
         let mut wake = now + MAX_IDLE;
@@ -199,7 +204,7 @@ impl LeaseActor {
                 wake = wake.min(*at);
             }
             if let Some((until_ms, _, _)) = self.delays.first() {
-                let wall = self.clock.wall_ms();
+                let wall = self.cluster_ms();
                 let wait = Duration::from_millis(until_ms.saturating_sub(wall));
                 wake = wake.min(now + wait);
             }
@@ -272,6 +277,9 @@ impl LeaseActor {
     }
 
     fn on_applied(&mut self) {
+        // Every node follows the stamps it applies, so that as a new leader it continues
+        // the cluster's time rather than its own wall clock's.
+        self.clock.observe(self.shared.read(|s| s.now_ms()));
         let events = self.shared.drain_events();
         if self.leading_term.is_none() {
             return;
@@ -462,7 +470,7 @@ impl LeaseActor {
                 .in_current_span(),
             );
         }
-        let wall = self.clock.wall_ms();
+        let wall = self.cluster_ms();
         while let Some((until_ms, _, _)) = self.delays.first() {
             if *until_ms > wall {
                 break;

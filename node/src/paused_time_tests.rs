@@ -22,6 +22,11 @@ use crate::peer::{Faults, PeerClient};
 
 /// A one-node cluster's core on the paused clock, and what shuts it down.
 async fn one_node_core() -> (Arc<Core>, TaskTracker, CancellationToken) {
+    one_node_core_on(Clock::following_tokio()).await
+}
+
+/// The same on `clock` (a wall clock the test may step).
+async fn one_node_core_on(clock: Clock) -> (Arc<Core>, TaskTracker, CancellationToken) {
     let config = Config::default();
     let raft_config = openraft::Config {
         heartbeat_interval: config.raft.heartbeat_interval_ms,
@@ -55,7 +60,7 @@ async fn one_node_core() -> (Arc<Core>, TaskTracker, CancellationToken) {
             raft,
             shared,
             peers,
-            clock: Clock::following_tokio(),
+            clock,
             metrics: Arc::new(crate::metrics::Metrics::new()),
         },
         &tracker,
@@ -140,5 +145,71 @@ async fn a_lock_delay_holds_an_expired_lock_back_on_the_wall_clock() {
     tokio::time::sleep(Duration::from_millis(5_000)).await;
     let (_, granted) = core.write(acquire("b", 0)).await.unwrap();
     assert!(matches!(granted, CommandResult::Granted(_)), "{granted:?}");
+    shut(core, tracker, cancel).await;
+}
+
+/// The leader's wall clock steps back ten minutes while a lock-delay runs. The delay still
+/// ends on time (within 1 % of its length: the cluster's clock runs at 99 % at worst while
+/// it closes the gap), not ten minutes later.
+#[tokio::test(start_paused = true)]
+async fn a_lock_delay_ends_on_time_when_the_wall_clock_steps_back() {
+    let (wall, step) = Clock::stepped();
+    let (core, tracker, cancel) = one_node_core_on(wall).await;
+    let (_, granted) = core.write(acquire("a", 5_000)).await.unwrap();
+    assert!(matches!(granted, CommandResult::Granted(_)));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    step.store(-600_000, std::sync::atomic::Ordering::SeqCst);
+    // The lease expires at 1 s; the delay runs 5 s from then (5.05 s at 99 %).
+    tokio::time::sleep(Duration::from_millis(4_000)).await;
+    let (_, refused) = core.write(acquire("b", 0)).await.unwrap();
+    assert!(
+        matches!(
+            refused,
+            CommandResult::Busy {
+                reason: BusyReason::Delayed { .. },
+                ..
+            }
+        ),
+        "{refused:?}"
+    );
+    tokio::time::sleep(Duration::from_millis(2_000)).await;
+    let (_, granted) = core.write(acquire("b", 0)).await.unwrap();
+    assert!(matches!(granted, CommandResult::Granted(_)), "{granted:?}");
+    shut(core, tracker, cancel).await;
+}
+
+/// The leader's wall clock steps eleven minutes forward: the dedupe window does not lapse
+/// with it, so a retried request id gets the first answer, not a second hold.
+#[tokio::test(start_paused = true)]
+async fn a_retry_is_recognised_after_the_wall_clock_steps_forward() {
+    let (wall, step) = Clock::stepped();
+    let (core, tracker, cancel) = one_node_core_on(wall).await;
+    let mut first = acquire("a", 0);
+    first.request_id = Some("retry-me".into());
+    let (_, granted) = core.write(first.clone()).await.unwrap();
+    let CommandResult::Granted(hold) = granted else {
+        panic!("not granted: {granted:?}");
+    };
+    step.store(11 * 60_000, std::sync::atomic::Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // An entry stamped after the step: the hold is released. Then the late retry, which
+    // without its id remembered would take the free lock again with a new token.
+    let release = Proposal {
+        request_id: Some("release".into()),
+        caller: None,
+        command: Command::Release {
+            kind: Kind::Lock,
+            key: "k".into(),
+            owner: "a".into(),
+            token: hold.token,
+        },
+    };
+    let (_, released) = core.write(release).await.unwrap();
+    assert!(matches!(released, CommandResult::Released), "{released:?}");
+    let (_, again) = core.write(first).await.unwrap();
+    assert!(
+        matches!(&again, CommandResult::Granted(h) if h.token == hold.token),
+        "the retry after the step got {again:?}, not the first grant"
+    );
     shut(core, tracker, cancel).await;
 }

@@ -17,7 +17,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use crate::clock::Clock;
+use leasehold_raft::sm_store::SharedState;
+
+use crate::clock::ClusterClock;
 use crate::error::CoreError;
 use crate::metrics::Metrics;
 
@@ -42,8 +44,10 @@ pub struct ProposerSettings {
     pub proposal_timeout: Duration,
     /// A leader that has not heard from a quorum for this long refuses writes (rule 7).
     pub quorum_stale_after: Duration,
-    /// Stamps each entry (the state machine's clock is the leader's wall clock).
-    pub clock: Clock,
+    /// Stamps each entry: the replicated state's time (see [`ClusterClock`]).
+    pub clock: Arc<ClusterClock>,
+    /// The applied state, whose time the stamps never go below.
+    pub shared: Arc<SharedState>,
     /// Counts proposals and failed ones.
     pub metrics: Arc<Metrics>,
 }
@@ -141,7 +145,8 @@ async fn propose_batch(raft: &Raft, settings: &ProposerSettings, batch: Vec<Subm
         .map(|s| (s.proposal, s.respond_to))
         .unzip();
     let count = proposals.len();
-    let entry = Batch::new(settings.clock.wall_ms(), proposals);
+    let floor = settings.shared.read(|s| s.now_ms());
+    let entry = Batch::new(settings.clock.now_ms(floor), proposals);
     let outcome = tokio::time::timeout(settings.proposal_timeout, raft.client_write(entry)).await;
     let results: Result<(u64, Vec<CommandResult>), CoreError> = match outcome {
         Err(_) => Err(CoreError::Timeout),

@@ -32,8 +32,8 @@ pub use codec::{DecodeError, STATE_FORMAT_VERSION};
 pub use housekeeping::MAX_SAFE_FLOOR;
 pub use model::{
     ApplyCounts, EndRecord, ExpiredRecord, HistoryKind, HistoryRecord, Hold, KeySet, Lease,
-    LeaseState, Resource, StateEvent, Waiter, DEDUPE_MAX_ENTRIES, DEDUPE_WINDOW_MS,
-    EXPIRED_RING_CAPACITY, HISTORY_RING_CAPACITY, MAX_IDLE_RESOURCES,
+    LeaseState, Resource, StateEvent, Waiter, DEDUPE_MAX_ENTRIES, DEDUPE_MIN_WINDOW_MS,
+    DEDUPE_WINDOW_MS, EXPIRED_RING_CAPACITY, HISTORY_RING_CAPACITY, MAX_IDLE_RESOURCES,
 };
 
 #[cfg(test)]

@@ -7,7 +7,10 @@ use std::sync::Arc;
 use crate::command::{LeaseId, ResourceId};
 
 use super::apply::Effects;
-use super::{LeaseState, StateEvent, DEDUPE_MAX_ENTRIES, DEDUPE_WINDOW_MS, MAX_IDLE_RESOURCES};
+use super::{
+    LeaseState, StateEvent, DEDUPE_MAX_ENTRIES, DEDUPE_MIN_WINDOW_MS, DEDUPE_WINDOW_MS,
+    MAX_IDLE_RESOURCES,
+};
 
 impl LeaseState {
     /// Grant the waiters of keys whose lock-delay has ended by this entry's time.
@@ -41,7 +44,9 @@ impl LeaseState {
 
     pub(super) fn prune_dedupe(&mut self) {
         while let Some((at_ms, _)) = self.dedupe_order.front() {
-            let too_many = self.dedupe_order.len() > DEDUPE_MAX_ENTRIES;
+            // Count only ever prunes ids older than the minimum window.
+            let past_min = at_ms.saturating_add(DEDUPE_MIN_WINDOW_MS) < self.now_ms;
+            let too_many = past_min && self.dedupe_order.len() > DEDUPE_MAX_ENTRIES;
             let too_old = at_ms.saturating_add(DEDUPE_WINDOW_MS) < self.now_ms;
             if !(too_many || too_old) {
                 break;

@@ -407,6 +407,66 @@ fn request_id_retry_returns_the_original_result() {
     assert!(!sm.state.dedupe.keys().any(|k| k.starts_with("req-1\u{0}")));
 }
 
+/// The dedupe window in count and time: at a write rate that brings more than
+/// `DEDUPE_MAX_ENTRIES` ids within the minimum window (65,536 ids in 100 s), a retry is
+/// still recognised for the whole minimum window; past it, the count bound applies again.
+#[test]
+fn a_flood_of_request_ids_keeps_an_id_for_the_minimum_window() {
+    let mut sm = Sm::new();
+    let cmd = Command::Acquire(acquire(
+        Kind::Lock,
+        "k",
+        "a",
+        LeaseSpec::New { ttl_ms: 5_000 },
+        false,
+        1,
+    ));
+    let first = sm.apply_with_id(Some("the-retried-one"), cmd.clone());
+    // DEDUPE_MAX_ENTRIES + 4,464 other ids over 100 s, in entries of 1,000 ids.
+    let others = DEDUPE_MAX_ENTRIES + 4_464;
+    for (n, chunk) in (0..others).collect::<Vec<_>>().chunks(1_000).enumerate() {
+        sm.index += 1;
+        sm.now_ms += 100_000 / (others as u64 / 1_000);
+        let proposals = chunk
+            .iter()
+            .map(|i| Proposal {
+                request_id: Some(format!("flood-{n}-{i}")),
+                caller: None,
+                command: Command::Promote {
+                    kind: Kind::Lock,
+                    key: "elsewhere".into(),
+                },
+            })
+            .collect();
+        let batch = Batch::new(sm.now_ms, proposals);
+        sm.state
+            .apply_batch(sm.index, sm.term, &batch, &mut sm.events);
+    }
+    assert!(sm.state.dedupe.len() > DEDUPE_MAX_ENTRIES);
+    let retried = sm.apply_with_id(Some("the-retried-one"), cmd.clone());
+    assert_eq!(
+        retried, first,
+        "a retry inside the minimum window is answered as before"
+    );
+    assert_eq!(
+        sm.state.lease_count(),
+        1,
+        "the retry created no second lease"
+    );
+    // Past the minimum window the count bound prunes the oldest again.
+    sm.now_ms += DEDUPE_MIN_WINDOW_MS;
+    sm.apply(Command::Promote {
+        kind: Kind::Lock,
+        key: "x".into(),
+    });
+    assert!(sm.state.dedupe.len() <= DEDUPE_MAX_ENTRIES + 1);
+    assert!(!sm
+        .state
+        .dedupe
+        .keys()
+        .any(|k| k.starts_with("the-retried-one\u{0}")));
+}
+
 /// An id reused for another operation (or another key) is a new request: it never gets
 /// the first one's result (schemathesis found a lease creation's result, under a reused
 /// id, answered to a semaphore acquire: a 500).
