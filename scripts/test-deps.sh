@@ -5,7 +5,7 @@
 # `chromium`, in which the status page's test runs headless; Ruby and Go (`ruby`,
 # `golang-go`), for the client libraries' suites; Python's venv (`python3-venv`), into
 # which schemathesis is installed from PyPI (target/tools/schemathesis), for the OpenAPI
-# fuzz test.
+# fuzz test; libfaketime (`libfaketime`), under which the clock-fault tests run nodes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,6 +15,7 @@ command -v promtool >/dev/null || need+=(prometheus)
 command -v ruby >/dev/null || need+=(ruby)
 command -v go >/dev/null || need+=(golang-go)
 python3 -c 'import ensurepip, venv' 2>/dev/null || need+=(python3-venv)
+ls /usr/lib/*/faketime/libfaketime.so.1 >/dev/null 2>&1 || need+=(libfaketime)
 
 install_schemathesis() {
     local venv=target/tools/schemathesis

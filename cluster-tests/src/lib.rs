@@ -9,6 +9,7 @@
 //! - [`chaos`]: the workload, its recorded history and the checker.
 
 pub mod chaos;
+pub mod clocks;
 pub mod procs;
 pub mod tls;
 

@@ -358,6 +358,8 @@ pub struct ProcNode {
     tokens_file: Option<PathBuf>,
     /// Extra `serve` arguments for the next start only.
     extra_args: Vec<String>,
+    /// Environment variables of every start (the bug switch, `LEASEHOLD_BUG`).
+    env: Vec<(String, String)>,
 }
 
 impl ProcNode {
@@ -404,6 +406,7 @@ impl ProcNode {
                 &self.data_dir.join("data").display().to_string(),
             ])
             .args(&self.extra_args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             // `LH_TEST_NODE_LOG=debug` raises the nodes' log level for a repro run.
             .env(
                 "LEASEHOLD_LOG",
@@ -436,6 +439,8 @@ pub struct ProcCluster {
     _dir: tempfile::TempDir,
     http: reqwest::Client,
     credentials: Credentials,
+    /// Environment variables every node process starts with (nodes added later too).
+    env: Vec<(String, String)>,
     pub faults: u64,
 }
 
@@ -499,6 +504,37 @@ impl ProcCluster {
     pub async fn start_prepared(
         n: usize,
         security: Security,
+        prepare: impl FnMut(usize, &std::path::Path, &str) -> anyhow::Result<()>,
+    ) -> anyhow::Result<Self> {
+        Self::start_inner(n, security, &[], &|_| Vec::new(), prepare).await
+    }
+
+    /// As [`start_secured`](Self::start_secured), with `env` set for every node process
+    /// (also for nodes added later): `LEASEHOLD_BUG` to switch a deliberate fault on.
+    pub async fn start_with_env(
+        n: usize,
+        security: Security,
+        env: &[(String, String)],
+    ) -> anyhow::Result<Self> {
+        Self::start_inner(n, security, env, &|_| Vec::new(), |_, _, _| Ok(())).await
+    }
+
+    /// As [`start_with_env`](Self::start_with_env), with `node_env(i)` added for node `i`
+    /// only (a clock of its own under libfaketime, say).
+    pub async fn start_with_node_env(
+        n: usize,
+        security: Security,
+        env: &[(String, String)],
+        node_env: &dyn Fn(usize) -> Vec<(String, String)>,
+    ) -> anyhow::Result<Self> {
+        Self::start_inner(n, security, env, node_env, |_, _, _| Ok(())).await
+    }
+
+    async fn start_inner(
+        n: usize,
+        security: Security,
+        env: &[(String, String)],
+        node_env: &dyn Fn(usize) -> Vec<(String, String)>,
         mut prepare: impl FnMut(usize, &std::path::Path, &str) -> anyhow::Result<()>,
     ) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
@@ -520,6 +556,7 @@ impl ProcCluster {
                 tls,
                 tokens_file,
                 extra_args: Vec::new(),
+                env: env.iter().cloned().chain(node_env(i)).collect(),
             });
         }
         let members: Vec<String> = nodes
@@ -553,6 +590,7 @@ impl ProcCluster {
             _dir: dir,
             http: http.build()?,
             credentials,
+            env: env.to_vec(),
             faults: 0,
         };
         cluster.wait_for_leader(Duration::from_secs(20)).await?;
@@ -588,6 +626,21 @@ impl ProcCluster {
             builder = builder.token(token);
         }
         builder.build().expect("valid endpoints and credentials")
+    }
+
+    /// A client of node `i`'s endpoint only (no failover), with the cluster's CA and
+    /// admin token when it has them: a reader pinned to one node.
+    pub fn client_pinned(&self, i: usize, attempt_timeout: Duration) -> Client {
+        let mut builder = Client::builder([self.nodes[i].url()])
+            .request_timeout(attempt_timeout)
+            .attempt_timeout(attempt_timeout);
+        if let Some(pem) = self.ca_pem() {
+            builder = builder.ca_cert_pem(pem);
+        }
+        if let Some(token) = self.token() {
+            builder = builder.token(token);
+        }
+        builder.build().expect("valid endpoint and credentials")
     }
 
     /// The node that leads, as the running, unpaused nodes report it.
@@ -722,6 +775,7 @@ impl ProcCluster {
             tls,
             tokens_file,
             extra_args: Vec::new(),
+            env: self.env.clone(),
         };
         // It lists the existing members and itself; with peers already initialized it
         // does not bootstrap, it waits to be added.

@@ -116,8 +116,11 @@ impl ClusterClock {
     }
 
     /// A stamp was applied (the replicated state's time is now `stamp_ms`): follow it if it
-    /// is ahead of this clock.
+    /// is ahead of this clock. 0 is a state that nothing has stamped yet.
     pub fn observe(&self, stamp_ms: u64) {
+        if stamp_ms == 0 {
+            return;
+        }
         let now = Instant::now();
         let us = stamp_ms.saturating_mul(1000);
         let mut anchor = self.anchor();
@@ -235,8 +238,10 @@ mod tests {
         );
         // A floor ahead of the clock (another leader's stamps) is never undercut.
         assert_eq!(clock.now_ms(now + 5_000), now + 5_000);
-        // A new cluster, nothing applied: the wall clock.
+        // A new cluster, nothing stamped yet (entries without stamps applied): the wall
+        // clock.
         let fresh = ClusterClock::new(Clock::System);
+        fresh.observe(0);
         assert!(fresh.now_ms(0) > 1_577_836_800_000);
     }
 }
