@@ -89,7 +89,9 @@ pub const SLEW_PPM: u64 = 10_000;
 /// the request-id dedupe window) lasts at least 1/1.01 of its length on the monotonic
 /// clocks of the leaders it spans, whatever their wall clocks do. A restarted node has
 /// seen only its own uptime pass: after a whole-cluster restart the time resumes at the
-/// last stamp and catches up with the wall clock at 1 %.
+/// last stamp and catches up with the wall clock at 1 %. A node with a data directory
+/// keeps its reading there ([`persist`]), so a restart loses only its downtime, not the
+/// time the cluster sat idle before it.
 #[derive(Debug)]
 pub struct ClusterClock {
     wall: Clock,
@@ -129,6 +131,16 @@ impl ClusterClock {
         }
     }
 
+    /// What this node would stamp now, without moving the clock (`None` before it saw a
+    /// stamp or read one): a time known to have passed, so a later run may resume from it.
+    pub fn peek_ms(&self) -> Option<u64> {
+        let a = (*self.anchor())?;
+        let elapsed = Instant::now().saturating_duration_since(a.at).as_micros() as u64;
+        let slew = elapsed.saturating_mul(SLEW_PPM) / 1_000_000;
+        let wall = self.wall.wall_ms().saturating_mul(1000);
+        Some(wall.clamp(a.us + elapsed - slew, a.us + elapsed + slew) / 1000)
+    }
+
     /// The cluster's time now, in milliseconds since the Unix epoch; `floor_ms` is the
     /// replicated state's time (the last stamp applied). Readings never decrease.
     pub fn now_ms(&self, floor_ms: u64) -> u64 {
@@ -153,6 +165,48 @@ impl ClusterClock {
         });
         reading / 1000
     }
+}
+
+/// The file in a data directory that keeps the node's reading of the cluster's clock.
+const PERSISTED: &str = "cluster-clock";
+
+/// The reading an earlier run of this node kept in `dir`, if any.
+pub fn persisted(dir: &std::path::Path) -> Option<u64> {
+    let text = std::fs::read_to_string(dir.join(PERSISTED)).ok()?;
+    text.trim().parse().ok()
+}
+
+/// Keep `clock`'s reading in `dir` once a second (written to a temporary file and renamed
+/// over the last, not synced: after a power loss the node falls back to the last stamp in
+/// its log, which is only older). A failed write is left for the next second; the disk's
+/// health is the log's to report.
+pub fn persist(
+    clock: std::sync::Arc<ClusterClock>,
+    dir: std::path::PathBuf,
+    tracker: &tokio_util::task::TaskTracker,
+    cancel: &tokio_util::sync::CancellationToken,
+) {
+    let cancel = cancel.clone();
+    tracker.spawn(async move {
+        let mut every = tokio::time::interval(std::time::Duration::from_secs(1));
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = every.tick() => {}
+            }
+            let Some(reading) = clock.peek_ms() else {
+                continue;
+            };
+            let dir = dir.clone();
+            let _ = tokio::task::spawn_blocking(move || {
+                let tmp = dir.join(format!("{PERSISTED}.tmp"));
+                std::fs::write(&tmp, format!("{reading}\n"))?;
+                std::fs::rename(&tmp, dir.join(PERSISTED))
+            })
+            .await;
+        }
+    });
 }
 
 fn system_ms() -> u64 {
@@ -243,5 +297,37 @@ mod tests {
         let fresh = ClusterClock::new(Clock::System);
         fresh.observe(0);
         assert!(fresh.now_ms(0) > 1_577_836_800_000);
+    }
+
+    /// A node keeps its reading in its data directory; a restart resumes from it, so the
+    /// time the cluster sat idle before the restart is not lost.
+    #[tokio::test(start_paused = true)]
+    async fn a_restart_resumes_from_the_reading_kept_in_the_data_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let (tracker, cancel) = (
+            tokio_util::task::TaskTracker::new(),
+            tokio_util::sync::CancellationToken::new(),
+        );
+        let clock = std::sync::Arc::new(ClusterClock::new(Clock::following_tokio()));
+        assert_eq!(clock.peek_ms(), None, "nothing seen yet");
+        let stamp = system_ms();
+        clock.observe(stamp);
+        persist(clock.clone(), dir.path().to_path_buf(), &tracker, &cancel);
+        // An idle minute: no stamp applied, the clock runs on.
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        let kept = loop {
+            match persisted(dir.path()) {
+                Some(kept) if kept >= stamp + 59_000 => break kept,
+                _ => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        };
+        cancel.cancel();
+        tracker.close();
+        tracker.wait().await;
+        // The next run resumes there, not at the last stamp.
+        let restarted = ClusterClock::new(Clock::following_tokio());
+        restarted.observe(kept);
+        restarted.observe(stamp);
+        assert!(restarted.now_ms(stamp) >= kept);
     }
 }

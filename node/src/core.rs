@@ -157,6 +157,12 @@ impl Core {
             metrics,
         } = parts;
         let clock = Arc::new(ClusterClock::new(clock));
+        if let Some(dir) = &config.data_dir {
+            if let Some(reading) = crate::clock::persisted(dir) {
+                clock.observe(reading);
+            }
+            crate::clock::persist(clock.clone(), dir.clone(), tracker, cancel);
+        }
         let election_timeout_max = Duration::from_millis(config.raft.election_timeout_max_ms);
         let storage_fault = watch_storage(&raft, config, tracker, cancel);
         watch_leader(&raft, metrics.clone(), tracker, cancel);
