@@ -11,7 +11,7 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use leasehold_api::wire::{AcquireRequest, ReadParams, ReleaseParams};
+use leasehold_api::wire::{AcquireRequest, ExpiredParams, ReadParams, ReleaseParams};
 use leasehold_api::{Client, LeaseService};
 use leasehold_cluster_tests::chaos::{check, Workload, WorkloadOptions};
 use leasehold_cluster_tests::clocks::{rate_env, FakeClocks};
@@ -120,13 +120,34 @@ async fn retry_is_recognised(client: &Client, key: &str, step: impl AsyncFnOnce(
     assert!(!state.held, "the retry must not hold the lock again");
 }
 
-/// The history of `key` runs forward in time (newest first).
+/// The history of `key` runs forward in time (newest first), and so does the list of
+/// expirations, where the abandoned hold of `key` is listed near the real time.
 async fn history_runs_forward(client: &Client, key: &str) {
     let history = client.lock_history(key).await.expect("history");
     let times: Vec<u64> = history.events.iter().map(|e| e.at_ms).collect();
     assert!(
         times.windows(2).all(|w| w[0] >= w[1]),
         "history times of {key} go back: {times:?}"
+    );
+    let expired = client
+        .expired(ExpiredParams { limit: Some(1000) })
+        .await
+        .expect("expired list");
+    let times: Vec<u64> = expired.expired.iter().map(|e| e.expired_at_ms).collect();
+    assert!(
+        times.windows(2).all(|w| w[0] >= w[1]) || times.windows(2).all(|w| w[0] <= w[1]),
+        "expiry times are out of order: {times:?}"
+    );
+    let ours = expired
+        .expired
+        .iter()
+        .find(|e| e.key == key)
+        .unwrap_or_else(|| panic!("the abandoned hold of {key} is not in the expired list"));
+    let wall = wall_ms();
+    assert!(
+        ours.expired_at_ms <= wall && ours.expired_at_ms + 60_000 >= wall,
+        "{key} expired at {} (cluster time), the real time is {wall}: the cluster's time jumped",
+        ours.expired_at_ms
     );
 }
 
