@@ -408,7 +408,7 @@ fn request_id_retry_returns_the_original_result() {
 }
 
 /// The dedupe window in count and time: at a write rate that brings more than
-/// `DEDUPE_MAX_ENTRIES` ids within the minimum window (65,536 ids in 100 s), a retry is
+/// `DEDUPE_MAX_ENTRIES` ids within the minimum window (70,000 ids in 50 s), a retry is
 /// still recognised for the whole minimum window; past it, the count bound applies again.
 #[test]
 fn a_flood_of_request_ids_keeps_an_id_for_the_minimum_window() {
@@ -422,11 +422,11 @@ fn a_flood_of_request_ids_keeps_an_id_for_the_minimum_window() {
         1,
     ));
     let first = sm.apply_with_id(Some("the-retried-one"), cmd.clone());
-    // DEDUPE_MAX_ENTRIES + 4,464 other ids over 100 s, in entries of 1,000 ids.
+    // DEDUPE_MAX_ENTRIES + 4,464 other ids over 50 s, in entries of 1,000 ids.
     let others = DEDUPE_MAX_ENTRIES + 4_464;
     for (n, chunk) in (0..others).collect::<Vec<_>>().chunks(1_000).enumerate() {
         sm.index += 1;
-        sm.now_ms += 100_000 / (others as u64 / 1_000);
+        sm.now_ms += 50_000 / (others as u64 / 1_000);
         let proposals = chunk
             .iter()
             .map(|i| Proposal {
