@@ -10,6 +10,7 @@
 
 pub mod chaos;
 pub mod clocks;
+pub mod linear;
 pub mod procs;
 pub mod tls;
 
@@ -339,7 +340,17 @@ pub fn leasehold_bin() -> PathBuf {
             .to_path_buf();
         let bin = profile_dir.join("leasehold");
         let mut build = std::process::Command::new(env!("CARGO"));
-        build.args(["build", "-p", "leasehold-node", "--bin", "leasehold"]);
+        // With the bug switches compiled in (each off unless `LEASEHOLD_BUG` names it), as
+        // the tests' own build of the node has them: one build of the node serves both.
+        build.args([
+            "build",
+            "-p",
+            "leasehold-node",
+            "--bin",
+            "leasehold",
+            "--features",
+            "bug-switches",
+        ]);
         if profile_dir.ends_with("release") {
             build.arg("--release");
         }

@@ -1,5 +1,7 @@
 //! Fault scenarios against clusters of real `leasehold` processes (sled, fsync), with a
-//! contending workload and the checker (see `leasehold_cluster_tests::chaos`).
+//! contending workload and the checker (see `leasehold_cluster_tests::chaos`), and beside
+//! it the checked workload (`leasehold_cluster_tests::linear`), whose history an
+//! independent linearizability checker judges (`support/lincheck.rs`, todc-utils).
 //!
 //! The quick profile of every scenario runs with `cargo test`. The soak (all nemeses
 //! mixed, 10 minutes by default) runs with:
@@ -16,9 +18,13 @@ use leasehold_api::wire::{
     AcquireRequest, CreateLeaseRequest, ReadParams, RegisterRequest, ReleaseParams,
 };
 use leasehold_api::LeaseService;
-use leasehold_cluster_tests::chaos::{check, Workload, WorkloadOptions};
+use leasehold_cluster_tests::chaos::{check, Report, Workload, WorkloadOptions};
+use leasehold_cluster_tests::linear::{Clients, LinearOptions, LinearWorkload};
 use leasehold_cluster_tests::procs::{ProcCluster, Security};
 use tokio::sync::Mutex;
+
+#[path = "support/lincheck.rs"]
+mod lincheck;
 
 /// Scenarios run one at a time: each is a whole cluster of processes plus a workload.
 static SERIAL: Mutex<()> = Mutex::const_new(());
@@ -127,6 +133,18 @@ fn workload(cluster: &ProcCluster, opts: WorkloadOptions) -> Workload {
     Workload::start(opts, move |i| clients[i % clients.len()].clone())
 }
 
+/// The checked workload, on keys of its own, with clients failing over from every node
+/// and readers pinned to each.
+fn checked_workload(cluster: &ProcCluster, opts: LinearOptions) -> LinearWorkload {
+    let attempt = Duration::from_millis(600);
+    let n = cluster.nodes.len();
+    let clients = Clients {
+        roaming: (0..n).map(|i| cluster.client_from(i, attempt)).collect(),
+        pinned: (0..n).map(|i| cluster.client_pinned(i, attempt)).collect(),
+    };
+    LinearWorkload::start(opts, clients)
+}
+
 /// Run `rounds` of faults under the workload; return the summary line.
 async fn scenario(nemeses: &[Nemesis], rounds: usize, label: &str) -> String {
     scenario_for(nemeses, Rounds::Count(rounds), label).await
@@ -153,10 +171,42 @@ async fn scenario_with(
     rounds: Rounds,
     label: &str,
 ) -> String {
-    let mut cluster = ProcCluster::start_secured(nodes, security)
+    let cluster = ProcCluster::start_secured(nodes, security)
         .await
         .expect("cluster starts");
+    let (summary, report, verdict) = run(cluster, nemeses, rounds, label).await;
+    assert!(
+        report.violations.is_empty(),
+        "{summary}: {:#?}",
+        report.violations
+    );
+    assert!(
+        report.handoffs > 0,
+        "{summary}: the workload made no progress"
+    );
+    assert!(
+        verdict.violations.is_empty() && verdict.stuck.is_empty(),
+        "{summary}: {:#?} {:#?}",
+        verdict.violations,
+        verdict.stuck
+    );
+    assert!(
+        verdict.operations > 0,
+        "{summary}: the checked workload made no progress"
+    );
+    summary
+}
+
+/// Both workloads under `rounds` of faults, then both checkers: the summary line and
+/// both verdicts, printed and not asserted.
+async fn run(
+    mut cluster: ProcCluster,
+    nemeses: &[Nemesis],
+    rounds: Rounds,
+    label: &str,
+) -> (String, Report, lincheck::Verdict) {
     let load = workload(&cluster, WorkloadOptions::default());
+    let checked = checked_workload(&cluster, LinearOptions::default());
     tokio::time::sleep(CALM).await;
     let started = tokio::time::Instant::now();
     for round in 0.. {
@@ -196,23 +246,22 @@ async fn scenario_with(
         tokio::time::sleep(CALM).await;
     }
     cluster.recover().await.expect("cluster recovers");
-    let history = load.stop().await;
+    let (history, linear) = tokio::join!(load.stop(), checked.stop());
     let report = check(&history);
-    let summary = report.summary(label, cluster.faults);
+    let verdict = lincheck::check(&linear, label);
+    let summary = format!(
+        "{}; {}",
+        report.summary(label, cluster.faults),
+        verdict.summary()
+    );
     println!("{summary}; errors by code {:?}", history.failures());
     for v in &report.violations {
         println!("VIOLATION {v}");
     }
-    assert!(
-        report.violations.is_empty(),
-        "{summary}: {:#?}",
-        report.violations
-    );
-    assert!(
-        report.handoffs > 0,
-        "{summary}: the workload made no progress"
-    );
-    summary
+    for v in verdict.violations.iter().chain(&verdict.stuck) {
+        println!("NOT LINEARIZABLE {v}");
+    }
+    (summary, report, verdict)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -352,6 +401,58 @@ async fn node_added_and_removed_under_load() {
         "membership change",
     )
     .await;
+}
+
+/// The independent checker bites. With the bug switch `stale-follower-reads` on (every
+/// node process starts with `LEASEHOLD_BUG`; the binary the suite runs is built with the
+/// node's `bug-switches` feature, and one without it refuses the variable), a follower
+/// answers linearizable reads from its own state: the readers pinned to a follower, above
+/// all to one cut off from the others, see holders and values that are gone. The new
+/// checker must find an object whose history is not linearizable. The existing checker
+/// records no reads; what it says is printed (it is expected to miss the bug).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_independent_checker_catches_stale_follower_reads() {
+    let _one = SERIAL.lock().await;
+    // A switch the binary does not know is refused, naming the ones it knows.
+    let out = tokio::process::Command::new(leasehold_cluster_tests::leasehold_bin())
+        .args([
+            "serve",
+            "--client-addr",
+            "127.0.0.1:0",
+            "--peer-addr",
+            "127.0.0.1:0",
+        ])
+        .env("LEASEHOLD_BUG", "no-such-bug")
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(30), out)
+        .await
+        .expect("serve exits instead of serving")
+        .expect("run leasehold serve");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("stale-follower-reads"), "{stderr}");
+
+    let env = [("LEASEHOLD_BUG".into(), "stale-follower-reads".into())];
+    let cluster = ProcCluster::start_with_env(3, Security::default(), &env)
+        .await
+        .expect("the cluster starts with the bug switch on");
+    let label = "bug switch: stale follower reads";
+    let rounds = Rounds::For(Duration::from_secs(5));
+    let (summary, report, verdict) = run(cluster, &[Nemesis::IsolateFollower], rounds, label).await;
+    println!(
+        "with the bug on, the existing checker (chaos::check) reports {} violations: {}",
+        report.violations.len(),
+        if report.violations.is_empty() {
+            "it misses the bug"
+        } else {
+            "it catches the bug too"
+        }
+    );
+    assert!(
+        !verdict.violations.is_empty(),
+        "{summary}: the independent checker did not catch stale follower reads"
+    );
 }
 
 /// kill -9 of every node, then restart: nothing acknowledged is lost.

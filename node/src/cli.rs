@@ -84,12 +84,36 @@ impl ConfigArgs {
     /// The configuration these flags, the environment and the file give; on error, say so
     /// on stderr and return the exit status.
     fn load(&self) -> Result<Config, i32> {
-        let env = std::env::vars().filter(|(k, _)| k.starts_with("LEASEHOLD_"));
+        let env =
+            std::env::vars().filter(|(k, _)| k.starts_with("LEASEHOLD_") && !is_bug_switch(k));
+        #[cfg(feature = "bug-switches")]
+        match leasehold_node::bug_switch_from_env() {
+            Ok(None) => {}
+            Ok(Some(bug)) => eprintln!(
+                "leasehold: WARNING: bug switch {bug:?} is on (a test build of the fault suite)"
+            ),
+            Err(e) => {
+                eprintln!("leasehold: {e}");
+                return Err(2);
+            }
+        }
         Config::load(self.config.as_deref(), env, &self.overrides).map_err(|e| {
             eprintln!("leasehold: {e}");
             eprintln!("fix the setting named above (see `leasehold serve --help`) and start again");
             2
         })
+    }
+}
+
+/// `LEASEHOLD_BUG` is not a setting: with the `bug-switches` feature it names a bug switch
+/// (`leasehold_node`'s `bugs`); without, it is refused like any unknown variable.
+fn is_bug_switch(var: &str) -> bool {
+    #[cfg(feature = "bug-switches")]
+    return var == leasehold_node::BUG_SWITCH_ENV;
+    #[cfg(not(feature = "bug-switches"))]
+    {
+        let _ = var;
+        false
     }
 }
 

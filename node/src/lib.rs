@@ -18,12 +18,16 @@
 //! - `clock`: the wall clock the actors are given.
 //! - `incarnation`: a data directory's identity, recorded in the cluster, so a wiped
 //!   member is refused rather than started empty.
+//! - `bugs`: deliberate faults for the fault suite (feature `bug-switches`, test builds).
 //! - `error`: the core's typed errors ([`CoreError`]).
 //!
 //! Only this crate opens sockets and spawns long-lived tasks, and every task it spawns
 //! is tracked so that [`Node::shutdown`] waits for it.
 
 mod batcher;
+// Without the feature only `active` (always false) is used.
+#[cfg_attr(not(feature = "bug-switches"), allow(dead_code))]
+mod bugs;
 mod clock;
 mod confirmer;
 mod core;
@@ -40,6 +44,9 @@ mod tls;
 #[cfg(test)]
 mod paused_time_tests;
 
+#[cfg(feature = "bug-switches")]
+#[doc(hidden)]
+pub use crate::bugs::{from_env as bug_switch_from_env, ENV as BUG_SWITCH_ENV};
 pub use crate::error::CoreError;
 pub use crate::node::{Listeners, Node, StartError};
 pub use crate::peer::{probe as peer_probe, Faults, PEER_PROTOCOL_VERSION};

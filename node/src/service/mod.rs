@@ -156,7 +156,11 @@ impl NodeService {
 
     /// A linearizable read barrier unless the caller asked for a stale (local) read.
     async fn barrier(&self, stale: bool) -> Result<(), ApiError> {
-        if stale {
+        // The fault suite's bug switch (off unless built with `bug-switches` and named in
+        // `LEASEHOLD_BUG`): a follower serves a linearizable read from its own state.
+        let bugged =
+            crate::bugs::active(crate::bugs::Bug::StaleFollowerReads) && !self.core.is_leader();
+        if stale || bugged {
             // Even a stale read is refused from a node whose storage failed: its state is
             // frozen at the fault and would only grow older.
             return self.core.check_storage().map_err(core_error);
