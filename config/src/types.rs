@@ -138,6 +138,19 @@ pub struct Limits {
     pub max_list_limit: usize,
     /// The deadline of a request (long-polls get their `wait_ms` on top).
     pub request_timeout_ms: u64,
+    /// Most client connections open on this node; past it a new one is answered 503 (or
+    /// closed, under TLS) so the client fails over. The peer listener is never capped.
+    pub max_connections: usize,
+    /// Most client connections open on this node from one IP address; past it 429 (or
+    /// closed, under TLS).
+    pub max_connections_per_address: usize,
+    /// Most client requests being worked on at once on this node (parked long-polls are
+    /// counted by `max_long_polls` instead). New holds and long-polls are shed at 3/4 of
+    /// it, other reads at 7/8, keepalives, extends and releases only at the full cap.
+    pub max_requests_in_flight: usize,
+    /// Most blocking requests (blocking acquires, blocking queries, waits for release)
+    /// parked on this node at once; past it 503.
+    pub max_long_polls: usize,
 }
 
 impl Default for Limits {
@@ -153,6 +166,10 @@ impl Default for Limits {
             max_waiters_per_key: 10_000,
             max_list_limit: 1_000,
             request_timeout_ms: 10_000,
+            max_connections: 4_096,
+            max_connections_per_address: 256,
+            max_requests_in_flight: 1_024,
+            max_long_polls: 2_048,
         }
     }
 }

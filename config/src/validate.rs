@@ -266,6 +266,16 @@ fn validate_limits(l: &Limits) -> Result<(), ConfigError> {
         ),
         ("limits.max_list_limit", l.max_list_limit as u64),
         ("limits.request_timeout_ms", l.request_timeout_ms),
+        ("limits.max_connections", l.max_connections as u64),
+        (
+            "limits.max_connections_per_address",
+            l.max_connections_per_address as u64,
+        ),
+        (
+            "limits.max_requests_in_flight",
+            l.max_requests_in_flight as u64,
+        ),
+        ("limits.max_long_polls", l.max_long_polls as u64),
     ] {
         if value == 0 {
             return Err(invalid(key, "must be greater than 0"));

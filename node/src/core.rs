@@ -48,6 +48,8 @@ pub(crate) struct Core {
     leases: LeaseHandle,
     counters: BatchCounters,
     metrics: Arc<Metrics>,
+    /// What this node admits and sheds under load (`[limits]` caps).
+    overload: Arc<crate::overload::Overload>,
     /// Gathers this node's keepalives into batches for the leader, once per window.
     keepalives: Batcher<Keep, (LeaseId, u64)>,
     /// Gathers this node's writes into batches for the leader while others are in flight.
@@ -206,6 +208,7 @@ impl Core {
             confirmer,
             leases,
             counters,
+            overload: crate::overload::Overload::new(&config.limits, metrics.clone()),
             metrics,
             keepalives: Batcher::spawn(
                 core.clone(),
@@ -315,6 +318,10 @@ impl Core {
 
     pub(crate) fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
+    }
+
+    pub(crate) fn overload(&self) -> &Arc<crate::overload::Overload> {
+        &self.overload
     }
 
     /// This node's view of the cluster (members, leader, replication progress).

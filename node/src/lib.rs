@@ -36,6 +36,7 @@ mod incarnation;
 mod lease_actor;
 mod metrics;
 mod node;
+mod overload;
 mod peer;
 mod proposer;
 mod service;

@@ -16,6 +16,9 @@
 //!   `leasehold_handoffs_total{kind}` (a grant to a queued waiter), `leasehold_leases_expired_total`,
 //!   `leasehold_keepalives_total` (served by this node), and gauges `leasehold_leases`,
 //!   `leasehold_holds{kind}`, `leasehold_waiters{kind}`, `leasehold_long_polls_in_flight`.
+//! - Overload (`node::overload`): `leasehold_shed_total{cap}` (connections, requests and
+//!   long-polls refused at a `[limits]` cap), gauges `leasehold_client_connections` and
+//!   `leasehold_requests_in_flight`.
 //! - Batching: what this node sent the leader in batches (the figures of docs/performance.md).
 //! - Process: `process_resident_memory_bytes`, `process_cpu_seconds_total`,
 //!   `process_open_fds` and the rest of the standard process collector (Linux).
@@ -73,6 +76,9 @@ pub(crate) struct Metrics {
     pub snapshot: Histogram,
     pub keepalives: IntCounter,
     pub long_polls: IntGauge,
+    pub shed: IntCounterVec,
+    pub client_connections: IntGauge,
+    pub requests_in_flight: IntGauge,
     // Set at scrape time from counts kept elsewhere.
     applied_entries: IntCounter,
     grants: IntCounterVec,
@@ -217,6 +223,15 @@ impl Metrics {
         .expect("a valid metric");
         r.register(Box::new(http_duration.clone()))
             .expect("registered once");
+        let shed = IntCounterVec::new(
+            Opts::new(
+                "leasehold_shed_total",
+                "client connections and requests refused at a [limits] cap, by cap",
+            ),
+            &["cap"],
+        )
+        .expect("a valid metric");
+        r.register(Box::new(shed.clone())).expect("registered once");
         let gauges = Gauges {
             has_leader: gauge(
                 &r,
@@ -321,6 +336,17 @@ impl Metrics {
                 "leasehold_long_polls_in_flight",
                 "blocking acquires, blocking queries and waits for release open on this node",
             ),
+            shed,
+            client_connections: gauge(
+                &r,
+                "leasehold_client_connections",
+                "client connections open on this node (the peer listener's are not counted)",
+            ),
+            requests_in_flight: gauge(
+                &r,
+                "leasehold_requests_in_flight",
+                "client requests being worked on by this node (parked long-polls not included)",
+            ),
             applied_entries: counter(
                 &r,
                 "leasehold_raft_applied_entries_total",
@@ -413,12 +439,6 @@ impl Metrics {
             .collect()
     }
 
-    /// Count a long-poll in flight until the guard is dropped.
-    pub(crate) fn long_poll(&self) -> LongPoll {
-        self.long_polls.inc();
-        LongPoll(self.long_polls.clone())
-    }
-
     /// Record one served client request.
     pub(crate) fn observe_http(&self, method: &str, route: &str, status: u16, elapsed: Duration) {
         self.http_requests
@@ -466,15 +486,6 @@ impl Metrics {
             .encode(&self.registry.gather(), &mut out)
             .expect("encoding into memory cannot fail");
         String::from_utf8(out).expect("the text format is UTF-8")
-    }
-}
-
-/// A long-poll in flight (`leasehold_long_polls_in_flight`), until dropped.
-pub(crate) struct LongPoll(IntGauge);
-
-impl Drop for LongPoll {
-    fn drop(&mut self) {
-        self.0.dec();
     }
 }
 

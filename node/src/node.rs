@@ -20,6 +20,7 @@ use tracing::{info, warn, Instrument, Span};
 use crate::clock::Clock;
 use crate::core::Core;
 use crate::error::CoreError;
+use crate::overload::listener::CappedTcp;
 use crate::peer::network::RaftTransport;
 use crate::peer::{Faults, ForwardRequest, MembershipChange, PeerClient};
 use crate::service::NodeService;
@@ -361,8 +362,9 @@ impl Node {
 
         let mut servers = Vec::new();
         let peer_router = in_span(crate::peer::server::router(core.clone(), secret), &span);
+        // The peer listener is never capped: shedding Raft traffic would shed the cluster.
         servers.push(serve(
-            listeners.peer,
+            CappedTcp::new(listeners.peer, None, false),
             tls.clone()
                 .map(|t| (t, peer_listener_config as ServerConfigOf)),
             peer_router,
@@ -385,6 +387,7 @@ impl Node {
                 }),
             }
         });
+        let overload = core.overload().clone();
         let client_router = in_span(
             leasehold_api::router::router_with_auth(
                 Arc::new(service.clone()),
@@ -392,9 +395,15 @@ impl Node {
                 router_auth,
             ),
             &span,
-        );
+        )
+        .layer(axum::middleware::from_fn_with_state(
+            overload.clone(),
+            crate::overload::admit,
+        ));
+        crate::overload::raise_fd_limit(&config.limits);
+        let connections = Some(overload.connections.clone());
         servers.push(serve(
-            listeners.client,
+            CappedTcp::new(listeners.client, connections, tls.is_none()),
             tls.clone()
                 .map(|t| (t, client_listener_config as ServerConfigOf)),
             client_router,
@@ -713,7 +722,7 @@ fn peer_listener_config(m: &Material) -> Arc<rustls::ServerConfig> {
 
 /// Serve `router` on `listener`: plain HTTP, or only HTTPS with `tls`.
 fn serve(
-    listener: TcpListener,
+    listener: CappedTcp,
     tls: Option<(Arc<Tls>, ServerConfigOf)>,
     router: axum::Router,
     cancel: CancellationToken,

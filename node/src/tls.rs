@@ -11,7 +11,9 @@
 //!   handshake fails before any HTTP is read.
 //! - The peer client trusts only `tls.ca` and presents `tls.cert` as its client certificate.
 //! - [`TlsListener`] is an axum listener that runs every handshake in its own task
-//!   (bounded by [`HANDSHAKE_TIMEOUT`]), so one slow or silent client holds up no other.
+//!   (bounded by [`HANDSHAKE_TIMEOUT`]), so one slow or silent client holds up no other;
+//!   connections are admitted under the connection caps before the handshake
+//!   (`overload::listener::CappedTcp`).
 //! - [`Tls::reload`] re-reads the files (SIGHUP): new connections use the new material, a
 //!   bad file keeps the old one.
 //! - [`generate_local_certs`] makes a CA and node certificates for `local-cluster --tls`
@@ -32,11 +34,13 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
 use rustls::server::danger::ClientCertVerifier;
 use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
-use tracing::{debug, warn};
+use tracing::debug;
+
+use crate::overload::listener::{CappedTcp, Counted};
 
 /// The longest a client may take to finish its TLS handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -278,14 +282,14 @@ fn describe_cert_error(e: &rustls::Error, ca: &Path) -> String {
 /// so a reload reaches new connections).
 pub(crate) struct TlsListener {
     local_addr: SocketAddr,
-    accepted: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
+    accepted: mpsc::Receiver<(TlsStream<Counted<TcpStream>>, SocketAddr)>,
     accept_loop: tokio::task::JoinHandle<()>,
 }
 
 impl TlsListener {
     /// `config` picks the server config of this listener out of the material in force.
     pub(crate) fn new(
-        listener: TcpListener,
+        listener: CappedTcp,
         tls: Arc<Tls>,
         config: fn(&Material) -> Arc<ServerConfig>,
     ) -> std::io::Result<Self> {
@@ -307,22 +311,14 @@ impl Drop for TlsListener {
 }
 
 async fn accept_loop(
-    listener: TcpListener,
+    mut listener: CappedTcp,
     tls: Arc<Tls>,
     config: fn(&Material) -> Arc<ServerConfig>,
-    tx: mpsc::Sender<(TlsStream<TcpStream>, SocketAddr)>,
+    tx: mpsc::Sender<(TlsStream<Counted<TcpStream>>, SocketAddr)>,
 ) {
     loop {
-        let (tcp, addr) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(e) => {
-                // Out of file descriptors and the like: back off instead of spinning.
-                warn!(error = %e, "accepting a connection failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let _ = tcp.set_nodelay(true);
+        // Admitted under the connection caps (client listener) before any handshake.
+        let (tcp, addr) = listener.accept().await;
         let acceptor = TlsAcceptor::from(config(&tls.current()));
         let tx = tx.clone();
         tokio::spawn(async move {
@@ -338,7 +334,7 @@ async fn accept_loop(
 }
 
 impl axum::serve::Listener for TlsListener {
-    type Io = TlsStream<TcpStream>;
+    type Io = TlsStream<Counted<TcpStream>>;
     type Addr = SocketAddr;
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {

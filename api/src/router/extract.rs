@@ -132,29 +132,52 @@ pub(super) async fn read_body_first(
     if declared.is_some_and(|n| n > limit as u64) {
         return refuse_oversized(body).await;
     }
-    let mut buf = Vec::new();
-    while let Some(frame) = body.frame().await {
-        let frame = match frame {
-            Ok(frame) => frame,
-            Err(e) => {
-                let mut response =
-                    ApiError::invalid("body", format!("cannot read the request body: {e}"))
-                        .into_response();
-                response
-                    .headers_mut()
-                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
-                return response;
+    // A body must arrive within the request deadline: a client that sends its body slowly
+    // (or never) would otherwise hold a request in flight, and its buffer, for ever.
+    let budget = s.limits.request_timeout();
+    let read = async {
+        let mut buf = Vec::new();
+        while let Some(frame) = body.frame().await {
+            let frame = match frame {
+                Ok(frame) => frame,
+                Err(e) => {
+                    let e = ApiError::invalid("body", format!("cannot read the request body: {e}"));
+                    return Err(closing(e.into_response()));
+                }
+            };
+            if let Ok(data) = frame.into_data() {
+                if buf.len() + data.len() > limit {
+                    return Err(refuse_oversized(body).await);
+                }
+                buf.extend_from_slice(&data);
             }
-        };
-        if let Ok(data) = frame.into_data() {
-            if buf.len() + data.len() > limit {
-                return refuse_oversized(body).await;
-            }
-            buf.extend_from_slice(&data);
         }
-    }
+        Ok(buf)
+    };
+    let buf = match tokio::time::timeout(budget, read).await {
+        Ok(Ok(buf)) => buf,
+        Ok(Err(response)) => return response,
+        Err(_) => {
+            let e = ApiError::invalid(
+                "body",
+                format!(
+                    "the request body did not arrive within {} ms (limits.request_timeout_ms)",
+                    budget.as_millis()
+                ),
+            );
+            return closing(e.into_response());
+        }
+    };
     next.run(Request::from_parts(parts, axum::body::Body::from(buf)))
         .await
+}
+
+/// `response` with `Connection: close`: the rest of the request is not going to be read.
+fn closing(mut response: Response) -> Response {
+    response
+        .headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    response
 }
 
 pub(super) fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {

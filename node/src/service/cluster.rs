@@ -94,7 +94,7 @@ impl NodeService {
         validate::status(&params, &self.limits)?;
         let wait_ms = params.wait_ms.unwrap_or(0);
         if let Some(index) = params.index {
-            let _in_flight = self.core.metrics().long_poll();
+            let _long_poll = self.core.overload().long_poll()?.parked();
             let deadline = tokio::time::Instant::now() + std::time::Duration::from_millis(wait_ms);
             let mut applied = self.core.subscribe_applied();
             while *applied.borrow_and_update() <= index {

@@ -137,6 +137,11 @@ impl NodeService {
         args: AcquireArgs,
     ) -> Result<(u64, HoldView), ApiError> {
         let started = Instant::now();
+        // One that may queue is a long-poll from the start: shed before it is queued.
+        let long_poll = match args.wait_ms > 0 {
+            true => Some(self.core.overload().long_poll()?),
+            false => None,
+        };
         let command = Command::Acquire(Acquire {
             kind: args.kind,
             key: args.key.clone(),
@@ -158,7 +163,7 @@ impl NodeService {
             CommandResult::Queued { lease_id, .. } => {
                 let deadline = started + Duration::from_millis(args.wait_ms);
                 // A grant seen while waiting is already in the local state: index 0.
-                self.wait_for_grant(&args, index, lease_id, deadline)
+                self.wait_for_grant(&args, index, lease_id, deadline, long_poll)
                     .await
                     .map(|hold| (0, hold))
             }
@@ -344,7 +349,7 @@ impl NodeService {
         validate::read(key, params, &self.limits)?;
         self.barrier(params.stale.unwrap_or(false)).await?;
         if let (Some(index), Some(wait_ms)) = (params.index, params.wait_ms) {
-            self.wait_for_change(kind, key, index, wait_ms).await;
+            self.wait_for_change(kind, key, index, wait_ms).await?;
         }
         Ok(self.read(|s| {
             let r = s.resource(kind, key);

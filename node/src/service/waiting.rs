@@ -21,6 +21,7 @@ use super::resources::{current_holders, AcquireArgs};
 use super::NodeService;
 use crate::core::Core;
 use crate::error::CoreError;
+use crate::overload::LongPoll;
 
 impl NodeService {
     /// Wait in the replicated queue until granted or `deadline`; keep the waiting lease
@@ -31,8 +32,9 @@ impl NodeService {
         queued_at_index: u64,
         lease_id: LeaseId,
         deadline: Instant,
+        long_poll: Option<LongPoll>,
     ) -> Result<HoldView, ApiError> {
-        let _in_flight = self.core.metrics().long_poll();
+        let _long_poll = long_poll.map(LongPoll::parked);
         let mut guard = CancelWaitOnDrop {
             core: Some(self.core.clone()),
             kind: args.kind,
@@ -125,19 +127,26 @@ impl NodeService {
         }
     }
 
-    /// Wait (on local applies) until `kind/key`'s modify index exceeds `index`.
-    pub(super) async fn wait_for_change(&self, kind: Kind, key: &str, index: u64, wait_ms: u64) {
-        let _in_flight = self.core.metrics().long_poll();
+    /// Wait (on local applies) until `kind/key`'s modify index exceeds `index`; 503 past
+    /// `limits.max_long_polls`.
+    pub(super) async fn wait_for_change(
+        &self,
+        kind: Kind,
+        key: &str,
+        index: u64,
+        wait_ms: u64,
+    ) -> Result<(), ApiError> {
+        let _long_poll = self.core.overload().long_poll()?.parked();
         let deadline = Instant::now() + Duration::from_millis(wait_ms);
         let mut applied = self.core.subscribe_applied();
         loop {
             let current = self.read(|s| s.resource(kind, key).map_or(0, |r| r.mod_index));
             if current > index {
-                return;
+                return Ok(());
             }
             tokio::select! {
-                changed = applied.changed() => if changed.is_err() { return },
-                _ = tokio::time::sleep_until(deadline) => return,
+                changed = applied.changed() => if changed.is_err() { return Ok(()) },
+                _ = tokio::time::sleep_until(deadline) => return Ok(()),
             }
         }
     }
@@ -150,7 +159,10 @@ impl NodeService {
         validate::wait_release(key, &params, &self.limits)?;
         // Never answer from a state older than the request.
         self.barrier(false).await?;
-        let _in_flight = self.core.metrics().long_poll();
+        let _long_poll = match params.wait_ms {
+            Some(ms) if ms > 0 => Some(self.core.overload().long_poll()?.parked()),
+            _ => None,
+        };
         let deadline = Instant::now() + Duration::from_millis(params.wait_ms.unwrap_or(0));
         let mut applied = self.core.subscribe_applied();
         loop {

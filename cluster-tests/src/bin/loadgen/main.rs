@@ -4,6 +4,8 @@
 //! throughput and latency. `loadgen failover`: kill the leader of an in-process cluster
 //! repeatedly and report how long writes were unavailable. `loadgen scale`: fill durable
 //! three-process clusters with 10 k to 1 M leases and record what they cost (`scale`).
+//! `loadgen overload`: a three-process cluster with default `[limits]` under crowds of
+//! connections, blocking acquires, keepalives and clients that never read (`overload`).
 //!
 //! Without `--endpoints` it starts its own in-process three-node cluster on loopback
 //! (real Raft, real sockets; `--data-dir` makes it durable with sled and fsync).
@@ -18,6 +20,7 @@ use leasehold_cluster_tests::{ClusterOptions, TestCluster};
 use serde_json::json;
 use tokio::time::Instant;
 
+mod overload;
 mod scale;
 
 #[derive(Parser)]
@@ -86,11 +89,62 @@ enum Mode {
         #[arg(long, default_value_t = 1000)]
         snapshot_every: u64,
     },
+    /// Crowd one node of a 3-process cluster (default `[limits]`) phase by phase:
+    /// connections, blocking acquires, a keepalive flood, clients that never read; record
+    /// RSS, probes, a well-behaved client's p99 and what the crowd got (docs/faults.md).
+    Overload {
+        /// The `leasehold` binary (default: the one next to this loadgen).
+        #[arg(long)]
+        bin: Option<std::path::PathBuf>,
+        #[arg(long, default_value = "/tmp/leasehold-overload")]
+        dir: std::path::PathBuf,
+        /// Connections opened at once in the first phase.
+        #[arg(long, default_value_t = 6_000)]
+        crowd: usize,
+        /// Blocking acquires in each blocking phase.
+        #[arg(long, default_value_t = 3_000)]
+        waiters: usize,
+        /// Clients of the keepalive flood.
+        #[arg(long, default_value_t = 500)]
+        flooders: usize,
+        /// Connections that send nothing, in the last phase.
+        #[arg(long, default_value_t = 2_000)]
+        silent: usize,
+        /// Connections that pipeline requests and never read, in the last phase.
+        #[arg(long, default_value_t = 200)]
+        never_read: usize,
+        /// How long each phase's load is held (the never-read phase at least 40 s).
+        #[arg(long, default_value_t = 15)]
+        seconds: u64,
+    },
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     match Args::parse().mode {
+        Mode::Overload {
+            bin,
+            dir,
+            crowd,
+            waiters,
+            flooders,
+            silent,
+            never_read,
+            seconds,
+        } => {
+            let bin = leasehold_bin(bin)?;
+            overload::run(overload::OverloadArgs {
+                bin,
+                dir,
+                crowd,
+                waiters,
+                flooders,
+                silent,
+                never_read,
+                seconds,
+            })
+            .await
+        }
         Mode::Cycles {
             endpoints,
             data_dir,
@@ -114,18 +168,7 @@ async fn main() -> anyhow::Result<()> {
             storm,
             snapshot_every,
         } => {
-            let bin = match bin {
-                Some(bin) => bin,
-                None => std::env::current_exe()?
-                    .parent()
-                    .context("loadgen's directory")?
-                    .join("leasehold"),
-            };
-            anyhow::ensure!(
-                bin.exists(),
-                "{} not found: cargo build --release -p leasehold-node --bin leasehold, or pass --bin",
-                bin.display()
-            );
+            let bin = leasehold_bin(bin)?;
             scale::run(scale::ScaleArgs {
                 sizes: leases,
                 bin,
@@ -139,6 +182,23 @@ async fn main() -> anyhow::Result<()> {
             .await
         }
     }
+}
+
+/// `--bin`, or the `leasehold` binary next to this loadgen.
+fn leasehold_bin(bin: Option<std::path::PathBuf>) -> anyhow::Result<std::path::PathBuf> {
+    let bin = match bin {
+        Some(bin) => bin,
+        None => std::env::current_exe()?
+            .parent()
+            .context("loadgen's directory")?
+            .join("leasehold"),
+    };
+    anyhow::ensure!(
+        bin.exists(),
+        "{} not found: cargo build --release -p leasehold-node --bin leasehold, or pass --bin",
+        bin.display()
+    );
+    Ok(bin)
 }
 
 #[derive(Clone, Copy)]

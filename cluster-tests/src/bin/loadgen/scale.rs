@@ -41,7 +41,7 @@ struct Node {
     child: Option<Child>,
 }
 
-struct Cluster {
+pub(crate) struct Cluster {
     bin: PathBuf,
     nodes: Vec<Node>,
     members: String,
@@ -51,7 +51,7 @@ struct Cluster {
 }
 
 impl Cluster {
-    async fn start(
+    pub(crate) async fn start(
         bin: &Path,
         dir: &Path,
         max_leases: u64,
@@ -125,7 +125,7 @@ impl Cluster {
         Ok(())
     }
 
-    fn url(&self, i: usize) -> String {
+    pub(crate) fn url(&self, i: usize) -> String {
         format!("http://{}", self.nodes[i].client)
     }
 
@@ -200,7 +200,7 @@ impl Cluster {
         }
     }
 
-    fn rss_kib(&self, i: usize) -> u64 {
+    pub(crate) fn rss_kib(&self, i: usize) -> u64 {
         let Some(pid) = self.pid(i) else { return 0 };
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
         status
