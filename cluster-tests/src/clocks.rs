@@ -1,7 +1,9 @@
 //! Clock faults for node processes, through libfaketime (Debian's `libfaketime`, which
 //! `scripts/test-deps.sh` installs), the way real clocks fail:
 //!
-//! - **Steps of the wall clock** ([`FakeClocks::stepped`]): each node reads its offset from
+//! - **Steps of the wall clock** ([`FakeClocks`], through
+//!   [`ProcCluster::start_with_fake_clocks`](crate::procs::ProcCluster::start_with_fake_clocks)
+//!   and `step_clock`): each node reads its offset from
 //!   a file of its own (`FAKETIME_TIMESTAMP_FILE`), replaced atomically while it runs, and
 //!   its monotonic clock is left alone (`FAKETIME_DONT_FAKE_MONOTONIC=1`): a kernel never
 //!   steps the monotonic clock, only the wall clock.
@@ -10,6 +12,10 @@
 //!   running process would jump its clock by the elapsed time times the change.
 
 use std::path::{Path, PathBuf};
+
+/// How long a step takes to be in force: libfaketime re-reads a node's offset file at
+/// most once a second (`FAKETIME_CACHE_DURATION=1`).
+pub const STEP_TAKES: std::time::Duration = std::time::Duration::from_millis(1_300);
 
 /// The preload library, if installed.
 pub fn libfaketime() -> Option<PathBuf> {
@@ -29,28 +35,32 @@ fn require_libfaketime() -> PathBuf {
     )
 }
 
-/// Per-node wall-clock offsets that the test steps while the nodes run.
+/// Per-node wall-clock offsets that the test steps while the nodes run, one file per node
+/// id in a directory of their own.
 pub struct FakeClocks {
-    dir: PathBuf,
+    dir: tempfile::TempDir,
     lib: PathBuf,
 }
 
 impl FakeClocks {
-    /// Offsets for nodes 0.. kept as files in `dir` (all start at +0).
-    pub fn stepped(dir: &Path) -> anyhow::Result<Self> {
-        std::fs::create_dir_all(dir)?;
+    /// Offsets for any node ids (each starts at +0).
+    pub fn new() -> anyhow::Result<Self> {
         Ok(FakeClocks {
-            dir: dir.to_path_buf(),
+            dir: tempfile::tempdir()?,
             lib: require_libfaketime(),
         })
     }
 
-    fn file(&self, node: usize) -> PathBuf {
-        self.dir.join(format!("node-{node}.faketime"))
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn file(&self, node: u64) -> PathBuf {
+        self.path().join(format!("node-{node}.faketime"))
     }
 
     /// The environment of node `node`'s process (its offset file is created at +0).
-    pub fn env(&self, node: usize) -> Vec<(String, String)> {
+    pub fn env(&self, node: u64) -> Vec<(String, String)> {
         let file = self.file(node);
         if !file.exists() {
             let _ = std::fs::write(&file, "+0\n");
@@ -66,8 +76,8 @@ impl FakeClocks {
 
     /// Step node `node`'s wall clock to `offset_secs` from the real time (the file is
     /// replaced atomically; the node sees it within a second or so).
-    pub fn set_offset(&self, node: usize, offset_secs: i64) -> anyhow::Result<()> {
-        let tmp = self.dir.join(format!("node-{node}.faketime.tmp"));
+    pub fn set_offset(&self, node: u64, offset_secs: i64) -> anyhow::Result<()> {
+        let tmp = self.path().join(format!("node-{node}.faketime.tmp"));
         std::fs::write(&tmp, format!("{offset_secs:+}\n"))?;
         std::fs::rename(&tmp, self.file(node))?;
         Ok(())

@@ -441,6 +441,8 @@ pub struct ProcCluster {
     credentials: Credentials,
     /// Environment variables every node process starts with (nodes added later too).
     env: Vec<(String, String)>,
+    /// Wall clocks the test steps (nodes under libfaketime), if started with them.
+    clocks: Option<crate::clocks::FakeClocks>,
     pub faults: u64,
 }
 
@@ -530,6 +532,28 @@ impl ProcCluster {
         Self::start_inner(n, security, env, node_env, |_, _, _| Ok(())).await
     }
 
+    /// As [`start_secured`](Self::start_secured), with every node (and every node added
+    /// later) under libfaketime with a wall clock of its own that [`step_clock`]
+    /// (Self::step_clock) steps.
+    pub async fn start_with_fake_clocks(n: usize, security: Security) -> anyhow::Result<Self> {
+        let clocks = crate::clocks::FakeClocks::new()?;
+        let node_env = |i: usize| clocks.env(i as u64 + 1);
+        let mut cluster = Self::start_inner(n, security, &[], &node_env, |_, _, _| Ok(())).await?;
+        cluster.clocks = Some(clocks);
+        Ok(cluster)
+    }
+
+    /// Step node `i`'s wall clock to `offset_secs` from the real time (in force within
+    /// [`crate::clocks::STEP_TAKES`]). Needs a cluster started with fake clocks.
+    pub fn step_clock(&mut self, i: usize, offset_secs: i64) -> anyhow::Result<()> {
+        let clocks = self
+            .clocks
+            .as_ref()
+            .context("the cluster was not started with fake clocks")?;
+        self.faults += 1;
+        clocks.set_offset(self.nodes[i].id, offset_secs)
+    }
+
     async fn start_inner(
         n: usize,
         security: Security,
@@ -591,6 +615,7 @@ impl ProcCluster {
             http: http.build()?,
             credentials,
             env: env.to_vec(),
+            clocks: None,
             faults: 0,
         };
         cluster.wait_for_leader(Duration::from_secs(20)).await?;
@@ -775,7 +800,9 @@ impl ProcCluster {
             tls,
             tokens_file,
             extra_args: Vec::new(),
-            env: self.env.clone(),
+            env: (self.env.iter().cloned())
+                .chain(self.clocks.iter().flat_map(|c| c.env(id)))
+                .collect(),
         };
         // It lists the existing members and itself; with peers already initialized it
         // does not bootstrap, it waits to be added.

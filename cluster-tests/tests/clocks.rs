@@ -14,17 +14,13 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use leasehold_api::wire::{AcquireRequest, ExpiredParams, ReadParams, ReleaseParams};
 use leasehold_api::{Client, LeaseService};
 use leasehold_cluster_tests::chaos::{check, Workload, WorkloadOptions};
-use leasehold_cluster_tests::clocks::{rate_env, FakeClocks};
+use leasehold_cluster_tests::clocks::{rate_env, STEP_TAKES};
 use leasehold_cluster_tests::procs::{ProcCluster, Security};
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 
 /// One cluster of processes at a time.
 static SERIAL: Mutex<()> = Mutex::const_new(());
-
-/// libfaketime re-reads a node's offset file at most this often
-/// (`FAKETIME_CACHE_DURATION=1`), so a step is in force after it.
-const STEP_TAKES: Duration = Duration::from_millis(1_300);
 
 fn wall_ms() -> u64 {
     SystemTime::now()
@@ -157,12 +153,9 @@ async fn history_runs_forward(client: &Client, key: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn wall_clock_steps_on_the_leader_and_a_follower() {
     let _one = SERIAL.lock().await;
-    let dir = tempfile::tempdir().unwrap();
-    let clocks = FakeClocks::stepped(dir.path()).unwrap();
-    let mut cluster =
-        ProcCluster::start_with_node_env(3, Security::default(), &[], &|i| clocks.env(i))
-            .await
-            .expect("cluster starts");
+    let mut cluster = ProcCluster::start_with_fake_clocks(3, Security::default())
+        .await
+        .expect("cluster starts");
     let client = cluster.client_from(0, Duration::from_secs(2));
     let clients: Vec<_> = (0..3)
         .map(|i| cluster.client_from(i, Duration::from_millis(600)))
@@ -176,14 +169,14 @@ async fn wall_clock_steps_on_the_leader_and_a_follower() {
         .wait_for_leader(Duration::from_secs(20))
         .await
         .unwrap();
-    clocks.set_offset(leader, -600).unwrap();
+    cluster.step_clock(leader, -600).unwrap();
     tokio::time::sleep(STEP_TAKES).await;
     let t1 = lock_delay_ends_in_its_bound(&client, "clock/delay-1").await;
     history_runs_forward(&client, "clock/delay-1").await;
 
     // Then eleven minutes forward of the real time.
     retry_is_recognised(&client, "clock/retry-1", async || {
-        clocks.set_offset(leader, 660).unwrap();
+        cluster.step_clock(leader, 660).unwrap();
         tokio::time::sleep(STEP_TAKES).await;
     })
     .await;
@@ -191,8 +184,8 @@ async fn wall_clock_steps_on_the_leader_and_a_follower() {
     // A follower's clock steps eleven minutes forward and the leader is killed: whoever
     // leads next continues the cluster's time, not its own wall clock.
     let follower = (leader + 1) % 3;
-    clocks.set_offset(follower, 660).unwrap();
-    clocks.set_offset((leader + 2) % 3, -600).unwrap();
+    cluster.step_clock(follower, 660).unwrap();
+    cluster.step_clock((leader + 2) % 3, -600).unwrap();
     tokio::time::sleep(STEP_TAKES).await;
     cluster.kill9(leader).await;
     let new_leader = cluster
@@ -205,12 +198,12 @@ async fn wall_clock_steps_on_the_leader_and_a_follower() {
     assert!(t2 > t1, "tokens rise across the steps");
     retry_is_recognised(&client, "clock/retry-2", async || {
         let other = 3 - new_leader - leader;
-        clocks.set_offset(new_leader, -660).unwrap();
-        clocks.set_offset(other, 600).unwrap();
+        cluster.step_clock(new_leader, -660).unwrap();
+        cluster.step_clock(other, 600).unwrap();
         tokio::time::sleep(STEP_TAKES).await;
     })
     .await;
-    clocks.set_offset(leader, 0).unwrap();
+    cluster.step_clock(leader, 0).unwrap();
     cluster.restart(leader).await.unwrap();
     history_runs_forward(&client, "clock/delay-2").await;
 

@@ -11,6 +11,7 @@
 //! ```
 //!
 //! `SOAK_SECURE=1` runs it on a cluster with TLS, mutual TLS between peers and tokens.
+//! The soak's nodes run under libfaketime, so that its clock steps reach them.
 
 use std::time::Duration;
 
@@ -19,6 +20,7 @@ use leasehold_api::wire::{
 };
 use leasehold_api::LeaseService;
 use leasehold_cluster_tests::chaos::{check, Report, Workload, WorkloadOptions};
+use leasehold_cluster_tests::clocks::STEP_TAKES;
 use leasehold_cluster_tests::linear::{Clients, LinearOptions, LinearWorkload};
 use leasehold_cluster_tests::procs::{ProcCluster, Security};
 use tokio::sync::Mutex;
@@ -45,9 +47,14 @@ enum Nemesis {
     Membership {
         remove_original: bool,
     },
+    /// Step a node's wall clock by minutes (10 back or 11 forward; the leader and a
+    /// follower in turn), hold it there, then step it back. Needs a cluster under fake
+    /// clocks (`ProcCluster::start_with_fake_clocks`), which a scenario with this nemesis
+    /// starts.
+    ClockStep,
 }
 
-const ALL: [Nemesis; 7] = [
+const ALL: [Nemesis; 8] = [
     Nemesis::KillLeader,
     Nemesis::KillFollower,
     Nemesis::PauseLeader,
@@ -57,7 +64,11 @@ const ALL: [Nemesis; 7] = [
     Nemesis::Membership {
         remove_original: false,
     },
+    Nemesis::ClockStep,
 ];
+
+/// Clock steps so far (which node, which way: they take turns).
+static CLOCK_STEPS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 /// How long a fault lasts: past the election timeout (400 ms) and past a lease TTL.
 const FAULT: Duration = Duration::from_millis(1600);
@@ -113,6 +124,15 @@ async fn inject(cluster: &mut ProcCluster, nemesis: Nemesis, round: usize) -> an
             tokio::time::sleep(FAULT).await;
             cluster.restart(leader).await?;
             cluster.restart(follower).await?;
+        }
+        Nemesis::ClockStep => {
+            let k = CLOCK_STEPS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let target = if k.is_multiple_of(2) { leader } else { follower };
+            let offset = if (k / 2).is_multiple_of(2) { -600 } else { 660 };
+            cluster.step_clock(target, offset)?;
+            tokio::time::sleep(STEP_TAKES + FAULT).await;
+            cluster.step_clock(target, 0)?;
+            tokio::time::sleep(STEP_TAKES).await;
         }
         Nemesis::Membership { remove_original } => {
             let added = cluster.add_node().await?;
@@ -171,9 +191,12 @@ async fn scenario_with(
     rounds: Rounds,
     label: &str,
 ) -> String {
-    let cluster = ProcCluster::start_secured(nodes, security)
-        .await
-        .expect("cluster starts");
+    let steps_clocks = nemeses.iter().any(|n| matches!(n, Nemesis::ClockStep));
+    let cluster = match steps_clocks {
+        true => ProcCluster::start_with_fake_clocks(nodes, security).await,
+        false => ProcCluster::start_secured(nodes, security).await,
+    }
+    .expect("cluster starts");
     let (summary, report, verdict) = run(cluster, nemeses, rounds, label).await;
     assert!(
         report.violations.is_empty(),

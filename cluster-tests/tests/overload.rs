@@ -93,7 +93,7 @@ async fn connection_caps_answer_429_and_503_and_spare_the_peer_listener() {
     for _ in 0..4 {
         held.push(connect_from([127, 0, 0, 1], node).await);
     }
-    let reply = exchange([127, 0, 0, 1], node, &get("/healthz")).await;
+    let reply = exchange([127, 0, 0, 1], node, &get("/readyz")).await;
     let (status, retry, code) = parse(&reply);
     assert_eq!(
         (status, code.as_str()),
@@ -106,10 +106,16 @@ async fn connection_caps_answer_429_and_503_and_spare_the_peer_listener() {
     for _ in 0..4 {
         held.push(connect_from([127, 0, 0, 2], node).await);
     }
-    let reply = exchange([127, 0, 0, 3], node, &get("/healthz")).await;
+    let reply = exchange([127, 0, 0, 3], node, &get("/readyz")).await;
     let (status, retry, code) = parse(&reply);
     assert_eq!((status, code.as_str()), (503, "unavailable"), "{reply}");
     assert_eq!(retry.as_deref(), Some("1"), "{reply}");
+    // A liveness probe past either cap is told the node is alive (a supervisor must not
+    // restart a node for being busy); readiness above said it is not ready for more.
+    for from in [[127, 0, 0, 1], [127, 0, 0, 3]] {
+        let reply = exchange(from, node, &get("/healthz")).await;
+        assert_eq!(parse(&reply).0, 200, "{reply}");
+    }
 
     // The peer listener takes more connections than the client cap and answers them all
     // (a 404 for a path it does not serve), and the cluster still replicates through it.

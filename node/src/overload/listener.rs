@@ -206,7 +206,9 @@ impl CappedTcp {
 }
 
 /// Read the request head (so that closing does not reset the connection under the
-/// client's request), write `error` as a complete HTTP/1.1 reply, and close.
+/// client's request), write `error` as a complete HTTP/1.1 reply, and close. A liveness
+/// probe (`GET /healthz`) is answered 200 instead: the node is alive, only full, and a
+/// supervisor that restarted it for being busy would turn overload into an outage.
 async fn answer(mut tcp: TcpStream, error: leasehold_api::error::ApiError) {
     let mut head = Vec::new();
     let mut buf = [0u8; 2048];
@@ -216,19 +218,28 @@ async fn answer(mut tcp: TcpStream, error: leasehold_api::error::ApiError) {
             Ok(n) => head.extend_from_slice(&buf[..n]),
         }
     }
-    let body = error.to_json();
-    let status = error.status();
-    let reason = if status == 429 {
-        "Too Many Requests"
+    let reply = if is_liveness_probe(&head) {
+        let body = r#"{"status":"ok"}"#;
+        format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nconnection: close\r\n\
+             content-length: {}\r\n\r\n{body}",
+            body.len()
+        )
     } else {
-        "Service Unavailable"
+        let body = error.to_json();
+        let status = error.status();
+        let reason = if status == 429 {
+            "Too Many Requests"
+        } else {
+            "Service Unavailable"
+        };
+        let retry = error.retry_after_ms.unwrap_or(1000).div_ceil(1000).max(1);
+        format!(
+            "HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\nretry-after: {retry}\r\n\
+             connection: close\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        )
     };
-    let retry = error.retry_after_ms.unwrap_or(1000).div_ceil(1000).max(1);
-    let reply = format!(
-        "HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\nretry-after: {retry}\r\n\
-         connection: close\r\ncontent-length: {}\r\n\r\n{body}",
-        body.len()
-    );
     if tcp.write_all(reply.as_bytes()).await.is_err() {
         return;
     }
@@ -240,6 +251,12 @@ async fn answer(mut tcp: TcpStream, error: leasehold_api::error::ApiError) {
             break;
         }
     }
+}
+
+/// The request line is `GET /healthz` (with or without a query).
+fn is_liveness_probe(head: &[u8]) -> bool {
+    let line = head.split(|&b| b == b'\r').next().unwrap_or_default();
+    line.starts_with(b"GET /healthz ") || line.starts_with(b"GET /healthz?")
 }
 
 /// A client connection with its [`Permit`], and the first-byte and write-stall bounds.
