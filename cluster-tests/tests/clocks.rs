@@ -181,11 +181,11 @@ async fn wall_clock_steps_on_the_leader_and_a_follower() {
     })
     .await;
 
-    // A follower's clock steps eleven minutes forward and the leader is killed: whoever
-    // leads next continues the cluster's time, not its own wall clock.
-    let follower = (leader + 1) % 3;
-    cluster.step_clock(follower, 660).unwrap();
-    cluster.step_clock((leader + 2) % 3, -600).unwrap();
+    // Both followers' clocks step eleven minutes forward and the leader is killed: the
+    // next leader, whose wall clock is 11 minutes ahead, continues the cluster's time,
+    // not its own wall clock (`locked_at_ms` is checked against the real time).
+    cluster.step_clock((leader + 1) % 3, 660).unwrap();
+    cluster.step_clock((leader + 2) % 3, 660).unwrap();
     tokio::time::sleep(STEP_TAKES).await;
     cluster.kill9(leader).await;
     let new_leader = cluster

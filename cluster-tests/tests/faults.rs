@@ -127,7 +127,11 @@ async fn inject(cluster: &mut ProcCluster, nemesis: Nemesis, round: usize) -> an
         }
         Nemesis::ClockStep => {
             let k = CLOCK_STEPS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let target = if k.is_multiple_of(2) { leader } else { follower };
+            let target = if k.is_multiple_of(2) {
+                leader
+            } else {
+                follower
+            };
             let offset = if (k / 2).is_multiple_of(2) { -600 } else { 660 };
             cluster.step_clock(target, offset)?;
             tokio::time::sleep(STEP_TAKES + FAULT).await;

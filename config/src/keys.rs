@@ -111,7 +111,7 @@ keys! {
     "limits.max_list_limit", "LEASEHOLD_LIMITS_MAX_LIST_LIMIT", "--limits-max-list-limit", USIZE, "1000", "largest page of a list";
     "limits.request_timeout_ms", "LEASEHOLD_LIMITS_REQUEST_TIMEOUT_MS", "--limits-request-timeout-ms", U64, "10000", "deadline of a request (plus wait_ms for long-polls)";
     "limits.max_connections", "LEASEHOLD_LIMITS_MAX_CONNECTIONS", "--limits-max-connections", USIZE, "4096", "most client connections open on a node (then 503, or closed under TLS)";
-    "limits.max_connections_per_address", "LEASEHOLD_LIMITS_MAX_CONNECTIONS_PER_ADDRESS", "--limits-max-connections-per-address", USIZE, "256", "most client connections from one IP address (then 429, or closed under TLS)";
+    "limits.max_connections_per_address", "LEASEHOLD_LIMITS_MAX_CONNECTIONS_PER_ADDRESS", "--limits-max-connections-per-address", USIZE, "1024", "most client connections from one IP address (then 429, or closed under TLS)";
     "limits.max_requests_in_flight", "LEASEHOLD_LIMITS_MAX_REQUESTS_IN_FLIGHT", "--limits-max-requests-in-flight", USIZE, "1024", "most client requests worked on at once on a node (new holds shed first, keepalives last; 503)";
     "limits.max_long_polls", "LEASEHOLD_LIMITS_MAX_LONG_POLLS", "--limits-max-long-polls", USIZE, "2048", "most blocking requests parked on a node (then 503)";
     "auth.tokens_file", "LEASEHOLD_AUTH_TOKENS_FILE", "--auth-tokens-file", PATH, "(none)", "bearer tokens and their key prefixes";

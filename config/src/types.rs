@@ -167,7 +167,7 @@ impl Default for Limits {
             max_list_limit: 1_000,
             request_timeout_ms: 10_000,
             max_connections: 4_096,
-            max_connections_per_address: 256,
+            max_connections_per_address: 1024,
             max_requests_in_flight: 1_024,
             max_long_polls: 2_048,
         }

@@ -79,107 +79,159 @@ pub const SLEW_PPM: u64 = 10_000;
 /// The clock the leader stamps log entries with and ends lock-delays by: the replicated
 /// state's time ([`LeaseState::now_ms`](leasehold_raft::state::LeaseState::now_ms)).
 ///
-/// It is not the wall clock. It advances with the monotonic clock of the node that reads
-/// it, within [`SLEW_PPM`], and moves toward that node's wall clock no faster than that: a
-/// wall clock stepped back ten minutes makes it run 1 % slow until the two meet, one
-/// stepped forward makes it run 1 % fast, and neither is a jump. Every node follows the
-/// stamps it applies ([`ClusterClock::observe`]), so a new leader continues from the last
-/// stamp it saw, by the time it has itself seen pass since, and a node whose wall clock is
-/// off cannot drag the cluster with it. So a duration measured in this time (lock-delay,
-/// the request-id dedupe window) lasts at least 1/1.01 of its length on the monotonic
-/// clocks of the leaders it spans, whatever their wall clocks do. A restarted node has
-/// seen only its own uptime pass: after a whole-cluster restart the time resumes at the
-/// last stamp and catches up with the wall clock at 1 %. A node with a data directory
-/// keeps its reading there ([`persist`]), so a restart loses only its downtime, not the
-/// time the cluster sat idle before it.
+/// It is not the wall clock. A leader's readings advance with its monotonic clock, within
+/// [`SLEW_PPM`], and move toward its wall clock no faster than that: a wall clock stepped
+/// back ten minutes makes them run 1 % slow until the two meet, one stepped forward 1 %
+/// fast, and neither is a jump. A node that does not lead follows every stamp it applies
+/// ([`ClusterClock::observe`]) and, between stamps, counts time at the slow bound (99 % of
+/// its monotonic clock): so when it becomes leader it starts from the last stamp it saw
+/// plus no more time than has surely passed since that stamp was made, and a node whose
+/// wall clock is off cannot drag the cluster with it. So a duration measured in this time
+/// (lock-delay, the request-id dedupe window) lasts at least 1/1.01 of its length on the
+/// monotonic clocks of the leaders it spans, whatever their wall clocks do.
+///
+/// A node with a data directory keeps the last stamp it saw and its slow-bound reading
+/// there ([`persist`]); a restart resumes from them, so it loses only its downtime. After
+/// every node was down, the time resumes where it stopped and catches up with the wall
+/// clock at 1 %.
 #[derive(Debug)]
 pub struct ClusterClock {
     wall: Clock,
-    anchor: std::sync::Mutex<Option<Anchor>>,
+    inner: std::sync::Mutex<Inner>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    /// The last stamp applied on this node (ms since the Unix epoch; 0: none yet).
+    stamp_ms: u64,
+    anchor: Option<Anchor>,
 }
 
 #[derive(Debug, Clone, Copy)]
 struct Anchor {
-    /// The last reading or stamp seen, in microseconds since the Unix epoch.
-    us: u64,
+    /// Nanoseconds since the Unix epoch at `at`.
+    ns: u64,
     at: Instant,
+    /// A reading this node stamped as leader (±1 % from here); otherwise a stamp it
+    /// applied (only the slow bound from here).
+    own: bool,
+}
+
+const MS: u64 = 1_000_000;
+
+impl Anchor {
+    /// `(slow, fast)`: the least and most time the anchor may have advanced to by `now`.
+    fn bounds(&self, now: Instant) -> (u64, u64) {
+        let elapsed = now.saturating_duration_since(self.at).as_nanos() as u64;
+        let slew = elapsed / 1_000_000 * SLEW_PPM + elapsed % 1_000_000 * SLEW_PPM / 1_000_000;
+        let ahead = self.ns.saturating_add(elapsed);
+        (ahead.saturating_sub(slew), ahead.saturating_add(slew))
+    }
 }
 
 impl ClusterClock {
     pub fn new(wall: Clock) -> Self {
         ClusterClock {
             wall,
-            anchor: std::sync::Mutex::new(None),
+            inner: std::sync::Mutex::new(Inner::default()),
         }
     }
 
-    fn anchor(&self) -> std::sync::MutexGuard<'_, Option<Anchor>> {
-        self.anchor.lock().unwrap_or_else(|e| e.into_inner())
+    fn inner(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// A stamp was applied (the replicated state's time is now `stamp_ms`): follow it if it
-    /// is ahead of this clock. 0 is a state that nothing has stamped yet.
-    pub fn observe(&self, stamp_ms: u64) {
-        if stamp_ms == 0 {
+    /// A stamp was applied (the replicated state's time is now `stamp_ms`). A node that
+    /// does not lead follows every new stamp; the leader follows only one ahead of its own
+    /// readings (its own stamps are behind them). 0 is a state nothing has stamped yet.
+    pub fn observe(&self, stamp_ms: u64, leading: bool) {
+        let mut inner = self.inner();
+        if stamp_ms == 0 || stamp_ms <= inner.stamp_ms {
             return;
         }
-        let now = Instant::now();
-        let us = stamp_ms.saturating_mul(1000);
-        let mut anchor = self.anchor();
-        if anchor.is_none_or(|a| us > a.us) {
-            *anchor = Some(Anchor { us, at: now });
+        inner.stamp_ms = stamp_ms;
+        let ns = stamp_ms.saturating_mul(MS);
+        let keep = leading && inner.anchor.is_some_and(|a| a.own && a.ns >= ns);
+        if !keep {
+            inner.anchor = Some(Anchor {
+                ns,
+                at: Instant::now(),
+                own: false,
+            });
         }
     }
 
-    /// What this node would stamp now, without moving the clock (`None` before it saw a
-    /// stamp or read one): a time known to have passed, so a later run may resume from it.
-    pub fn peek_ms(&self) -> Option<u64> {
-        let a = (*self.anchor())?;
-        let elapsed = Instant::now().saturating_duration_since(a.at).as_micros() as u64;
-        let slew = elapsed.saturating_mul(SLEW_PPM) / 1_000_000;
-        let wall = self.wall.wall_ms().saturating_mul(1000);
-        Some(wall.clamp(a.us + elapsed - slew, a.us + elapsed + slew) / 1000)
+    /// The last stamp this node applied and the slow bound of the time since (what a
+    /// later run may resume from: time that has surely passed), if it saw one.
+    pub fn resumable(&self) -> Option<(u64, u64)> {
+        let inner = self.inner();
+        let (slow, _) = inner.anchor?.bounds(Instant::now());
+        Some((inner.stamp_ms, slow / MS))
     }
 
-    /// The cluster's time now, in milliseconds since the Unix epoch; `floor_ms` is the
-    /// replicated state's time (the last stamp applied). Readings never decrease.
+    /// Resume from what an earlier run of this node kept ([`ClusterClock::resumable`]):
+    /// stamps up to `stamp_ms` are already counted in `reading_ms`.
+    pub fn resume(&self, stamp_ms: u64, reading_ms: u64) {
+        let mut inner = self.inner();
+        if reading_ms < stamp_ms || stamp_ms <= inner.stamp_ms {
+            return;
+        }
+        inner.stamp_ms = stamp_ms;
+        inner.anchor = Some(Anchor {
+            ns: reading_ms.saturating_mul(MS),
+            at: Instant::now(),
+            own: false,
+        });
+    }
+
+    /// The cluster's time now for the leader's stamp, in milliseconds since the Unix
+    /// epoch; `floor_ms` is the replicated state's time (the last stamp applied). Readings
+    /// never decrease.
     pub fn now_ms(&self, floor_ms: u64) -> u64 {
+        let mut inner = self.inner();
+        // Read the clocks under the lock, so that `at` only ever moves forward.
         let now = Instant::now();
-        let floor = floor_ms.saturating_mul(1000);
-        let wall = self.wall.wall_ms().saturating_mul(1000);
-        let mut anchor = self.anchor();
-        let reading = match *anchor {
-            Some(a) => {
-                let elapsed = now.saturating_duration_since(a.at).as_micros() as u64;
-                let slew = elapsed.saturating_mul(SLEW_PPM) / 1_000_000;
-                wall.clamp(a.us + elapsed - slew, a.us + elapsed + slew)
+        let wall = self.wall.wall_ms().saturating_mul(MS);
+        let floor = floor_ms.saturating_mul(MS);
+        let reading = match inner.anchor {
+            Some(a) if a.own => {
+                let (slow, fast) = a.bounds(now);
+                wall.clamp(slow, fast)
             }
+            // The first reading after following others: no more than has surely passed.
+            Some(a) => a.bounds(now).0,
             // A new cluster (nothing stamped yet) starts at the wall clock.
             None if floor == 0 => wall,
             None => floor,
         }
         .max(floor);
-        *anchor = Some(Anchor {
-            us: reading,
+        let reading = inner.anchor.map_or(reading, |a| reading.max(a.ns));
+        inner.anchor = Some(Anchor {
+            ns: reading,
             at: now,
+            own: true,
         });
-        reading / 1000
+        reading / MS
     }
 }
 
-/// The file in a data directory that keeps the node's reading of the cluster's clock.
+/// The file in a data directory that keeps the node's clock: the last stamp it applied
+/// and its reading then, `STAMP READING` in milliseconds.
 const PERSISTED: &str = "cluster-clock";
 
-/// The reading an earlier run of this node kept in `dir`, if any.
-pub fn persisted(dir: &std::path::Path) -> Option<u64> {
+/// What an earlier run of this node kept in `dir`, if it is there and makes sense.
+pub fn persisted(dir: &std::path::Path) -> Option<(u64, u64)> {
     let text = std::fs::read_to_string(dir.join(PERSISTED)).ok()?;
-    text.trim().parse().ok()
+    let (stamp, reading) = text.trim().split_once(' ')?;
+    let (stamp, reading): (u64, u64) = (stamp.parse().ok()?, reading.parse().ok()?);
+    // Not before the stamp, and not past the year 9999: anything else is not ours.
+    (stamp <= reading && reading < 253_402_300_800_000).then_some((stamp, reading))
 }
 
-/// Keep `clock`'s reading in `dir` once a second (written to a temporary file and renamed
-/// over the last, not synced: after a power loss the node falls back to the last stamp in
-/// its log, which is only older). A failed write is left for the next second; the disk's
-/// health is the log's to report.
+/// Keep `clock`'s [`ClusterClock::resumable`] in `dir` once a second (written to a
+/// temporary file and renamed over the last, not synced: after a power loss the node falls
+/// back to the last stamp in its log, which is only older). A failed write is left for
+/// the next second; the disk's health is the log's to report.
 pub fn persist(
     clock: std::sync::Arc<ClusterClock>,
     dir: std::path::PathBuf,
@@ -195,13 +247,13 @@ pub fn persist(
                 _ = cancel.cancelled() => return,
                 _ = every.tick() => {}
             }
-            let Some(reading) = clock.peek_ms() else {
+            let Some((stamp, reading)) = clock.resumable() else {
                 continue;
             };
             let dir = dir.clone();
             let _ = tokio::task::spawn_blocking(move || {
                 let tmp = dir.join(format!("{PERSISTED}.tmp"));
-                std::fs::write(&tmp, format!("{reading}\n"))?;
+                std::fs::write(&tmp, format!("{stamp} {reading}\n"))?;
                 std::fs::rename(&tmp, dir.join(PERSISTED))
             })
             .await;
@@ -275,32 +327,53 @@ mod tests {
     }
 
     /// A node whose wall clock is ten minutes ahead becomes leader: it continues from the
-    /// last stamp it applied, not from its own wall clock; and never below the floor.
+    /// last stamp it applied by no more than has surely passed (the slow bound), not from
+    /// its own wall clock; and never below the floor.
     #[tokio::test(start_paused = true)]
     async fn a_new_leader_continues_the_stamps_it_applied() {
         let (wall, step) = Clock::stepped();
         step.store(10 * MIN as i64, std::sync::atomic::Ordering::SeqCst);
         let clock = ClusterClock::new(wall);
         let stamp = system_ms();
-        clock.observe(stamp);
+        clock.observe(stamp, false);
         tokio::time::advance(Duration::from_secs(2)).await;
         let now = clock.now_ms(stamp);
-        assert!(
-            (stamp + 2_000..=stamp + 2_020 + 1).contains(&now),
-            "{}",
-            now as i64 - stamp as i64
-        );
+        assert_eq!(now, stamp + 1_980, "{}", now as i64 - stamp as i64);
         // A floor ahead of the clock (another leader's stamps) is never undercut.
         assert_eq!(clock.now_ms(now + 5_000), now + 5_000);
         // A new cluster, nothing stamped yet (entries without stamps applied): the wall
         // clock.
         let fresh = ClusterClock::new(Clock::System);
-        fresh.observe(0);
+        fresh.observe(0, false);
         assert!(fresh.now_ms(0) > 1_577_836_800_000);
     }
 
-    /// A node keeps its reading in its data directory; a restart resumes from it, so the
-    /// time the cluster sat idle before the restart is not lost.
+    /// A node that does not lead follows every stamp, even one behind where its own
+    /// readings (as an earlier leader) or its projection got to; the leader ignores its
+    /// own stamps, which are behind its readings, so its clock does not lag by the commit
+    /// latency of each entry.
+    #[tokio::test(start_paused = true)]
+    async fn followers_follow_every_stamp_and_the_leader_keeps_its_own_pace() {
+        let clock = ClusterClock::new(Clock::following_tokio());
+        let start = clock.now_ms(0);
+        tokio::time::advance(Duration::from_millis(500)).await;
+        let later = clock.now_ms(start);
+        assert_eq!(later, start + 500);
+        // Its own earlier stamp applied while it leads: no effect.
+        clock.observe(start + 100, true);
+        tokio::time::advance(Duration::from_millis(100)).await;
+        assert_eq!(clock.now_ms(start), later + 100);
+        // Deposed: a new leader's stamp, behind this node's last reading, is followed.
+        clock.observe(start + 300, false);
+        tokio::time::advance(Duration::from_millis(1_000)).await;
+        assert_eq!(clock.now_ms(start), start + 300 + 990);
+        // A stale stamp (already seen) changes nothing.
+        clock.observe(start + 200, false);
+    }
+
+    /// A node keeps its last stamp and reading in its data directory; a restart resumes
+    /// from them, so the time the cluster sat idle before the restart is not lost. What is
+    /// kept is the slow bound (time that has surely passed).
     #[tokio::test(start_paused = true)]
     async fn a_restart_resumes_from_the_reading_kept_in_the_data_directory() {
         let dir = tempfile::tempdir().unwrap();
@@ -309,25 +382,37 @@ mod tests {
             tokio_util::sync::CancellationToken::new(),
         );
         let clock = std::sync::Arc::new(ClusterClock::new(Clock::following_tokio()));
-        assert_eq!(clock.peek_ms(), None, "nothing seen yet");
+        assert_eq!(clock.resumable(), None, "nothing seen yet");
         let stamp = system_ms();
-        clock.observe(stamp);
+        clock.observe(stamp, false);
         persist(clock.clone(), dir.path().to_path_buf(), &tracker, &cancel);
         // An idle minute: no stamp applied, the clock runs on.
         tokio::time::sleep(Duration::from_secs(60)).await;
-        let kept = loop {
+        let (kept_stamp, kept) = loop {
             match persisted(dir.path()) {
-                Some(kept) if kept >= stamp + 59_000 => break kept,
+                Some((s, r)) if r >= stamp + 58_000 => break (s, r),
                 _ => tokio::time::sleep(Duration::from_millis(100)).await,
             }
         };
+        assert_eq!(kept_stamp, stamp);
+        assert!(
+            kept <= stamp + 60_000 * 99 / 100 + 1_000,
+            "{}",
+            kept - stamp
+        );
         cancel.cancel();
         tracker.close();
         tracker.wait().await;
-        // The next run resumes there, not at the last stamp.
+        // The next run resumes there, not at the last stamp: replaying the log (stamps up
+        // to the kept one) changes nothing, a newer stamp is followed.
         let restarted = ClusterClock::new(Clock::following_tokio());
-        restarted.observe(kept);
-        restarted.observe(stamp);
+        restarted.resume(kept_stamp, kept);
+        restarted.observe(stamp, false);
         assert!(restarted.now_ms(stamp) >= kept);
+        restarted.observe(kept + 10, false);
+        assert_eq!(restarted.now_ms(stamp), kept + 10);
+        // A file that is not ours is ignored.
+        std::fs::write(dir.path().join(PERSISTED), "18446744073709551615 1\n").unwrap();
+        assert_eq!(persisted(dir.path()), None);
     }
 }

@@ -160,8 +160,8 @@ impl Core {
         } = parts;
         let clock = Arc::new(ClusterClock::new(clock));
         if let Some(dir) = &config.data_dir {
-            if let Some(reading) = crate::clock::persisted(dir) {
-                clock.observe(reading);
+            if let Some((stamp, reading)) = crate::clock::persisted(dir) {
+                clock.resume(stamp, reading);
             }
             crate::clock::persist(clock.clone(), dir.clone(), tracker, cancel);
         }

@@ -279,7 +279,8 @@ impl LeaseActor {
     fn on_applied(&mut self) {
         // Every node follows the stamps it applies, so that as a new leader it continues
         // the cluster's time rather than its own wall clock's.
-        self.clock.observe(self.shared.read(|s| s.now_ms()));
+        let stamp = self.shared.read(|s| s.now_ms());
+        self.clock.observe(stamp, self.leading_term.is_some());
         let events = self.shared.drain_events();
         if self.leading_term.is_none() {
             return;

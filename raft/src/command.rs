@@ -41,9 +41,21 @@ pub enum Batch {
         proposed_at_ms: u64,
         proposals: Vec<ProposalV1>,
     },
-    /// Proposals carry the [`Caller`] they were made for.
+    /// Proposals carry the [`Caller`] they were made for. Still read, never written.
     V2 {
         /// As in `V1`.
+        proposed_at_ms: u64,
+        proposals: Vec<Proposal>,
+    },
+    /// As `V2`, stamped with the cluster's clock, and applied with the dedupe window's
+    /// minimum age (an id is kept [`DEDUPE_MIN_WINDOW_MS`] whatever the count). Older
+    /// entries keep the rule they were written under (count or age, whichever first), so
+    /// that a replica replaying an old log prunes exactly what the binary that wrote its
+    /// snapshot pruned.
+    ///
+    /// [`DEDUPE_MIN_WINDOW_MS`]: crate::state::DEDUPE_MIN_WINDOW_MS
+    V3 {
+        /// The cluster's time (ms since the Unix epoch) when the leader proposed the entry.
         proposed_at_ms: u64,
         proposals: Vec<Proposal>,
     },
@@ -51,7 +63,7 @@ pub enum Batch {
 
 impl Batch {
     pub fn new(proposed_at_ms: u64, proposals: Vec<Proposal>) -> Self {
-        Batch::V2 {
+        Batch::V3 {
             proposed_at_ms,
             proposals,
         }
@@ -60,7 +72,7 @@ impl Batch {
     pub fn len(&self) -> usize {
         match self {
             Batch::V1 { proposals, .. } => proposals.len(),
-            Batch::V2 { proposals, .. } => proposals.len(),
+            Batch::V2 { proposals, .. } | Batch::V3 { proposals, .. } => proposals.len(),
         }
     }
 

@@ -129,18 +129,27 @@ impl Class {
         let held = ["/v1/leases/", "/v1/locks/", "/v1/semaphores/", "/v1/names/"]
             .iter()
             .any(|p| path.starts_with(p));
+        // A wait of 0 (or one that does not parse, which validation refuses) is no wait.
         let waits = query.is_some_and(|q| {
-            q.split('&')
-                .any(|pair| pair.split('=').next() == Some("wait_ms"))
+            q.split('&').any(|pair| {
+                pair.split_once('=').is_some_and(|(name, value)| {
+                    name == "wait_ms" && value.parse::<u64>().is_ok_and(|ms| ms > 0)
+                })
+            })
         });
+        // Only a lease's keepalive: a key may end in `/keepalive` (an acquire of it is not
+        // one), while `/extend` is a reserved suffix of keys.
+        let keepalive = path.starts_with("/v1/leases/")
+            && path
+                .strip_prefix("/v1/leases/")
+                .and_then(|rest| rest.strip_suffix("/keepalive"))
+                .is_some_and(|id| !id.is_empty() && !id.contains('/'));
         match *method {
             Method::GET if waits || (path.starts_with("/v1/locks/") && path.ends_with("/wait")) => {
                 Class::Start
             }
             Method::POST if path == "/v1/leases" => Class::Start,
-            Method::POST if held && (path.ends_with("/keepalive") || path.ends_with("/extend")) => {
-                Class::Keep
-            }
+            Method::POST if keepalive || (held && path.ends_with("/extend")) => Class::Keep,
             Method::POST
                 if path.starts_with("/v1/locks/") || path.starts_with("/v1/semaphores/") =>
             {
@@ -364,6 +373,16 @@ mod tests {
             Class::Start
         );
         assert_eq!(c(Method::GET, "/v1/locks/a/wait", None), Class::Start);
+        // A wait of 0 is a plain read; a key that ends in `/keepalive` is no keepalive.
+        assert_eq!(
+            c(Method::GET, "/v1/locks/a", Some("index=3&wait_ms=0")),
+            Class::Other
+        );
+        assert_eq!(c(Method::POST, "/v1/locks/a/keepalive", None), Class::Start);
+        assert_eq!(
+            c(Method::POST, "/v1/leases/7/8/keepalive", None),
+            Class::Other
+        );
         assert_eq!(
             c(Method::GET, "/v1/status", Some("wait_ms=5")),
             Class::Start

@@ -30,7 +30,9 @@ use crate::error::CoreError;
 /// a member starting empty asks the others for it (`ForwardRequest::MemberRecord`).
 /// 6: the leader's view of its members for a follower's status page
 /// (`ForwardRequest::MemberHealth`).
-pub const PEER_PROTOCOL_VERSION: u8 = 6;
+/// 7: entries are `Batch::V3` (stamped with the cluster's clock; the dedupe window's
+/// minimum age applies to them).
+pub const PEER_PROTOCOL_VERSION: u8 = 7;
 
 /// Every request one node sends another.
 #[derive(Debug, Serialize, Deserialize)]

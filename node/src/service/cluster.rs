@@ -93,7 +93,7 @@ impl NodeService {
     ) -> Result<StatusView, ApiError> {
         validate::status(&params, &self.limits)?;
         let wait_ms = params.wait_ms.unwrap_or(0);
-        if let Some(index) = params.index {
+        if let Some(index) = params.index.filter(|_| wait_ms > 0) {
             let _long_poll = self.core.overload().long_poll()?.parked();
             let deadline = tokio::time::Instant::now() + std::time::Duration::from_millis(wait_ms);
             let mut applied = self.core.subscribe_applied();

@@ -128,7 +128,7 @@ impl NodeService {
     }
 
     /// Wait (on local applies) until `kind/key`'s modify index exceeds `index`; 503 past
-    /// `limits.max_long_polls`.
+    /// `limits.max_long_polls` (a wait of 0 is a plain read and takes no permit).
     pub(super) async fn wait_for_change(
         &self,
         kind: Kind,
@@ -136,6 +136,9 @@ impl NodeService {
         index: u64,
         wait_ms: u64,
     ) -> Result<(), ApiError> {
+        if wait_ms == 0 {
+            return Ok(());
+        }
         let _long_poll = self.core.overload().long_poll()?.parked();
         let deadline = Instant::now() + Duration::from_millis(wait_ms);
         let mut applied = self.core.subscribe_applied();

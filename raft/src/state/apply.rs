@@ -35,7 +35,9 @@ impl LeaseState {
         events: &mut Vec<StateEvent>,
     ) -> BatchResult {
         let proposed_at_ms = match batch {
-            Batch::V1 { proposed_at_ms, .. } | Batch::V2 { proposed_at_ms, .. } => *proposed_at_ms,
+            Batch::V1 { proposed_at_ms, .. }
+            | Batch::V2 { proposed_at_ms, .. }
+            | Batch::V3 { proposed_at_ms, .. } => *proposed_at_ms,
         };
         self.last_index = index;
         self.counts.entries += 1;
@@ -55,7 +57,7 @@ impl LeaseState {
                     results.push(result);
                 }
             }
-            Batch::V2 { proposals, .. } => {
+            Batch::V2 { proposals, .. } | Batch::V3 { proposals, .. } => {
                 for p in proposals {
                     let (id, caller) = (p.request_id.as_ref(), p.caller.as_ref());
                     let at = (index, term);
@@ -63,7 +65,7 @@ impl LeaseState {
                 }
             }
         }
-        self.prune_dedupe();
+        self.prune_dedupe(matches!(batch, Batch::V3 { .. }));
         BatchResult { index, results }
     }
 

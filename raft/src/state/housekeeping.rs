@@ -42,10 +42,13 @@ impl LeaseState {
         }
     }
 
-    pub(super) fn prune_dedupe(&mut self) {
+    /// Forget the ids past the window. `min_window`: the entry's rule keeps every id for
+    /// [`DEDUPE_MIN_WINDOW_MS`] whatever the count (`Batch::V3`); older entries prune by
+    /// count alone, as the binaries that wrote them did.
+    pub(super) fn prune_dedupe(&mut self, min_window: bool) {
         while let Some((at_ms, _)) = self.dedupe_order.front() {
             // Count only ever prunes ids older than the minimum window.
-            let past_min = at_ms.saturating_add(DEDUPE_MIN_WINDOW_MS) < self.now_ms;
+            let past_min = !min_window || at_ms.saturating_add(DEDUPE_MIN_WINDOW_MS) < self.now_ms;
             let too_many = past_min && self.dedupe_order.len() > DEDUPE_MAX_ENTRIES;
             let too_old = at_ms.saturating_add(DEDUPE_WINDOW_MS) < self.now_ms;
             if !(too_many || too_old) {

@@ -407,6 +407,39 @@ fn request_id_retry_returns_the_original_result() {
     assert!(!sm.state.dedupe.keys().any(|k| k.starts_with("req-1\u{0}")));
 }
 
+/// Entries written before the minimum window existed (`Batch::V2`) keep the rule they were
+/// written under, count or age: a replica replaying an old log prunes what the old binary
+/// that built another replica's snapshot pruned, so the two cannot diverge.
+#[test]
+fn old_entries_keep_the_count_rule_of_the_dedupe_window() {
+    let mut state = LeaseState::default();
+    let mut events = Vec::new();
+    let ids = DEDUPE_MAX_ENTRIES + 10;
+    for (n, chunk) in (0..ids).collect::<Vec<_>>().chunks(1_000).enumerate() {
+        let proposals = chunk
+            .iter()
+            .map(|i| Proposal {
+                request_id: Some(format!("old-{i}")),
+                caller: None,
+                command: Command::Promote {
+                    kind: Kind::Lock,
+                    key: "k".into(),
+                },
+            })
+            .collect();
+        let batch = Batch::V2 {
+            proposed_at_ms: 1_000 + n as u64,
+            proposals,
+        };
+        state.apply_batch(n as u64 + 1, 1, &batch, &mut events);
+    }
+    assert_eq!(
+        state.dedupe.len(),
+        DEDUPE_MAX_ENTRIES,
+        "V2: count alone bounds it"
+    );
+}
+
 /// The dedupe window in count and time: at a write rate that brings more than
 /// `DEDUPE_MAX_ENTRIES` ids within the minimum window (70,000 ids in 50 s), a retry is
 /// still recognised for the whole minimum window; past it, the count bound applies again.
