@@ -443,6 +443,8 @@ pub struct ProcCluster {
     env: Vec<(String, String)>,
     /// Wall clocks the test steps (nodes under libfaketime), if started with them.
     clocks: Option<crate::clocks::FakeClocks>,
+    /// Keep the directories and logs on drop ([`ProcCluster::keep_logs`]).
+    keep: bool,
     pub faults: u64,
 }
 
@@ -616,6 +618,7 @@ impl ProcCluster {
             credentials,
             env: env.to_vec(),
             clocks: None,
+            keep: false,
             faults: 0,
         };
         cluster.wait_for_leader(Duration::from_secs(20)).await?;
@@ -856,11 +859,20 @@ impl ProcCluster {
     }
 }
 
+impl ProcCluster {
+    /// Keep the nodes' data directories and logs when this cluster is dropped (a checker
+    /// found something after the nodes stopped).
+    pub fn keep_logs(&mut self) {
+        self.keep = true;
+    }
+}
+
 /// Kills the nodes. A failed test keeps the nodes' data directories and logs
 /// (`node-N/node.log`) and says where; so does every run with `LH_TEST_KEEP_DIRS`.
 impl Drop for ProcCluster {
     fn drop(&mut self) {
-        if std::thread::panicking() || std::env::var_os("LH_TEST_KEEP_DIRS").is_some() {
+        if self.keep || std::thread::panicking() || std::env::var_os("LH_TEST_KEEP_DIRS").is_some()
+        {
             self._dir.disable_cleanup(true);
             eprintln!(
                 "kept the cluster's data directories and node logs in {}",
