@@ -428,6 +428,19 @@ pub fn check(history: &History) -> Report {
 }
 
 impl Report {
+    /// Fail the test on any violation, or when the workload made no progress.
+    pub fn assert_clean(&self, summary: &str) {
+        assert!(
+            self.violations.is_empty(),
+            "{summary}: {:#?}",
+            self.violations
+        );
+        assert!(
+            self.handoffs > 0,
+            "{summary}: the workload made no progress"
+        );
+    }
+
     pub fn summary(&self, scenario: &str, faults: u64) -> String {
         format!(
             "{scenario}: operations {}, holds {}, handoffs {}, losses {}, faults injected {faults}, violations {}",

@@ -225,6 +225,17 @@ impl Ctx {
 }
 
 impl LinearWorkload {
+    /// Start on `cluster`: clients failing over from every node, readers pinned to each.
+    pub fn on(cluster: &crate::procs::ProcCluster, opts: LinearOptions) -> Self {
+        let attempt = Duration::from_millis(600);
+        let n = cluster.nodes.len();
+        let clients = Clients {
+            roaming: (0..n).map(|i| cluster.client_from(i, attempt)).collect(),
+            pinned: (0..n).map(|i| cluster.client_pinned(i, attempt)).collect(),
+        };
+        LinearWorkload::start(opts, clients)
+    }
+
     pub fn start(opts: LinearOptions, clients: Clients) -> Self {
         let (stop_tx, stop) = watch::channel(false);
         let history = Arc::new(LinearHistory::default());

@@ -644,9 +644,19 @@ impl ProcCluster {
     pub fn client_from(&self, first: usize, attempt_timeout: Duration) -> Client {
         let n = self.nodes.len();
         let urls: Vec<String> = (0..n).map(|k| self.nodes[(first + k) % n].url()).collect();
+        self.client_of(urls, Duration::from_secs(10), attempt_timeout)
+    }
+
+    /// A client of node `i`'s endpoint only (no failover), with the cluster's CA and
+    /// admin token when it has them: a reader pinned to one node.
+    pub fn client_pinned(&self, i: usize, attempt_timeout: Duration) -> Client {
+        self.client_of(vec![self.nodes[i].url()], attempt_timeout, attempt_timeout)
+    }
+
+    fn client_of(&self, urls: Vec<String>, request: Duration, attempt: Duration) -> Client {
         let mut builder = Client::builder(urls)
-            .request_timeout(Duration::from_secs(10))
-            .attempt_timeout(attempt_timeout);
+            .request_timeout(request)
+            .attempt_timeout(attempt);
         if let Some(pem) = self.ca_pem() {
             builder = builder.ca_cert_pem(pem);
         }
@@ -654,21 +664,6 @@ impl ProcCluster {
             builder = builder.token(token);
         }
         builder.build().expect("valid endpoints and credentials")
-    }
-
-    /// A client of node `i`'s endpoint only (no failover), with the cluster's CA and
-    /// admin token when it has them: a reader pinned to one node.
-    pub fn client_pinned(&self, i: usize, attempt_timeout: Duration) -> Client {
-        let mut builder = Client::builder([self.nodes[i].url()])
-            .request_timeout(attempt_timeout)
-            .attempt_timeout(attempt_timeout);
-        if let Some(pem) = self.ca_pem() {
-            builder = builder.ca_cert_pem(pem);
-        }
-        if let Some(token) = self.token() {
-            builder = builder.token(token);
-        }
-        builder.build().expect("valid endpoint and credentials")
     }
 
     /// The node that leads, as the running, unpaused nodes report it.

@@ -15,9 +15,13 @@ use leasehold_api::wire::{AcquireRequest, ExpiredParams, ReadParams, ReleasePara
 use leasehold_api::{Client, LeaseService};
 use leasehold_cluster_tests::chaos::{check, Workload, WorkloadOptions};
 use leasehold_cluster_tests::clocks::{rate_env, STEP_TAKES};
+use leasehold_cluster_tests::linear::{LinearOptions, LinearWorkload};
 use leasehold_cluster_tests::procs::{ProcCluster, Security};
 use tokio::sync::Mutex;
 use tokio::time::Instant;
+
+#[path = "support/lincheck.rs"]
+mod lincheck;
 
 /// One cluster of processes at a time.
 static SERIAL: Mutex<()> = Mutex::const_new(());
@@ -163,6 +167,7 @@ async fn wall_clock_steps_on_the_leader_and_a_follower() {
     let load = Workload::start(WorkloadOptions::default(), move |i| {
         clients[i % clients.len()].clone()
     });
+    let checked = LinearWorkload::on(&cluster, LinearOptions::default());
 
     // The leader's wall clock steps back ten minutes.
     let leader = cluster
@@ -208,19 +213,20 @@ async fn wall_clock_steps_on_the_leader_and_a_follower() {
     history_runs_forward(&client, "clock/delay-2").await;
 
     cluster.recover().await.expect("cluster recovers");
-    let history = load.stop().await;
+    let (history, linear) = tokio::join!(load.stop(), checked.stop());
     let report = check(&history);
-    let summary = report.summary("wall-clock steps", 0);
+    let verdict = lincheck::check(&linear, "wall-clock steps");
+    let summary = format!(
+        "{}; {}",
+        report.summary("wall-clock steps", cluster.faults),
+        verdict.summary()
+    );
     println!("{summary}; errors by code {:?}", history.failures());
-    assert!(
-        report.violations.is_empty(),
-        "{summary}: {:#?}",
-        report.violations
-    );
-    assert!(
-        report.handoffs > 0,
-        "{summary}: the workload made no progress"
-    );
+    if !report.violations.is_empty() || !verdict.violations.is_empty() {
+        cluster.keep_logs();
+    }
+    report.assert_clean(&summary);
+    verdict.assert_clean(&summary);
 }
 
 /// What a client that never renews observes of its hold on a cluster whose clocks run at

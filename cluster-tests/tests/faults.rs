@@ -21,7 +21,7 @@ use leasehold_api::wire::{
 use leasehold_api::LeaseService;
 use leasehold_cluster_tests::chaos::{check, Report, Workload, WorkloadOptions};
 use leasehold_cluster_tests::clocks::STEP_TAKES;
-use leasehold_cluster_tests::linear::{Clients, LinearOptions, LinearWorkload};
+use leasehold_cluster_tests::linear::{LinearOptions, LinearWorkload};
 use leasehold_cluster_tests::procs::{ProcCluster, Security};
 use tokio::sync::Mutex;
 
@@ -157,18 +157,6 @@ fn workload(cluster: &ProcCluster, opts: WorkloadOptions) -> Workload {
     Workload::start(opts, move |i| clients[i % clients.len()].clone())
 }
 
-/// The checked workload, on keys of its own, with clients failing over from every node
-/// and readers pinned to each.
-fn checked_workload(cluster: &ProcCluster, opts: LinearOptions) -> LinearWorkload {
-    let attempt = Duration::from_millis(600);
-    let n = cluster.nodes.len();
-    let clients = Clients {
-        roaming: (0..n).map(|i| cluster.client_from(i, attempt)).collect(),
-        pinned: (0..n).map(|i| cluster.client_pinned(i, attempt)).collect(),
-    };
-    LinearWorkload::start(opts, clients)
-}
-
 /// Run `rounds` of faults under the workload; return the summary line.
 async fn scenario(nemeses: &[Nemesis], rounds: usize, label: &str) -> String {
     scenario_for(nemeses, Rounds::Count(rounds), label).await
@@ -202,25 +190,8 @@ async fn scenario_with(
     }
     .expect("cluster starts");
     let (summary, report, verdict) = run(cluster, nemeses, rounds, label).await;
-    assert!(
-        report.violations.is_empty(),
-        "{summary}: {:#?}",
-        report.violations
-    );
-    assert!(
-        report.handoffs > 0,
-        "{summary}: the workload made no progress"
-    );
-    assert!(
-        verdict.violations.is_empty() && verdict.stuck.is_empty(),
-        "{summary}: {:#?} {:#?}",
-        verdict.violations,
-        verdict.stuck
-    );
-    assert!(
-        verdict.operations > 0,
-        "{summary}: the checked workload made no progress"
-    );
+    report.assert_clean(&summary);
+    verdict.assert_clean(&summary);
     summary
 }
 
@@ -233,7 +204,8 @@ async fn run(
     label: &str,
 ) -> (String, Report, lincheck::Verdict) {
     let load = workload(&cluster, WorkloadOptions::default());
-    let checked = checked_workload(&cluster, LinearOptions::default());
+    // The checked workload, on keys of its own.
+    let checked = LinearWorkload::on(&cluster, LinearOptions::default());
     tokio::time::sleep(CALM).await;
     let started = tokio::time::Instant::now();
     for round in 0.. {

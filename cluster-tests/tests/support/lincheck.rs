@@ -111,6 +111,21 @@ pub struct Verdict {
 }
 
 impl Verdict {
+    /// Fail the test on an object that is not linearizable, an incomplete history, or
+    /// no operation at all.
+    pub fn assert_clean(&self, summary: &str) {
+        assert!(
+            self.violations.is_empty() && self.stuck.is_empty(),
+            "{summary}: {:#?} {:#?}",
+            self.violations,
+            self.stuck
+        );
+        assert!(
+            self.operations > 0,
+            "{summary}: the checked workload made no progress"
+        );
+    }
+
     pub fn summary(&self) -> String {
         format!(
             "linearizability (todc-utils): {} objects, {} operations ({} failed reads left out), checked in {:?}, {} not linearizable, {} incomplete",
