@@ -14,6 +14,7 @@ pub mod linear;
 pub mod procs;
 pub mod tls;
 
+use openraft::async_runtime::WatchReceiver;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -211,7 +212,7 @@ impl TestCluster {
         let mut leader = None;
         for (i, slot) in self.slots.iter().enumerate() {
             let Some(node) = &slot.node else { continue };
-            let m = node.raft().metrics().borrow().clone();
+            let m = node.raft().metrics().borrow_watched().clone();
             if m.state == openraft::ServerState::Leader {
                 // With several self-declared leaders (a partition), take the newest term.
                 match leader {
@@ -232,7 +233,7 @@ impl TestCluster {
                 .slots
                 .iter()
                 .filter_map(|s| s.node.as_ref())
-                .all(|n| n.raft().metrics().borrow().current_leader == Some(leader_id));
+                .all(|n| n.raft().metrics().borrow_watched().current_leader == Some(leader_id));
             agreed.then_some(leader)
         })
         .await

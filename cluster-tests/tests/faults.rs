@@ -458,10 +458,62 @@ async fn the_independent_checker_catches_stale_follower_reads() {
     );
 }
 
+/// openraft 0.10 restores a node that led before it stopped as leader of its old term at
+/// once (`enable_leader_restore`, on by default; 0.9 always did). leasehold turns it off: a
+/// restarted leader holds an election like any node. Restarted alone, with both other
+/// members down, it must never say it leads (it cannot win an election by itself).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_restarted_leader_alone_does_not_resume_leading() {
+    let _one = SERIAL.lock().await;
+    let mut cluster = ProcCluster::start(3).await.unwrap();
+    let leader = cluster
+        .wait_for_leader(Duration::from_secs(20))
+        .await
+        .unwrap();
+    let leader_id = cluster
+        .client_pinned(leader, Duration::from_secs(2))
+        .cluster_status()
+        .await
+        .unwrap()
+        .node_id;
+    for i in 0..3 {
+        cluster.kill9(i).await;
+    }
+    cluster.restart(leader).await.unwrap();
+    let client = cluster.client_pinned(leader, Duration::from_millis(500));
+    // Several election timeouts (250-400 ms) from the moment it answers.
+    let mut answered = 0;
+    let mut deadline = None;
+    while deadline.is_none_or(|d| tokio::time::Instant::now() < d) {
+        if let Ok(status) = client.cluster_status().await {
+            deadline.get_or_insert(tokio::time::Instant::now() + Duration::from_secs(2));
+            answered += 1;
+            assert_ne!(
+                status.leader_id,
+                Some(leader_id),
+                "the old leader, restarted alone, leads again (term {})",
+                status.term
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        answered > 10,
+        "the restarted node answered {answered} times"
+    );
+    for i in (0..3).filter(|&i| i != leader) {
+        cluster.restart(i).await.unwrap();
+    }
+    cluster
+        .wait_for_leader(Duration::from_secs(20))
+        .await
+        .unwrap();
+}
+
 /// Every node killed right after an acknowledged write, then restarted: the first
-/// linearizable reads on the old leader, which openraft 0.9 restores as leader of the same
-/// term at once (its term's first entry far behind, its committed index only as fresh as
-/// the store flushed it), must see the write. Found by the independent checker (a name
+/// linearizable reads on the old leader must see the write. Under openraft 0.9, which
+/// restored it as leader of the same term at once (its term's first entry far behind, its
+/// committed index only as fresh as the store flushed it), they did not. Found by the independent checker (a name
 /// read returned the value before the last acknowledged one); fails without the read
 /// floor in `node::confirmer`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -72,6 +72,7 @@ const HOST_PORT: ValueKind = ValueKind::HostPort;
 const PATH: ValueKind = ValueKind::Path;
 const MEMBERS: ValueKind = ValueKind::Members;
 const LOG_FORMAT: ValueKind = ValueKind::Choice(&["text", "json"]);
+const LEADERSHIP_PROOF: ValueKind = ValueKind::Choice(&["lease", "round"]);
 
 macro_rules! keys {
     ($( $key:literal, $env:literal, $flag:literal, $kind:ident, $default:literal, $help:literal; )*) => {
@@ -98,7 +99,8 @@ keys! {
     "raft.proposal_timeout_ms", "LEASEHOLD_RAFT_PROPOSAL_TIMEOUT_MS", "--raft-proposal-timeout-ms", U64, "5000", "deadline of one proposal";
     "raft.max_batch", "LEASEHOLD_RAFT_MAX_BATCH", "--raft-max-batch", USIZE, "512", "most commands in one log entry";
     "raft.snapshot_every_logs", "LEASEHOLD_RAFT_SNAPSHOT_EVERY_LOGS", "--raft-snapshot-every-logs", U64, "10000", "snapshot and purge after this many entries";
-    "raft.keepalive_window_ms", "LEASEHOLD_RAFT_KEEPALIVE_WINDOW_MS", "--raft-keepalive-window-ms", U64, "5", "keepalives forwarded and leadership rounds run at most once per window";
+    "raft.keepalive_window_ms", "LEASEHOLD_RAFT_KEEPALIVE_WINDOW_MS", "--raft-keepalive-window-ms", U64, "0", "keepalives forwarded and leadership rounds run at most once per window (0: adaptive, no wait)";
+    "raft.leadership_proof", "LEASEHOLD_RAFT_LEADERSHIP_PROOF", "--raft-leadership-proof", LEADERSHIP_PROOF, "lease", "how the leader proves it leads for keepalives and reads: lease (no round while a quorum acknowledged it within election_timeout_min less 1 %) or round";
     "raft.log_cache_mib", "LEASEHOLD_RAFT_LOG_CACHE_MIB", "--raft-log-cache-mib", U64, "64", "memory for caching the durable log's pages (sled), in MiB";
     "limits.max_key_bytes", "LEASEHOLD_LIMITS_MAX_KEY_BYTES", "--limits-max-key-bytes", USIZE, "512", "longest key or name";
     "limits.max_value_bytes", "LEASEHOLD_LIMITS_MAX_VALUE_BYTES", "--limits-max-value-bytes", USIZE, "65536", "largest value";

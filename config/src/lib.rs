@@ -26,6 +26,6 @@ mod validate;
 pub use error::ConfigError;
 pub use keys::{KeyInfo, ValueKind, KEYS, OTHER_ENV};
 pub use types::{
-    AuthConfig, ClusterConfig, Config, Limits, LogConfig, LogFormat, Member, PeerAddress,
-    RaftConfig, TlsConfig,
+    AuthConfig, ClusterConfig, Config, LeadershipProof, Limits, LogConfig, LogFormat, Member,
+    PeerAddress, RaftConfig, TlsConfig,
 };

@@ -57,6 +57,17 @@ pub enum LogFormat {
     Json,
 }
 
+/// How the leader proves its leadership for keepalives and reads (`raft.leadership_proof`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LeadershipProof {
+    /// The leader lease, or a quorum round when it has lapsed.
+    #[default]
+    Lease,
+    /// Always a quorum round.
+    Round,
+}
+
 /// The initial cluster.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -90,10 +101,16 @@ pub struct RaftConfig {
     pub max_batch: usize,
     /// Build a snapshot (and purge the log) after this many entries.
     pub snapshot_every_logs: u64,
-    /// Keepalives and read-index reads: a node forwards the keepalives gathered within
-    /// this window as one message, and the leader runs at most one leadership round per
-    /// window. The first request after a quiet window goes at once; 0 never waits.
+    /// Keepalives and linearizable reads: with 0 (the default) batching is adaptive, a
+    /// request goes at once when none is in flight and waits only behind one that is.
+    /// Above 0, a node forwards the keepalives gathered within this window as one message,
+    /// and the leader confirms its leadership at most once per window.
     pub keepalive_window_ms: u64,
+    /// How the leader proves, for keepalives and linearizable reads, that no other leader
+    /// exists (SPEC §2 rule 3): `lease` answers on its leader lease while a quorum
+    /// acknowledged it within `election_timeout_min_ms` less 1 %, else with a quorum round;
+    /// `round` always runs a round.
+    pub leadership_proof: LeadershipProof,
     /// Memory sled may use to cache the durable log's pages (MiB). sled's own default is
     /// 1 GiB, far more than the entries since the last snapshot need.
     pub log_cache_mib: u64,
@@ -108,7 +125,8 @@ impl Default for RaftConfig {
             proposal_timeout_ms: 5_000,
             max_batch: 512,
             snapshot_every_logs: 10_000,
-            keepalive_window_ms: 5,
+            keepalive_window_ms: 0,
+            leadership_proof: LeadershipProof::Lease,
             log_cache_mib: 64,
         }
     }

@@ -9,6 +9,7 @@
 //! `Core` is a façade: its parts are private, and callers (the service, the node, the
 //! peer listener) use its methods.
 
+use openraft::async_runtime::WatchReceiver;
 use std::collections::BTreeSet;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -29,7 +30,7 @@ use tracing::{debug, Instrument};
 
 use crate::batcher::{Batcher, Pace, FORWARD_IN_FLIGHT};
 use crate::clock::{Clock, ClusterClock};
-use crate::confirmer::ConfirmerHandle;
+use crate::confirmer::{ConfirmerHandle, ConfirmerSettings, LeaderLease};
 use crate::error::CoreError;
 use crate::lease_actor::LeaseHandle;
 use crate::metrics::Metrics;
@@ -66,6 +67,10 @@ pub(crate) struct Core {
     cancel: CancellationToken,
     /// Set (for good) when the Raft core stopped on a storage error: what failed, where.
     storage_fault: watch::Receiver<Option<String>>,
+    /// Until then (its start plus `election_timeout_max`) this node grants no vote: it
+    /// does not remember when it last acknowledged a leader, whose lease may still run
+    /// (SPEC §2 rule 3).
+    votes_from: Instant,
 }
 
 /// One member as this node sees the cluster.
@@ -93,6 +98,8 @@ pub(crate) struct BatchCounters {
     pub write_batches: AtomicU64,
     /// Leadership-confirmation rounds this node ran as leader.
     pub confirm_rounds: Arc<AtomicU64>,
+    /// Confirmations answered on the leader lease, without a round.
+    pub confirm_lease_hits: Arc<AtomicU64>,
 }
 
 /// This node's view of the cluster, read from openraft's metrics in one go.
@@ -186,9 +193,18 @@ impl Core {
         let counters = BatchCounters::default();
         let confirmer = ConfirmerHandle::spawn(
             raft.clone(),
-            election_timeout_max * 2,
-            window,
-            counters.confirm_rounds.clone(),
+            ConfirmerSettings {
+                round_timeout: election_timeout_max * 2,
+                window,
+                lease: LeaderLease::new(
+                    Duration::from_millis(config.raft.election_timeout_min_ms),
+                    election_timeout_max,
+                    Instant::now(),
+                    config.raft.leadership_proof == leasehold_config::LeadershipProof::Lease,
+                ),
+                rounds: counters.confirm_rounds.clone(),
+                lease_hits: counters.confirm_lease_hits.clone(),
+            },
             tracker,
             cancel.clone(),
         );
@@ -202,6 +218,7 @@ impl Core {
         );
         Arc::new_cyclic(|core| Core {
             node_id: config.node_id,
+            votes_from: Instant::now() + election_timeout_max,
             raft,
             shared,
             proposer,
@@ -212,7 +229,11 @@ impl Core {
             metrics,
             keepalives: Batcher::spawn(
                 core.clone(),
-                Pace::Window(window),
+                if window.is_zero() {
+                    Pace::InFlight(1)
+                } else {
+                    Pace::Window(window)
+                },
                 |core, keeps| {
                     Box::pin(async move {
                         let c = &core.counters;
@@ -326,7 +347,7 @@ impl Core {
 
     /// This node's view of the cluster (members, leader, replication progress).
     pub(crate) fn cluster_view(&self) -> ClusterView {
-        let m = self.raft.metrics().borrow().clone();
+        let m = self.raft.metrics().borrow_watched().clone();
         let leading = m.state == ServerState::Leader;
         let last_log_index = m.last_log_index.unwrap_or(0);
         let membership = m.membership_config.membership();
@@ -382,7 +403,7 @@ impl Core {
     /// The leader as this node sees it: `Ok(None)` means "this node".
     fn leader_route(&self) -> Result<Option<(NodeId, String)>, Option<NodeId>> {
         let m = self.raft.metrics();
-        let m = m.borrow();
+        let m = m.borrow_watched();
         if m.state == ServerState::Leader {
             return Ok(None);
         }
@@ -522,7 +543,7 @@ impl Core {
                 let member = self
                     .raft
                     .metrics()
-                    .borrow()
+                    .borrow_watched()
                     .membership_config
                     .membership()
                     .get_node(&node)
@@ -733,8 +754,8 @@ impl Core {
     async fn apply_membership_change(&self, change: MembershipChange) -> Result<(), CoreError> {
         use openraft::ChangeMembers;
         let map_err = |e: openraft::error::RaftError<
-            NodeId,
-            openraft::error::ClientWriteError<NodeId, leasehold_raft::typ::PeerNode>,
+            leasehold_raft::typ::TypeConfig,
+            openraft::error::ClientWriteError<leasehold_raft::typ::TypeConfig>,
         >| {
             match e.forward_to_leader() {
                 Some(f) => CoreError::NotLeader {
@@ -767,7 +788,7 @@ impl Core {
                 let ids = BTreeSet::from([id]);
                 let (is_member, is_voter) = {
                     let m = self.raft.metrics();
-                    let m = m.borrow();
+                    let m = m.borrow_watched();
                     let membership = m.membership_config.membership();
                     let is_member = membership.nodes().any(|(n, _)| *n == id);
                     let is_voter = membership.voter_ids().any(|v| v == id);
@@ -790,17 +811,22 @@ impl Core {
         Ok(())
     }
 
+    /// Does this node still hold back its votes after its start (SPEC §2 rule 3)?
+    pub(crate) fn holds_back_votes(&self) -> bool {
+        Instant::now() < self.votes_from
+    }
+
     /// The commit index as this node knows it.
     pub(crate) async fn commit_index(&self) -> Option<u64> {
         self.raft
-            .with_raft_state(|st| st.committed.map(|l| l.index))
+            .with_raft_state(|st| st.local_committed().map(|l| l.index))
             .await
             .ok()
             .flatten()
     }
 
     pub(crate) fn is_leader(&self) -> bool {
-        self.raft.metrics().borrow().state == ServerState::Leader
+        self.raft.metrics().borrow_watched().state == ServerState::Leader
     }
 }
 

@@ -19,6 +19,7 @@
 //! moment of first catching up), and a wiped member that starts while no other member
 //! answers (it cannot ask; it starts and logs a warning).
 
+use openraft::async_runtime::WatchReceiver;
 use std::hash::{BuildHasher, Hasher};
 use std::path::Path;
 use std::sync::Arc;
@@ -166,7 +167,7 @@ pub(crate) fn spawn_recorder(
                 let member = core
                     .raft()
                     .metrics()
-                    .borrow()
+                    .borrow_watched()
                     .membership_config
                     .membership()
                     .get_node(&me)

@@ -13,6 +13,7 @@
 //!   gives every live lease a full TTL from that moment, before it expires anything.
 //! - Lock-delay: when a delay that holds back waiters ends, the actor proposes `Promote`.
 
+use openraft::async_runtime::WatchReceiver;
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
@@ -247,7 +248,7 @@ impl LeaseActor {
     fn refresh(&mut self, lease_id: LeaseId, term: u64) -> Result<u64, CoreError> {
         if self.leading_term != Some(term) {
             return Err(CoreError::NotLeader {
-                leader: self.raft.metrics().borrow().current_leader,
+                leader: self.raft.metrics().borrow_watched().current_leader,
             });
         }
         let not_found = CoreError::Refused(SmError::LeaseNotFound { lease_id });
@@ -311,7 +312,7 @@ impl LeaseActor {
     fn on_metrics(&mut self) {
         let (state, term, running) = {
             let m = self.raft.metrics();
-            let m = m.borrow();
+            let m = m.borrow_watched();
             (m.state, m.current_term, m.running_state.is_ok())
         };
         // A core stopped by a storage error still reports its last state: not leading.
@@ -337,7 +338,7 @@ impl LeaseActor {
         self.queue.clear();
         self.expiring.clear();
         self.delays.clear();
-        let leader = self.raft.metrics().borrow().current_leader;
+        let leader = self.raft.metrics().borrow_watched().current_leader;
         for (_, _, respond_to) in self.pending_refresh.drain(..) {
             let _ = respond_to.send(Err(CoreError::NotLeader { leader }));
         }
@@ -350,7 +351,10 @@ impl LeaseActor {
         let done_tx = self.done_tx.clone();
         self.tracker.spawn(
             async move {
-                let ok = raft.ensure_linearizable().await.is_ok();
+                let ok = raft
+                    .ensure_linearizable(openraft::ReadPolicy::ReadIndex)
+                    .await
+                    .is_ok();
                 let _ = done_tx.send(Done::TakeoverReady { term, ok }).await;
             }
             .in_current_span(),
@@ -410,7 +414,7 @@ impl LeaseActor {
                 }
                 let still = {
                     let m = self.raft.metrics();
-                    let m = m.borrow();
+                    let m = m.borrow_watched();
                     m.state == ServerState::Leader && m.current_term == term
                 };
                 if ok && still {

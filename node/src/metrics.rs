@@ -111,6 +111,7 @@ struct Batching {
     writes_batched: IntCounter,
     write_batches: IntCounter,
     confirm_rounds: IntCounter,
+    confirm_lease_hits: IntCounter,
 }
 
 /// What a scrape reads from the rest of the node.
@@ -139,6 +140,7 @@ pub(crate) struct Snapshot {
     pub writes_batched: u64,
     pub write_batches: u64,
     pub confirm_rounds: u64,
+    pub confirm_lease_hits: u64,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
@@ -296,6 +298,11 @@ impl Metrics {
                 &r,
                 "leasehold_confirm_rounds_total",
                 "leadership-confirmation rounds this node ran as leader",
+            ),
+            confirm_lease_hits: counter(
+                &r,
+                "leasehold_confirm_lease_hits_total",
+                "leadership confirmations this node answered on its leader lease, without a round",
             ),
         };
         Metrics {
@@ -481,6 +488,7 @@ impl Metrics {
         mirror(&b.writes_batched, s.writes_batched);
         mirror(&b.write_batches, s.write_batches);
         mirror(&b.confirm_rounds, s.confirm_rounds);
+        mirror(&b.confirm_lease_hits, s.confirm_lease_hits);
         let mut out = Vec::new();
         TextEncoder::new()
             .encode(&self.registry.gather(), &mut out)

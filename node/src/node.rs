@@ -1,5 +1,6 @@
 //! `Node`: the composition root. Wires config, storage, Raft, the actors and both listeners.
 
+use openraft::async_runtime::WatchReceiver;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -272,6 +273,14 @@ impl Node {
             election_timeout_max: config.raft.election_timeout_max_ms,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(config.raft.snapshot_every_logs),
             max_in_snapshot_log_to_keep: 1000,
+            // A node that led before it stopped runs an election like any other, rather
+            // than resuming as leader of its old term with a committed index only as fresh
+            // as sled flushed it (openraft 0.10 restores it by default; 0.9 did so always,
+            // which the confirmer's term floor had to correct for reads).
+            enable_leader_restore: Some(false),
+            // A candidate first asks whether it could win, so a node back from a partition
+            // or a restart does not raise the term and depose a healthy leader.
+            enable_pre_vote: Some(true),
             ..Default::default()
         };
         let raft_config = Arc::new(
@@ -593,13 +602,21 @@ impl Node {
         timeout: Duration,
     ) -> Result<NodeId, crate::error::CoreError> {
         let mut metrics = self.core.raft().metrics();
-        let wait = metrics.wait_for(|m| m.current_leader.is_some());
-        let leader = match tokio::time::timeout(timeout, wait).await {
-            Ok(Ok(m)) => m.current_leader,
-            Ok(Err(_)) => return Err(crate::error::CoreError::ShuttingDown),
-            Err(_) => return Err(crate::error::CoreError::Timeout),
+        let wait = async move {
+            loop {
+                if let Some(leader) = metrics.borrow_watched().current_leader {
+                    return Ok(leader);
+                }
+                metrics.changed().await?;
+            }
         };
-        leader.ok_or(crate::error::CoreError::Timeout)
+        match tokio::time::timeout(timeout, wait).await {
+            Ok(Ok(leader)) => Ok(leader),
+            Ok(Err(openraft::async_runtime::RecvError { .. })) => {
+                Err(crate::error::CoreError::ShuttingDown)
+            }
+            Err(_) => Err(crate::error::CoreError::Timeout),
+        }
     }
 
     /// Set when this node's Raft core stopped on a storage error (a full or failing disk),

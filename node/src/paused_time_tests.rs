@@ -67,9 +67,9 @@ async fn one_node_core_on(clock: Clock) -> (Arc<Core>, TaskTracker, Cancellation
         &cancel,
     );
     // Leadership, then the lease actor's takeover (a read-index round) must be done.
-    let mut metrics = core.raft().metrics();
-    metrics
-        .wait_for(|m| m.current_leader == Some(1))
+    core.raft()
+        .wait(None)
+        .current_leader(1, "the one node leads")
         .await
         .unwrap();
     core.read_barrier().await.unwrap();

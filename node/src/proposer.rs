@@ -5,6 +5,7 @@
 //! the previous entries were in flight and proposes it as one [`Batch`], then hands every
 //! caller its own result. At most `MAX_IN_FLIGHT` entries are in flight at once.
 
+use openraft::async_runtime::WatchReceiver;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -168,9 +169,14 @@ async fn propose_batch(raft: &Raft, settings: &ProposerSettings, batch: Vec<Subm
                 leader: f.leader_id,
             })
         }
-        Ok(Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e)))) => {
-            Err(CoreError::Unavailable(e.to_string()))
+        // Appended, then dropped by a new leader's log: the outcome is unknown, and the
+        // retry on the new leader is deduplicated by request_id (see `Core::on_leader`).
+        Ok(Err(RaftError::APIError(ClientWriteError::LogEntryDiscarded(f)))) => {
+            Err(CoreError::NotLeader {
+                leader: f.leader_id,
+            })
         }
+        Ok(Err(RaftError::APIError(e))) => Err(CoreError::Unavailable(e.to_string())),
         Ok(Err(RaftError::Fatal(e))) => Err(CoreError::Unavailable(e.to_string())),
     };
     match results {
@@ -189,7 +195,7 @@ async fn propose_batch(raft: &Raft, settings: &ProposerSettings, batch: Vec<Subm
 
 /// Refuse to propose unless this node leads and has heard from a quorum recently.
 fn check_leadership(raft: &Raft, settings: &ProposerSettings) -> Result<(), CoreError> {
-    let metrics = raft.metrics().borrow().clone();
+    let metrics = raft.metrics().borrow_watched().clone();
     if metrics.state != ServerState::Leader {
         return Err(CoreError::NotLeader {
             leader: metrics.current_leader,
@@ -197,8 +203,12 @@ fn check_leadership(raft: &Raft, settings: &ProposerSettings) -> Result<(), Core
     }
     let voters = metrics.membership_config.membership().voter_ids().count();
     if voters > 1 {
-        let stale = match metrics.millis_since_quorum_ack {
-            Some(ms) => Duration::from_millis(ms) > settings.quorum_stale_after,
+        let stale = match metrics
+            .last_quorum_acked
+            .as_ref()
+            .map(|t| openraft::Instant::elapsed(&**t))
+        {
+            Some(age) => age > settings.quorum_stale_after,
             None => true,
         };
         if stale {

@@ -152,9 +152,14 @@ pub fn seed(
     state.forget_incarnations();
     let state = &state;
     // The same first log id openraft gives a cluster's first entry: term 0, node 0.
-    let last = LogId::new(openraft::CommittedLeaderId::new(0, 0), state.last_index());
+    let leader = crate::typ::CommittedLeaderId {
+        term: 0,
+        node_id: 0,
+    };
+    let last = LogId::new(leader, state.last_index());
     let voters: BTreeSet<NodeId> = members.keys().copied().collect();
-    let membership = openraft::Membership::new(vec![voters], members);
+    let membership = crate::typ::Membership::new(vec![voters], members)
+        .map_err(|e| format!("the restored membership is not valid: {e}"))?;
     let db = sled::Config::new()
         .path(dir.join("raft"))
         .open()

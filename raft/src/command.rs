@@ -81,6 +81,13 @@ impl Batch {
     }
 }
 
+/// How openraft's logs name an entry's payload: its size, not its commands.
+impl std::fmt::Display for Batch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "batch of {} commands", self.len())
+    }
+}
+
 /// The per-command results of one applied [`Batch`], in proposal order.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct BatchResult {

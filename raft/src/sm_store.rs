@@ -14,17 +14,17 @@ use std::io::Cursor;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
-use openraft::storage::RaftStateMachine;
-use openraft::{
-    AnyError, EntryPayload, ErrorSubject, ErrorVerb, RaftSnapshotBuilder, StorageIOError,
-};
+use futures::StreamExt;
+use openraft::storage::{EntryResponder, RaftStateMachine};
+use openraft::{EntryPayload, RaftSnapshotBuilder};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use crate::command::BatchResult;
 use crate::state::{LeaseState, StateEvent};
 use crate::typ::{
-    Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
+    LogId, Membership, Snapshot, SnapshotData, SnapshotMeta, StorageError, StoredMembership,
+    TypeConfig,
 };
 
 /// Version of the snapshot envelope.
@@ -159,12 +159,27 @@ fn decode_envelope(bytes: &[u8]) -> Result<SnapshotEnvelope, StorageError> {
     Ok(envelope)
 }
 
-fn sm_err(verb: ErrorVerb, e: impl std::error::Error + 'static) -> StorageError {
-    StorageIOError::new(ErrorSubject::StateMachine, verb, AnyError::new(&e)).into()
+/// How a state machine or snapshot error is worded: what was being done, and why it failed.
+#[derive(Clone, Copy)]
+enum ErrorVerb {
+    Read,
+    Write,
+}
+
+fn sm_err(verb: ErrorVerb, e: impl std::fmt::Display) -> StorageError {
+    let doing = match verb {
+        ErrorVerb::Read => "reading the state machine",
+        ErrorVerb::Write => "writing the state machine",
+    };
+    std::io::Error::other(format!("{doing}: {e}"))
 }
 
 fn snapshot_err(verb: ErrorVerb, message: &str) -> StorageError {
-    StorageIOError::new(ErrorSubject::Snapshot(None), verb, AnyError::error(message)).into()
+    let doing = match verb {
+        ErrorVerb::Read => "reading a snapshot",
+        ErrorVerb::Write => "writing a snapshot",
+    };
+    std::io::Error::other(format!("{doing}: {message}"))
 }
 
 /// openraft's handle on the state machine.
@@ -217,7 +232,7 @@ impl StateMachineStore {
 pub fn seed_snapshot(
     db: &sled::Db,
     last: LogId,
-    membership: openraft::Membership<crate::typ::NodeId, crate::typ::PeerNode>,
+    membership: Membership,
     state: &LeaseState,
 ) -> Result<(), String> {
     let tree = db.open_tree(SNAPSHOT_TREE).map_err(|e| e.to_string())?;
@@ -235,7 +250,6 @@ pub fn seed_snapshot(
         meta: SnapshotMeta {
             last_log_id: Some(last),
             last_membership: membership,
-            snapshot_id: format!("restored-{}", last.index),
         },
         data,
     };
@@ -270,6 +284,7 @@ fn persist_snapshot(tree: &sled::Tree, stored: &StoredSnapshot) -> Result<(), St
 }
 
 impl RaftStateMachine<TypeConfig> for StateMachineStore {
+    type SnapshotData = SnapshotData;
     type SnapshotBuilder = SnapshotBuilder;
 
     async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
@@ -281,24 +296,24 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         Ok((applied.last_applied, applied.membership.clone()))
     }
 
-    async fn apply<I>(&mut self, entries: I) -> Result<Vec<BatchResult>, StorageError>
+    async fn apply<Strm>(&mut self, mut entries: Strm) -> Result<(), StorageError>
     where
-        I: IntoIterator<Item = Entry> + openraft::OptionalSend,
-        I::IntoIter: openraft::OptionalSend,
+        Strm: futures::Stream<Item = Result<EntryResponder<TypeConfig>, StorageError>>
+            + Unpin
+            + openraft::OptionalSend,
     {
-        let mut results = Vec::new();
         let mut events = Vec::new();
-        let mut last_index = None;
-        {
-            let mut applied = self
-                .shared
-                .applied
-                .write()
-                .expect("state machine lock poisoned");
-            for entry in entries {
-                let index = entry.log_id.index;
+        while let Some(item) = entries.next().await {
+            let (entry, responder) = item?;
+            let index = entry.log_id.index;
+            let result = {
+                let mut applied = self
+                    .shared
+                    .applied
+                    .write()
+                    .expect("state machine lock poisoned");
                 applied.last_applied = Some(entry.log_id);
-                let result = match entry.payload {
+                match entry.payload {
                     EntryPayload::Blank => BatchResult {
                         index,
                         results: Vec::new(),
@@ -314,22 +329,22 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                             results: Vec::new(),
                         }
                     }
-                };
-                results.push(result);
-                last_index = Some(index);
+                }
+            };
+            if !events.is_empty() {
+                self.shared
+                    .events
+                    .lock()
+                    .expect("event lock poisoned")
+                    .append(&mut events);
+            }
+            // Applied (state, events, index) before the writer hears its result.
+            self.shared.applied_tx.send_replace(index);
+            if let Some(responder) = responder {
+                responder.send(result);
             }
         }
-        if !events.is_empty() {
-            self.shared
-                .events
-                .lock()
-                .expect("event lock poisoned")
-                .extend(events);
-        }
-        if let Some(index) = last_index {
-            self.shared.applied_tx.send_replace(index);
-        }
-        Ok(results)
+        Ok(())
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
@@ -342,14 +357,10 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         }
     }
 
-    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
-        Ok(Box::new(Cursor::new(Vec::new())))
-    }
-
     async fn install_snapshot(
         &mut self,
         meta: &SnapshotMeta,
-        snapshot: Box<Cursor<Vec<u8>>>,
+        snapshot: SnapshotData,
     ) -> Result<(), StorageError> {
         let data = snapshot.into_inner();
         install(&self.shared, &data)?;
@@ -388,10 +399,10 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                     .ok_or_else(|| snapshot_err(ErrorVerb::Read, "the snapshot is gone"))?;
                 // A newer build may have replaced it meanwhile; that one is as good (it
                 // is only ever replaced by a later state), so send what is on disk.
-                if stored.meta.snapshot_id != meta.snapshot_id {
+                if stored.meta.last_log_id != meta.last_log_id {
                     tracing::debug!(
-                        wanted = %meta.snapshot_id,
-                        found = %stored.meta.snapshot_id,
+                        wanted = ?meta.last_log_id,
+                        found = ?stored.meta.last_log_id,
                         "sending the newer snapshot on disk"
                     );
                 }
@@ -400,7 +411,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         };
         Ok(Some(Snapshot {
             meta: stored.meta,
-            snapshot: Box::new(Cursor::new(stored.data)),
+            snapshot: Cursor::new(stored.data),
         }))
     }
 }
@@ -415,6 +426,8 @@ pub struct SnapshotBuilder {
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
+    type SnapshotData = SnapshotData;
+
     async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
         let started = std::time::Instant::now();
         // Copy the state under the read lock (applies wait only for the copy), then encode
@@ -445,14 +458,9 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         .map_err(|e| snapshot_err(ErrorVerb::Write, &e.to_string()))??;
         let encoded_ms = started.elapsed().as_millis() as u64;
         let seq = self.snapshot_seq.fetch_add(1, Ordering::AcqRel) + 1;
-        let snapshot_id = match last_applied {
-            Some(l) => format!("{}-{}-{seq}", l.leader_id.term, l.index),
-            None => format!("0-0-{seq}"),
-        };
         let meta = SnapshotMeta {
             last_log_id: last_applied,
             last_membership: membership,
-            snapshot_id,
         };
         let stored = StoredSnapshot { meta, data };
         if let Some(tree) = self.persist.clone() {
@@ -463,7 +471,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         }
         let result = Snapshot {
             meta: stored.meta.clone(),
-            snapshot: Box::new(Cursor::new(stored.data.clone())),
+            snapshot: Cursor::new(stored.data.clone()),
         };
         set_current(&self.current, stored, self.persist.is_some());
         // Building freed several snapshot-sized buffers; hand their pages back (below).
@@ -472,7 +480,8 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             observer.observe(started.elapsed());
         }
         tracing::info!(
-            snapshot_id = %result.meta.snapshot_id,
+            last_log_id = ?result.meta.last_log_id,
+            seq,
             bytes = result.snapshot.get_ref().len(),
             locked_ms,
             encoded_ms,

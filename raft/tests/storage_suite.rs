@@ -7,16 +7,22 @@
 use leasehold_raft::command::{Batch, Command, Proposal};
 use leasehold_raft::log_store::{MemLogStore, SledLogStore};
 use leasehold_raft::sm_store::StateMachineStore;
-use leasehold_raft::typ::{Entry, StorageError, TypeConfig};
+use leasehold_raft::typ::{CommittedLeaderId, Entry, LogId, TypeConfig, Vote};
 use openraft::storage::{RaftLogStorage, RaftStateMachine};
-use openraft::testing::{StoreBuilder, Suite};
-use openraft::{CommittedLeaderId, EntryPayload, LogId, RaftLogReader, RaftSnapshotBuilder, Vote};
+use openraft::testing::log::{StoreBuilder, Suite};
+use openraft::{EntryPayload, RaftLogReader, RaftSnapshotBuilder};
+
+type StorageError = openraft::StorageError<TypeConfig>;
+
+fn storage_error(e: std::io::Error) -> StorageError {
+    StorageError::from_io_error(openraft::ErrorSubject::Store, openraft::ErrorVerb::Write, e)
+}
 
 struct MemBuilder;
 
 impl StoreBuilder<TypeConfig, MemLogStore, StateMachineStore, ()> for MemBuilder {
     async fn build(&self) -> Result<((), MemLogStore, StateMachineStore), StorageError> {
-        let (sm, _) = StateMachineStore::new(None)?;
+        let (sm, _) = StateMachineStore::new(None).map_err(storage_error)?;
         Ok(((), MemLogStore::default(), sm))
     }
 }
@@ -29,24 +35,24 @@ impl StoreBuilder<TypeConfig, SledLogStore, StateMachineStore, tempfile::TempDir
     ) -> Result<(tempfile::TempDir, SledLogStore, StateMachineStore), StorageError> {
         let dir = tempfile::tempdir().expect("temp dir");
         let db = sled::open(dir.path()).expect("sled opens");
-        let log = SledLogStore::open(&db)?;
-        let (sm, _) = StateMachineStore::new(Some(db))?;
+        let log = SledLogStore::open(&db).map_err(storage_error)?;
+        let (sm, _) = StateMachineStore::new(Some(db)).map_err(storage_error)?;
         Ok((dir, log, sm))
     }
 }
 
-#[test]
-fn mem_store_passes_openraft_suite() -> Result<(), StorageError> {
-    Suite::test_all(MemBuilder)
+#[tokio::test]
+async fn mem_store_passes_openraft_suite() -> Result<(), StorageError> {
+    Suite::test_all(MemBuilder).await
 }
 
-#[test]
-fn sled_store_passes_openraft_suite() -> Result<(), StorageError> {
-    Suite::test_all(SledBuilder)
+#[tokio::test]
+async fn sled_store_passes_openraft_suite() -> Result<(), StorageError> {
+    Suite::test_all(SledBuilder).await
 }
 
-fn log_id(term: u64, index: u64) -> LogId<u64> {
-    LogId::new(CommittedLeaderId::new(term, 1), index)
+fn log_id(term: u64, index: u64) -> LogId {
+    LogId::new(CommittedLeaderId { term, node_id: 1 }, index)
 }
 
 fn entry(term: u64, index: u64) -> Entry {
@@ -81,7 +87,7 @@ async fn sled_log_vote_and_purge_survive_reopen() {
         append(&mut store, (1..=10).map(|i| entry(1, i)).collect()).await;
         store.save_vote(&Vote::new_committed(3, 2)).await.unwrap();
         store.purge(log_id(1, 4)).await.unwrap();
-        store.truncate(log_id(1, 9)).await.unwrap();
+        store.truncate_after(Some(log_id(1, 8))).await.unwrap();
     }
     let db = sled::open(dir.path()).unwrap();
     let mut store = SledLogStore::open(&db).unwrap();
@@ -104,7 +110,8 @@ async fn sled_snapshot_is_restored_on_open_and_corruption_is_an_error() {
     let (expected, built_snapshot) = {
         let db = sled::open(dir.path()).unwrap();
         let (mut sm, shared) = StateMachineStore::new(Some(db)).unwrap();
-        sm.apply((1..=3).map(|i| entry(1, i))).await.unwrap();
+        let entries = (1..=3).map(|i| Ok((entry(1, i), None)));
+        sm.apply(futures::stream::iter(entries)).await.unwrap();
         let mut builder = sm.get_snapshot_builder().await;
         let built = builder.build_snapshot().await.unwrap();
         // A durable store keeps only the meta in memory and reads the bytes back.

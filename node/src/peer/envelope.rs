@@ -6,11 +6,10 @@
 //! cluster fails loudly instead of corrupting anything. Bump [`PEER_PROTOCOL_VERSION`]
 //! whenever either enum, or a type inside it, changes shape.
 
-use leasehold_raft::typ::{NodeId, TypeConfig};
-use openraft::error::{InstallSnapshotError, RaftError};
+use leasehold_raft::typ::{SnapshotMeta, TypeConfig, Vote};
+use openraft::error::{Fatal, RaftError};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
-    VoteRequest, VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
 };
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -32,26 +31,33 @@ use crate::error::CoreError;
 /// (`ForwardRequest::MemberHealth`).
 /// 7: entries are `Batch::V3` (stamped with the cluster's clock; the dedupe window's
 /// minimum age applies to them).
-pub const PEER_PROTOCOL_VERSION: u8 = 7;
+pub const PEER_PROTOCOL_VERSION: u8 = 8;
 
 /// Every request one node sends another.
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) enum PeerRequest {
     Append(AppendEntriesRequest<TypeConfig>),
-    Vote(VoteRequest<NodeId>),
-    Snapshot(InstallSnapshotRequest<TypeConfig>),
+    Vote(VoteRequest<TypeConfig>),
+    PreVote(VoteRequest<TypeConfig>),
+    /// A whole snapshot in one message (openraft 0.10's `full_snapshot`).
+    Snapshot {
+        vote: Vote,
+        meta: SnapshotMeta,
+        data: Vec<u8>,
+    },
     /// A request a follower forwards to the leader (or the bootstrap probe).
     Forward(ForwardRequest),
 }
 
-type RaftResult<T, E = openraft::error::Infallible> = Result<T, RaftError<NodeId, E>>;
+type RaftResult<T> = Result<T, RaftError<TypeConfig>>;
 
 /// The reply to each [`PeerRequest`], variant for variant.
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) enum PeerReply {
-    Append(RaftResult<AppendEntriesResponse<NodeId>>),
-    Vote(RaftResult<VoteResponse<NodeId>>),
-    Snapshot(RaftResult<InstallSnapshotResponse<NodeId>, InstallSnapshotError>),
+    Append(RaftResult<AppendEntriesResponse<TypeConfig>>),
+    Vote(RaftResult<VoteResponse<TypeConfig>>),
+    PreVote(RaftResult<VoteResponse<TypeConfig>>),
+    Snapshot(Result<SnapshotResponse<TypeConfig>, Fatal<TypeConfig>>),
     Forward(Result<ForwardResponse, CoreError>),
 }
 
@@ -61,7 +67,8 @@ impl PeerRequest {
         match self {
             PeerRequest::Append(_) => "append",
             PeerRequest::Vote(_) => "vote",
-            PeerRequest::Snapshot(_) => "snapshot",
+            PeerRequest::PreVote(_) => "pre_vote",
+            PeerRequest::Snapshot { .. } => "snapshot",
             PeerRequest::Forward(_) => "forward",
         }
     }

@@ -33,9 +33,8 @@ pub(crate) use forward::{ForwardRequest, ForwardResponse, Keep, MembershipChange
 /// process without a certificate, a node of another cluster). Not a stable API.
 #[doc(hidden)]
 pub mod probe {
-    use leasehold_raft::typ::TypeConfig;
+    use leasehold_raft::typ::{TypeConfig, Vote};
     use openraft::raft::{AppendEntriesRequest, VoteRequest};
-    use openraft::Vote;
 
     use super::envelope::{encode, PeerRequest};
 
@@ -50,6 +49,29 @@ pub mod probe {
     }
 
     /// The body of an empty AppendEntries (a heartbeat) from `leader` at `term`.
+    /// A candidate's vote request whose log ends at `last_index` of `term`: as up to date
+    /// as any log of that length.
+    pub fn vote_request_with_log(candidate: u64, term: u64, last_index: u64) -> Vec<u8> {
+        let last = leasehold_raft::typ::LogId::new(
+            leasehold_raft::typ::CommittedLeaderId {
+                term,
+                node_id: candidate,
+            },
+            last_index,
+        );
+        let request = VoteRequest::new(Vote::new(term, candidate), Some(last));
+        encode(&PeerRequest::Vote(request)).expect("a vote request encodes")
+    }
+
+    /// Whether a peer's reply to a vote request granted the vote.
+    pub fn vote_granted(reply: &[u8]) -> Result<bool, String> {
+        match super::envelope::decode(reply).map_err(|e| e.to_string())? {
+            super::envelope::PeerReply::Vote(Ok(response)) => Ok(response.vote_granted),
+            super::envelope::PeerReply::Vote(Err(e)) => Err(e.to_string()),
+            _ => Err("not a vote reply".into()),
+        }
+    }
+
     pub fn heartbeat(leader: u64, term: u64) -> Vec<u8> {
         let request = AppendEntriesRequest::<TypeConfig> {
             vote: Vote::new_committed(term, leader),

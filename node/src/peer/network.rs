@@ -4,20 +4,22 @@
 // openraft's RPC errors are large by value; they are its trait's return type.
 #![allow(clippy::result_large_err)]
 
-use leasehold_raft::typ::{NodeId, PeerNode, TypeConfig};
+use std::future::Future;
+
+use leasehold_raft::typ::{NodeId, PeerNode, Snapshot, TypeConfig, Vote};
 use openraft::error::{
-    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+    NetworkError, RPCError, RaftError, ReplicationClosed, StreamingError, Unreachable,
 };
-use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::network::{RPCOption, RaftNetworkFactory};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
-    VoteRequest, VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
 };
+use openraft::RaftNetworkV2;
 
 use super::client::{PeerCallError, PeerClient};
 use super::envelope::{PeerReply, PeerRequest};
 
-/// Makes openraft's per-target clients.
+/// Builds one [`RaftPeer`] per target; all share the node's [`PeerClient`].
 #[derive(Clone)]
 pub(crate) struct RaftTransport {
     peers: PeerClient,
@@ -41,42 +43,33 @@ impl RaftNetworkFactory<TypeConfig> for RaftTransport {
     }
 }
 
-/// openraft's connection to one peer.
+/// The connection to one peer, as openraft's replication and election tasks see it.
 pub(crate) struct RaftPeer {
     target: NodeId,
     peer_addr: String,
     peers: PeerClient,
 }
 
-type RpcError<E> = RPCError<NodeId, PeerNode, RaftError<NodeId, E>>;
+type RpcError = RPCError<TypeConfig>;
 
 impl RaftPeer {
-    async fn rpc<E: std::error::Error>(
-        &self,
-        request: PeerRequest,
-        option: &RPCOption,
-    ) -> Result<PeerReply, RpcError<E>> {
+    async fn rpc(&self, request: PeerRequest, option: &RPCOption) -> Result<PeerReply, RpcError> {
         self.peers
             .call(&self.peer_addr, &request, option.hard_ttl())
             .await
             .map_err(|e| transport_error(&e))
     }
 
-    /// The peer's answer. A peer whose Raft core has stopped (a storage fault, a panic)
-    /// answers every RPC with `Fatal`: nothing fixes that until it restarts, so it counts
-    /// as unreachable and openraft backs off, rather than retrying at once (as it does on
-    /// a `RemoteError`) in a loop that a leader can spin thousands of times a second.
-    fn remote<T, E: std::error::Error>(
-        &self,
-        reply: Result<T, RaftError<NodeId, E>>,
-    ) -> Result<T, RpcError<E>> {
-        reply.map_err(|e| match e {
-            RaftError::Fatal(fatal) => RPCError::Unreachable(Unreachable::new(&fatal)),
-            e => RPCError::RemoteError(RemoteError::new(self.target, e)),
+    /// A remote Raft error: the remote node's core has stopped (the only error these RPCs
+    /// return), so it is unreachable until it restarts.
+    fn remote<T>(&self, reply: Result<T, RaftError<TypeConfig>>) -> Result<T, RpcError> {
+        reply.map_err(|e| {
+            let why = format!("node {} at {}: {e}", self.target, self.peer_addr);
+            RPCError::Unreachable(Unreachable::from_string(why))
         })
     }
 
-    fn mismatch<E: std::error::Error>(&self, rpc: &'static str) -> RpcError<E> {
+    fn mismatch(&self, rpc: &'static str) -> RpcError {
         let e = PeerCallError::Mismatch {
             addr: self.peer_addr.clone(),
             got: rpc,
@@ -85,11 +78,7 @@ impl RaftPeer {
     }
 }
 
-/// openraft retries a `NetworkError` at once and backs off (`RaftNetwork::backoff`, 500 ms)
-/// only after `Unreachable`. A peer address that another server answers with 404 made a
-/// leader retry about 12,000 times a second and log each one, so everything that a retry
-/// cannot fix counts as unreachable too.
-fn transport_error<E: std::error::Error>(e: &PeerCallError) -> RpcError<E> {
+fn transport_error(e: &PeerCallError) -> RpcError {
     if e.not_sent() || e.not_a_peer() {
         RPCError::Unreachable(Unreachable::new(e))
     } else {
@@ -97,37 +86,64 @@ fn transport_error<E: std::error::Error>(e: &PeerCallError) -> RpcError<E> {
     }
 }
 
-impl RaftNetwork<TypeConfig> for RaftPeer {
+impl RaftNetworkV2<TypeConfig> for RaftPeer {
+    type SnapshotData = leasehold_raft::typ::SnapshotData;
+
     async fn append_entries(
         &mut self,
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
-    ) -> Result<AppendEntriesResponse<NodeId>, RpcError<openraft::error::Infallible>> {
+    ) -> Result<AppendEntriesResponse<TypeConfig>, RpcError> {
         match self.rpc(PeerRequest::Append(rpc), &option).await? {
             PeerReply::Append(reply) => self.remote(reply),
             _ => Err(self.mismatch("append")),
         }
     }
 
-    async fn install_snapshot(
-        &mut self,
-        rpc: InstallSnapshotRequest<TypeConfig>,
-        option: RPCOption,
-    ) -> Result<InstallSnapshotResponse<NodeId>, RpcError<InstallSnapshotError>> {
-        match self.rpc(PeerRequest::Snapshot(rpc), &option).await? {
-            PeerReply::Snapshot(reply) => self.remote(reply),
-            _ => Err(self.mismatch("snapshot")),
-        }
-    }
-
     async fn vote(
         &mut self,
-        rpc: VoteRequest<NodeId>,
+        rpc: VoteRequest<TypeConfig>,
         option: RPCOption,
-    ) -> Result<VoteResponse<NodeId>, RpcError<openraft::error::Infallible>> {
+    ) -> Result<VoteResponse<TypeConfig>, RpcError> {
         match self.rpc(PeerRequest::Vote(rpc), &option).await? {
             PeerReply::Vote(reply) => self.remote(reply),
             _ => Err(self.mismatch("vote")),
+        }
+    }
+
+    async fn pre_vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RpcError> {
+        match self.rpc(PeerRequest::PreVote(rpc), &option).await? {
+            PeerReply::PreVote(reply) => self.remote(reply),
+            _ => Err(self.mismatch("pre_vote")),
+        }
+    }
+
+    async fn full_snapshot(
+        &mut self,
+        vote: Vote,
+        snapshot: Snapshot,
+        cancel: impl Future<Output = ReplicationClosed> + openraft::OptionalSend + 'static,
+        option: RPCOption,
+    ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
+        let request = PeerRequest::Snapshot {
+            vote,
+            meta: snapshot.meta,
+            data: snapshot.snapshot.into_inner(),
+        };
+        let reply = tokio::select! {
+            closed = cancel => return Err(StreamingError::Closed(closed)),
+            reply = self.rpc(request, &option) => reply?,
+        };
+        match reply {
+            PeerReply::Snapshot(reply) => reply.map_err(|e| {
+                let why = format!("node {} at {}: {e}", self.target, self.peer_addr);
+                StreamingError::Unreachable(Unreachable::from_string(why))
+            }),
+            _ => Err(self.mismatch("snapshot").into()),
         }
     }
 }

@@ -5,6 +5,7 @@
 //! protocol version) is 400 naming why. Raft RPCs go to openraft, forwarded requests to
 //! the core, each under a `peer_rpc` span.
 
+use openraft::async_runtime::WatchReceiver;
 use std::sync::Arc;
 
 use axum::body::Bytes;
@@ -13,6 +14,8 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::Router;
+use leasehold_raft::typ::TypeConfig;
+use openraft::raft::VoteResponse;
 use tracing::Instrument;
 
 use super::client::{PEER_PATH, SECRET_HEADER};
@@ -68,10 +71,30 @@ async fn dispatch(core: &Core, request: PeerRequest) -> PeerReply {
     let raft = core.raft();
     match request {
         PeerRequest::Append(rpc) => PeerReply::Append(raft.append_entries(rpc).await),
+        PeerRequest::Vote(_) if core.holds_back_votes() => PeerReply::Vote(Ok(held_back(core))),
+        PeerRequest::PreVote(_) if core.holds_back_votes() => {
+            PeerReply::PreVote(Ok(held_back(core)))
+        }
         PeerRequest::Vote(rpc) => PeerReply::Vote(raft.vote(rpc).await),
-        PeerRequest::Snapshot(rpc) => PeerReply::Snapshot(raft.install_snapshot(rpc).await),
+        PeerRequest::PreVote(rpc) => PeerReply::PreVote(raft.pre_vote(rpc).await),
+        PeerRequest::Snapshot { vote, meta, data } => {
+            let snapshot = leasehold_raft::typ::Snapshot {
+                meta,
+                snapshot: std::io::Cursor::new(data),
+            };
+            PeerReply::Snapshot(raft.install_full_snapshot(vote, snapshot).await)
+        }
         PeerRequest::Forward(forwarded) => PeerReply::Forward(core.serve_locally(forwarded).await),
     }
+}
+
+/// A vote refused because this node started less than `election_timeout_max` ago: it may
+/// have acknowledged a leader whose lease still runs just before it stopped. The refusal
+/// names this node's own vote, which the candidate's is not, so it counts as a no.
+fn held_back(core: &Core) -> VoteResponse<TypeConfig> {
+    let vote = core.raft().metrics().borrow_watched().vote;
+    tracing::debug!("vote refused: started less than election_timeout_max ago");
+    VoteResponse::new(vote, None, false)
 }
 
 /// Does the request carry the cluster secret (or is none configured)?

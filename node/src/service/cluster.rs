@@ -218,6 +218,7 @@ impl NodeService {
         snap.writes_batched = load(&c.writes_batched);
         snap.write_batches = load(&c.write_batches);
         snap.confirm_rounds = load(&c.confirm_rounds);
+        snap.confirm_lease_hits = load(&c.confirm_lease_hits);
         self.core.metrics().render(&snap)
     }
 }

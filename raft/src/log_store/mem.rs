@@ -5,17 +5,17 @@ use std::fmt::Debug;
 use std::ops::RangeBounds;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use openraft::storage::{LogFlushed, RaftLogStorage};
-use openraft::{LogId, OptionalSend, RaftLogReader};
+use openraft::storage::{IOFlushed, RaftLogStorage};
+use openraft::{OptionalSend, RaftLogReader};
 
-use crate::typ::{Entry, LogState, NodeId, StorageError, TypeConfig, Vote};
+use crate::typ::{Entry, LogId, LogState, StorageError, TypeConfig, Vote};
 
 #[derive(Debug, Default)]
 struct Inner {
     logs: BTreeMap<u64, Entry>,
     vote: Option<Vote>,
-    committed: Option<LogId<NodeId>>,
-    last_purged: Option<LogId<NodeId>>,
+    committed: Option<LogId>,
+    last_purged: Option<LogId>,
 }
 
 /// An in-memory Raft log. Clones share the same log (the log reader is a clone).
@@ -40,6 +40,10 @@ impl RaftLogReader<TypeConfig> for MemLogStore {
         let inner = self.lock();
         Ok(inner.logs.range(range).map(|(_, e)| e.clone()).collect())
     }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
+        Ok(self.lock().vote)
+    }
 }
 
 impl RaftLogStorage<TypeConfig> for MemLogStore {
@@ -63,26 +67,19 @@ impl RaftLogStorage<TypeConfig> for MemLogStore {
         Ok(())
     }
 
-    async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
-        Ok(self.lock().vote)
-    }
-
-    async fn save_committed(
-        &mut self,
-        committed: Option<LogId<NodeId>>,
-    ) -> Result<(), StorageError> {
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
         self.lock().committed = committed;
         Ok(())
     }
 
-    async fn read_committed(&mut self) -> Result<Option<LogId<NodeId>>, StorageError> {
+    async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
         Ok(self.lock().committed)
     }
 
     async fn append<I>(
         &mut self,
         entries: I,
-        callback: LogFlushed<TypeConfig>,
+        callback: IOFlushed<TypeConfig>,
     ) -> Result<(), StorageError>
     where
         I: IntoIterator<Item = Entry> + OptionalSend,
@@ -94,17 +91,17 @@ impl RaftLogStorage<TypeConfig> for MemLogStore {
                 inner.logs.insert(entry.log_id.index, entry);
             }
         }
-        callback.log_io_completed(Ok(()));
+        callback.io_completed(Ok(()));
         Ok(())
     }
 
-    async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError> {
+    async fn truncate_after(&mut self, last: Option<LogId>) -> Result<(), StorageError> {
         let mut inner = self.lock();
-        inner.logs.split_off(&log_id.index);
+        inner.logs.split_off(&last.map_or(0, |l| l.index + 1));
         Ok(())
     }
 
-    async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError> {
+    async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
         let mut inner = self.lock();
         inner.last_purged = Some(log_id);
         let keep = inner.logs.split_off(&(log_id.index + 1));

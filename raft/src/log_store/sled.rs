@@ -1,7 +1,9 @@
 //! The durable log store on sled.
 //!
 //! Durability rules (SPEC §2 rule 8): an append is flushed (fsync) before openraft is told
-//! it is done, so nothing is acknowledged before it is on disk; a vote is flushed before
+//! it is done, so nothing is acknowledged before it is on disk. Appends do not wait for
+//! that: the flusher (`super::flusher`) group-commits everything outstanding with one
+//! fsync and then reports each append. A vote is flushed before
 //! `save_vote` returns; a purge records `last_purged` durably before deleting entries, so
 //! a crash mid-purge never leaves a gap that looks like a shorter log.
 //!
@@ -13,15 +15,18 @@ use std::ops::{Bound, RangeBounds};
 use std::path::Path;
 use std::sync::Arc;
 
-use openraft::storage::{LogFlushed, RaftLogStorage};
-use openraft::{LogId, OptionalSend, RaftLogReader};
+use std::sync::OnceLock;
+
+use openraft::storage::{IOFlushed, RaftLogStorage};
+use openraft::{OptionalSend, RaftLogReader};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use super::flusher::{Flusher, Job, Target};
 use super::watermark::Watermark;
 use super::{read_logs_err, read_vote_err, write_logs_err, write_vote_err};
 use crate::closing::{self, Shared};
-use crate::typ::{Entry, LogState, NodeId, StorageError, TypeConfig, Vote};
+use crate::typ::{Entry, LogId, LogState, StorageError, TypeConfig, Vote};
 
 /// Version of the on-disk encoding of every value this store writes.
 const FORMAT_VERSION: u8 = 1;
@@ -43,11 +48,9 @@ pub enum CodecError {
 }
 
 pub(crate) fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, CodecError> {
-    let mut out = vec![FORMAT_VERSION];
-    out.extend(bincode::serde::encode_to_vec(
-        value,
-        bincode::config::standard(),
-    )?);
+    let mut out = Vec::with_capacity(64);
+    out.push(FORMAT_VERSION);
+    bincode::serde::encode_into_std_write(value, &mut out, bincode::config::standard())?;
     Ok(out)
 }
 
@@ -71,6 +74,20 @@ pub struct SledLogStore {
     watermark: Option<Arc<Watermark>>,
     /// Hears how long each fsync of the log took.
     fsync_observer: Option<crate::Observer>,
+    /// Hears how many appends each fsync made durable.
+    group_observer: Option<GroupObserver>,
+    /// The group-commit thread, started at the first append (after the observers are set).
+    flusher: Arc<OnceLock<Flusher>>,
+}
+
+/// Called with the number of appends one fsync made durable.
+#[derive(Clone)]
+pub struct GroupObserver(pub Arc<dyn Fn(usize) + Send + Sync>);
+
+impl Debug for GroupObserver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("GroupObserver")
+    }
 }
 
 impl SledLogStore {
@@ -83,12 +100,20 @@ impl SledLogStore {
             meta: closing::shared(meta),
             watermark: None,
             fsync_observer: None,
+            group_observer: None,
+            flusher: Arc::new(OnceLock::new()),
         })
     }
 
     /// Call `observer` with the duration of every fsync of the log.
     pub fn with_fsync_observer(mut self, observer: crate::Observer) -> Self {
         self.fsync_observer = Some(observer);
+        self
+    }
+
+    /// Call `observer` with the number of appends each fsync made durable.
+    pub fn with_group_observer(mut self, observer: GroupObserver) -> Self {
+        self.group_observer = Some(observer);
         self
     }
 
@@ -100,7 +125,7 @@ impl SledLogStore {
     pub fn open_checked(db: &sled::Db, watermark: &Path) -> Result<Self, String> {
         let mut store = Self::open(db).map_err(|e| e.to_string())?;
         let (mark, recorded) = Watermark::open(watermark)?;
-        let last_purged: Option<LogId<NodeId>> =
+        let last_purged: Option<LogId> =
             store.get_meta(KEY_LAST_PURGED).map_err(|e| e.to_string())?;
         store.verify_entries(last_purged, &watermark.with_file_name("raft"))?;
         let last_index = store
@@ -113,7 +138,7 @@ impl SledLogStore {
             None => None,
             Some(bytes) => Some(decode(&bytes).map_err(|e| format!("the stored vote: {e}"))?),
         };
-        let vote_term = vote.map_or(0, |v| v.leader_id().get_term());
+        let vote_term = vote.map_or(0, |v| v.leader_id().term);
         if let Some(recorded) = recorded {
             if last_index < recorded.index {
                 return Err(format!(
@@ -143,7 +168,7 @@ impl SledLogStore {
 
     /// Seed an empty database as a log whose entries up to `last` were purged into a
     /// snapshot (a restore from a backup: the snapshot holds the state at `last`).
-    pub fn seed_purged(db: &sled::Db, last: LogId<NodeId>) -> Result<(), String> {
+    pub fn seed_purged(db: &sled::Db, last: LogId) -> Result<(), String> {
         let store = Self::open(db).map_err(|e| e.to_string())?;
         if store.logs.iter().next().is_some() || store.meta.iter().next().is_some() {
             return Err("the Raft log is not empty".into());
@@ -170,11 +195,7 @@ impl SledLogStore {
     /// the purge point). The error names the database (`db_path`), the entry and the fault.
     /// This is what a start reads before it serves anything: a node never runs on a log it
     /// could not read all of.
-    fn verify_entries(
-        &self,
-        last_purged: Option<LogId<NodeId>>,
-        db_path: &Path,
-    ) -> Result<(), String> {
+    fn verify_entries(&self, last_purged: Option<LogId>, db_path: &Path) -> Result<(), String> {
         let at = db_path.display();
         let mut expected = last_purged.map(|l| l.index + 1);
         for item in self.logs.iter() {
@@ -199,6 +220,35 @@ impl SledLogStore {
             expected = Some(index + 1);
         }
         Ok(())
+    }
+
+    /// The group-commit thread, started on first use.
+    fn flusher(&self) -> Result<&Flusher, StorageError> {
+        if let Some(f) = self.flusher.get() {
+            return Ok(f);
+        }
+        let started = Flusher::start(Target {
+            db: self.db.clone(),
+            watermark: self.watermark.clone(),
+            observer: self.fsync_observer.clone(),
+            group_observer: self.group_observer.clone(),
+        })
+        .map_err(write_logs_err)?;
+        Ok(self.flusher.get_or_init(|| started))
+    }
+
+    /// Wait until every append queued so far is reported (durable, or failed).
+    async fn settle(&self) -> Result<(), StorageError> {
+        let Some(flusher) = self.flusher.get() else {
+            return Ok(());
+        };
+        let (done, settled) = tokio::sync::oneshot::channel();
+        if !flusher.submit(Job::Barrier(done)) {
+            return Err(write_logs_err("the log's flusher thread is gone"));
+        }
+        settled
+            .await
+            .map_err(|_| write_logs_err("the log's flusher thread is gone"))
     }
 
     /// fsync everything written so far, off the async runtime.
@@ -266,13 +316,20 @@ impl RaftLogReader<TypeConfig> for SledLogStore {
         }
         Ok(entries)
     }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
+        match self.meta.get(KEY_VOTE).map_err(read_vote_err)? {
+            None => Ok(None),
+            Some(bytes) => decode(&bytes).map(Some).map_err(read_vote_err),
+        }
+    }
 }
 
 impl RaftLogStorage<TypeConfig> for SledLogStore {
     type LogReader = Self;
 
     async fn get_log_state(&mut self) -> Result<LogState, StorageError> {
-        let last_purged: Option<LogId<NodeId>> = self.get_meta(KEY_LAST_PURGED)?;
+        let last_purged: Option<LogId> = self.get_meta(KEY_LAST_PURGED)?;
         let last = self.last_entry()?.map(|e| e.log_id);
         Ok(LogState {
             last_purged_log_id: last_purged,
@@ -289,40 +346,28 @@ impl RaftLogStorage<TypeConfig> for SledLogStore {
         self.meta.insert(KEY_VOTE, bytes).map_err(write_vote_err)?;
         self.flush().await.map_err(write_vote_err)?;
         if let Some(w) = self.watermark.clone() {
-            let term = vote.leader_id().get_term();
+            let term = vote.leader_id().term;
             tokio::task::spawn_blocking(move || w.voted(term))
                 .await
-                .map_err(|e| write_vote_err(std::io::Error::other(e.to_string())))?
+                .map_err(write_vote_err)?
                 .map_err(write_vote_err)?;
         }
         Ok(())
     }
 
-    async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
-        match self.meta.get(KEY_VOTE).map_err(read_vote_err)? {
-            None => Ok(None),
-            Some(bytes) => decode(&bytes).map(Some).map_err(read_vote_err),
-        }
-    }
-
-    async fn save_committed(
-        &mut self,
-        committed: Option<LogId<NodeId>>,
-    ) -> Result<(), StorageError> {
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
         // Not flushed on its own: losing it only makes a restart re-apply from the snapshot.
         self.put_meta(KEY_COMMITTED, &committed)
     }
 
-    async fn read_committed(&mut self) -> Result<Option<LogId<NodeId>>, StorageError> {
-        Ok(self
-            .get_meta::<Option<LogId<NodeId>>>(KEY_COMMITTED)?
-            .flatten())
+    async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
+        Ok(self.get_meta::<Option<LogId>>(KEY_COMMITTED)?.flatten())
     }
 
     async fn append<I>(
         &mut self,
         entries: I,
-        callback: LogFlushed<TypeConfig>,
+        callback: IOFlushed<TypeConfig>,
     ) -> Result<(), StorageError>
     where
         I: IntoIterator<Item = Entry> + OptionalSend,
@@ -335,35 +380,29 @@ impl RaftLogStorage<TypeConfig> for SledLogStore {
             batch.insert(&index_key(entry.log_id.index), bytes);
             last = Some(entry.log_id.index);
         }
+        // Written (readable at once), then made durable by the flusher, which reports it.
         self.logs.apply_batch(batch).map_err(write_logs_err)?;
-        // Durable before acknowledged.
-        match self.flush().await {
-            Ok(()) => {
-                callback.log_io_completed(Ok(()));
-                if let (Some(w), Some(last)) = (&self.watermark, last) {
-                    w.advance(last);
-                }
-                Ok(())
-            }
-            Err(e) => {
-                let message = e.to_string();
-                callback.log_io_completed(Err(std::io::Error::other(message)));
-                Err(write_logs_err(e))
-            }
+        if !self.flusher()?.submit(Job::Append { last, callback }) {
+            return Err(write_logs_err("the log's flusher thread is gone"));
         }
+        Ok(())
     }
 
-    async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError> {
+    async fn truncate_after(&mut self, last: Option<LogId>) -> Result<(), StorageError> {
+        // Every append before this one is reported first, so the watermark below is not
+        // raised again by a flush that raced the truncation.
+        self.settle().await?;
+        let from = last.map_or(0, |l| l.index + 1);
         // Lower the watermark first: a legitimate truncation must never look like a loss.
         if let Some(w) = self.watermark.clone() {
-            let last = log_id.index.saturating_sub(1);
-            tokio::task::spawn_blocking(move || w.lower(last))
+            let kept = from.saturating_sub(1);
+            tokio::task::spawn_blocking(move || w.lower(kept))
                 .await
-                .map_err(|e| write_logs_err(std::io::Error::other(e.to_string())))?
+                .map_err(write_logs_err)?
                 .map_err(write_logs_err)?;
         }
         let mut batch = sled::Batch::default();
-        for item in self.logs.range(index_key(log_id.index)..) {
+        for item in self.logs.range(index_key(from)..) {
             let (key, _) = item.map_err(write_logs_err)?;
             batch.remove(key);
         }
@@ -371,7 +410,7 @@ impl RaftLogStorage<TypeConfig> for SledLogStore {
         self.flush().await.map_err(write_logs_err)
     }
 
-    async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError> {
+    async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
         // Record the purge point durably first; then delete.
         self.put_meta(KEY_LAST_PURGED, &log_id)?;
         self.flush().await.map_err(write_logs_err)?;
