@@ -40,9 +40,16 @@ async fn start_on(data: &std::path::Path) -> Node {
         "127.0.0.1:0".parse().unwrap(),
     );
     config.data_dir = Some(data.to_path_buf());
-    let node = Node::start(config)
-        .await
-        .expect("the old data directory opens");
+    // The previous round's node may hold sled's lock for a moment after its shutdown.
+    let node = leasehold_cluster_tests::wait_until(Duration::from_secs(15), || async {
+        match Node::start(config.clone()).await {
+            Ok(node) => Some(node),
+            Err(e) if e.to_string().contains("could not acquire lock") => None,
+            Err(e) => panic!("the old data directory does not open: {e}"),
+        }
+    })
+    .await
+    .unwrap();
     node.wait_for_leader(Duration::from_secs(10)).await.unwrap();
     node
 }

@@ -281,6 +281,10 @@ impl Node {
             // A candidate first asks whether it could win, so a node back from a partition
             // or a restart does not raise the term and depose a healthy leader.
             enable_pre_vote: Some(true),
+            // A follower whose newest entries were lost below the watermark's reach (a
+            // torn final write) is re-replicated from scratch instead of stopping the
+            // leader: 0.9's `loosen-follower-log-revert`, which leasehold always ran with.
+            allow_log_reversion: Some(true),
             ..Default::default()
         };
         let raft_config = Arc::new(
