@@ -231,6 +231,11 @@ async fn every_family_moves_with_the_cluster_and_promtool_accepts_it() {
         &[],
         4.0,
     );
+    // Every append was made durable by some fsync: the group commit's count matches.
+    for text in [&on_leader, &on_follower] {
+        at_least(text, "leasehold_disk_wal_appends_per_fsync_count", &[], 4.0);
+        at_least(text, "leasehold_disk_wal_appends_per_fsync_sum", &[], 4.0);
+    }
     assert_eq!(
         value(&on_leader, "leasehold_storage_failed", &[]),
         Some(0.0)

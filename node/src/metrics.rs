@@ -11,6 +11,7 @@
 //!   `_applied_entries_total`, `_leader_changes_seen_total`, and gauges for leadership,
 //!   term, indexes, voters and (on the leader) reachable voters.
 //! - Disk: `leasehold_disk_wal_fsync_duration_seconds` (every fsync of the Raft log),
+//!   `leasehold_disk_wal_appends_per_fsync` (how many appends each fsync made durable),
 //!   `leasehold_snapshot_duration_seconds` (every snapshot build), `leasehold_storage_failed`.
 //! - Locks and leases, as this node applied them: `leasehold_grants_total{kind}`,
 //!   `leasehold_handoffs_total{kind}` (a grant to a queued waiter), `leasehold_leases_expired_total`,
@@ -73,6 +74,7 @@ pub(crate) struct Metrics {
     pub proposals_failed: IntCounter,
     pub leader_changes: IntCounter,
     pub fsync: Histogram,
+    pub appends_per_fsync: Histogram,
     pub snapshot: Histogram,
     pub keepalives: IntCounter,
     pub long_polls: IntGauge,
@@ -328,6 +330,18 @@ impl Metrics {
                 "leasehold_disk_wal_fsync_duration_seconds",
                 "latency of the Raft log's fsyncs",
             ),
+            appends_per_fsync: {
+                let h = Histogram::with_opts(
+                    HistogramOpts::new(
+                        "leasehold_disk_wal_appends_per_fsync",
+                        "appends of the Raft log each fsync made durable (group commit)",
+                    )
+                    .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0]),
+                )
+                .expect("a valid metric");
+                r.register(Box::new(h.clone())).expect("registered once");
+                h
+            },
             snapshot: histogram(
                 &r,
                 "leasehold_snapshot_duration_seconds",

@@ -322,9 +322,16 @@ impl Node {
                     let metrics = metrics.clone();
                     leasehold_raft::Observer::new(move |d| metrics.fsync.observe(d.as_secs_f64()))
                 };
+                let group_observer = {
+                    let metrics = metrics.clone();
+                    leasehold_raft::log_store::GroupObserver(Arc::new(move |n| {
+                        metrics.appends_per_fsync.observe(n as f64)
+                    }))
+                };
                 let log_store = SledLogStore::open_checked(&db, &dir.join("log.watermark"))
                     .map_err(storage_err)?
-                    .with_fsync_observer(fsync_observer);
+                    .with_fsync_observer(fsync_observer)
+                    .with_group_observer(group_observer);
                 let pristine = log_store.is_pristine().map_err(storage_err)?;
                 incarnation =
                     Some(crate::incarnation::load_or_create(dir, pristine).map_err(storage_err)?);
