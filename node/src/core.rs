@@ -10,14 +10,13 @@
 //! peer listener) use its methods.
 
 use openraft::async_runtime::WatchReceiver;
-use std::collections::BTreeSet;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use leasehold_config::Config;
-use leasehold_raft::command::{Caller, CommandResult, Kind, LeaseId, Proposal, Token};
+use leasehold_raft::command::{CommandResult, LeaseId, Proposal};
 use leasehold_raft::sm_store::SharedState;
 use leasehold_raft::state::LeaseState;
 use leasehold_raft::typ::{NodeId, Raft};
@@ -34,7 +33,7 @@ use crate::confirmer::{ConfirmerHandle, ConfirmerSettings, LeaderLease};
 use crate::error::CoreError;
 use crate::lease_actor::LeaseHandle;
 use crate::metrics::Metrics;
-use crate::peer::{ForwardRequest, ForwardResponse, Keep, MembershipChange, PeerClient};
+use crate::peer::{ForwardRequest, ForwardResponse, Keep, PeerClient};
 use crate::proposer::{ProposerHandle, ProposerSettings};
 
 /// Longest pause between retries while no leader is known (or it could not be reached).
@@ -73,20 +72,6 @@ pub(crate) struct Core {
     votes_from: Instant,
 }
 
-/// One member as this node sees the cluster.
-#[derive(Debug, Clone)]
-pub(crate) struct MemberView {
-    pub id: NodeId,
-    pub peer_addr: String,
-    pub client_addr: String,
-    pub voter: bool,
-    /// The last log index known to be replicated to it (leader only; own last log index
-    /// for this node).
-    pub matched_index: Option<u64>,
-    /// Leader only: does it keep up (within 64 entries of the leader's log)?
-    pub reachable: Option<bool>,
-}
-
 /// Counters of how this node batches what it asks of the leader (`/metrics`).
 #[derive(Debug, Default)]
 pub(crate) struct BatchCounters {
@@ -100,18 +85,6 @@ pub(crate) struct BatchCounters {
     pub confirm_rounds: Arc<AtomicU64>,
     /// Confirmations answered on the leader lease, without a round.
     pub confirm_lease_hits: Arc<AtomicU64>,
-}
-
-/// This node's view of the cluster, read from openraft's metrics in one go.
-#[derive(Debug, Clone)]
-pub(crate) struct ClusterView {
-    pub node_id: NodeId,
-    pub leader_id: Option<NodeId>,
-    pub leading: bool,
-    pub term: u64,
-    pub last_log_index: u64,
-    pub applied_index: u64,
-    pub members: Vec<MemberView>,
 }
 
 /// Node-unique request ids for proposals that came without one, so internal retries
@@ -345,61 +318,6 @@ impl Core {
         &self.overload
     }
 
-    /// This node's view of the cluster (members, leader, replication progress).
-    pub(crate) fn cluster_view(&self) -> ClusterView {
-        let m = self.raft.metrics().borrow_watched().clone();
-        let leading = m.state == ServerState::Leader;
-        let last_log_index = m.last_log_index.unwrap_or(0);
-        let membership = m.membership_config.membership();
-        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
-        let members = membership
-            .nodes()
-            .map(|(id, node)| {
-                let matched = m
-                    .replication
-                    .as_ref()
-                    .and_then(|r| r.get(id))
-                    .map(|l| l.map_or(0, |l| l.index));
-                let is_self = *id == self.node_id;
-                MemberView {
-                    id: *id,
-                    peer_addr: node.peer_addr.clone(),
-                    client_addr: node.client_addr.clone(),
-                    voter: voters.contains(id),
-                    reachable: leading
-                        .then(|| is_self || matched.is_some_and(|i| i + 64 >= last_log_index)),
-                    matched_index: if is_self { m.last_log_index } else { matched },
-                }
-            })
-            .collect();
-        ClusterView {
-            node_id: self.node_id,
-            leader_id: m.current_leader,
-            leading,
-            term: m.current_term,
-            last_log_index,
-            applied_index: m.last_applied.map_or(0, |l| l.index),
-            members,
-        }
-    }
-
-    /// Each member's reachability and replication lag (entries behind the commit index),
-    /// as this node sees them: known on the leader only.
-    pub(crate) async fn member_health(&self) -> Vec<(NodeId, Option<bool>, Option<u64>)> {
-        let view = self.cluster_view();
-        let commit = self.commit_index().await.unwrap_or(view.applied_index);
-        view.members
-            .iter()
-            .map(|m| {
-                let lag = match (view.leading, m.matched_index) {
-                    (true, Some(matched)) => Some(commit.saturating_sub(matched)),
-                    _ => None,
-                };
-                (m.id, m.reachable, lag)
-            })
-            .collect()
-    }
-
     /// The leader as this node sees it: `Ok(None)` means "this node".
     fn leader_route(&self) -> Result<Option<(NodeId, String)>, Option<NodeId>> {
         let m = self.raft.metrics();
@@ -628,201 +546,9 @@ impl Core {
         }
     }
 
-    /// Keep a lease alive on the leader; `caller`, when set, must be allowed to use it.
-    pub(crate) async fn keepalive_lease(
-        &self,
-        lease_id: LeaseId,
-        caller: Option<Caller>,
-    ) -> Result<u64, CoreError> {
-        let (_, ttl_ms) = self.keep(Keep::Lease { lease_id, caller }).await?;
-        Ok(ttl_ms)
-    }
-
-    /// Keep the lease of a current hold alive; `not_owner` if it is not current.
-    pub(crate) async fn keepalive_hold(
-        &self,
-        kind: Kind,
-        key: &str,
-        owner: &str,
-        token: Token,
-        caller: Option<Caller>,
-    ) -> Result<(LeaseId, u64), CoreError> {
-        self.keep(Keep::Hold {
-            kind,
-            key: key.to_string(),
-            owner: owner.to_string(),
-            token,
-            caller,
-        })
-        .await
-    }
-
-    /// One keepalive: on the leader straight to the (windowed) confirmer, elsewhere with
-    /// the next batch.
-    async fn keep(&self, keep: Keep) -> Result<(LeaseId, u64), CoreError> {
-        self.check_storage()?;
-        if self.is_leader() {
-            let mut kept = self.keep_batch(vec![keep]).await?;
-            return kept
-                .pop()
-                .unwrap_or_else(|| Err(unexpected(ForwardResponse::Done)));
-        }
-        self.keepalives.submit(keep).await
-    }
-
-    /// One keepalive on the leader, whose leadership in `term` was confirmed after the
-    /// keepalive was sent.
-    async fn keep_locally(&self, keep: Keep, term: u64) -> Result<(LeaseId, u64), CoreError> {
-        let lease_id = match keep {
-            Keep::Lease { lease_id, caller } => {
-                if let Some(caller) = &caller {
-                    self.shared
-                        .read(|s| s.lease_access(lease_id, caller))
-                        .map_err(CoreError::Refused)?;
-                }
-                lease_id
-            }
-            Keep::Hold {
-                kind,
-                key,
-                owner,
-                token,
-                caller,
-            } => self
-                .shared
-                .read(|s| {
-                    let Some(hold) = s.find_hold(kind, &key, &owner, token) else {
-                        // Not a holder: say why (force-released, or simply gone).
-                        return Err(s.not_owner(&(kind, key.clone()), token));
-                    };
-                    match &caller {
-                        Some(caller) => s.lease_access(hold.lease_id, caller),
-                        None => Ok(()),
-                    }
-                    .map(|()| hold.lease_id)
-                })
-                .map_err(CoreError::Refused)?,
-        };
-        let ttl_ms = self.leases.refresh(lease_id, term).await?;
-        Ok((lease_id, ttl_ms))
-    }
-
-    /// Send one batch of keepalives to the leader (the keepalive batcher calls this).
-    async fn keep_batch(
-        &self,
-        keeps: Vec<Keep>,
-    ) -> Result<Vec<Result<(LeaseId, u64), CoreError>>, CoreError> {
-        let n = keeps.len();
-        match self.on_leader(ForwardRequest::Keepalive(keeps)).await? {
-            ForwardResponse::Kept(kept) if kept.len() == n => Ok(kept),
-            other => Err(unexpected(other)),
-        }
-    }
-
-    /// Time left on each lease as the leader tracks it (`None` where unknown).
-    pub(crate) async fn remaining_ms(&self, lease_ids: Vec<LeaseId>) -> Vec<Option<u64>> {
-        if lease_ids.is_empty() {
-            return Vec::new();
-        }
-        let n = lease_ids.len();
-        let short = self.request_timeout.min(Duration::from_secs(1));
-        match self
-            .on_leader_within(ForwardRequest::RemainingMs(lease_ids), short)
-            .await
-        {
-            Ok(ForwardResponse::RemainingMs(v)) if v.len() == n => v,
-            _ => vec![None; n],
-        }
-    }
-
-    /// Change the voting members through the leader.
-    pub(crate) async fn change_membership(
-        &self,
-        change: MembershipChange,
-    ) -> Result<(), CoreError> {
-        // Catching a learner up can take a while; allow more than one request deadline.
-        let timeout = self.request_timeout * 5;
-        match self
-            .on_leader_within(ForwardRequest::ChangeMembership(change), timeout)
-            .await?
-        {
-            ForwardResponse::Done => Ok(()),
-            other => Err(unexpected(other)),
-        }
-    }
-
-    async fn apply_membership_change(&self, change: MembershipChange) -> Result<(), CoreError> {
-        use openraft::ChangeMembers;
-        let map_err = |e: openraft::error::RaftError<
-            leasehold_raft::typ::TypeConfig,
-            openraft::error::ClientWriteError<leasehold_raft::typ::TypeConfig>,
-        >| {
-            match e.forward_to_leader() {
-                Some(f) => CoreError::NotLeader {
-                    leader: f.leader_id,
-                },
-                None => CoreError::Unavailable(e.to_string()),
-            }
-        };
-        match change {
-            MembershipChange::Add {
-                id,
-                peer_addr,
-                client_addr,
-            } => {
-                let node = leasehold_raft::typ::PeerNode {
-                    peer_addr,
-                    client_addr,
-                };
-                self.raft
-                    .add_learner(id, node, true)
-                    .await
-                    .map_err(map_err)?;
-                let voters = BTreeSet::from([id]);
-                self.raft
-                    .change_membership(ChangeMembers::AddVoterIds(voters), false)
-                    .await
-                    .map_err(map_err)?;
-            }
-            MembershipChange::Remove { id } => {
-                let ids = BTreeSet::from([id]);
-                let (is_member, is_voter) = {
-                    let m = self.raft.metrics();
-                    let m = m.borrow_watched();
-                    let membership = m.membership_config.membership();
-                    let is_member = membership.nodes().any(|(n, _)| *n == id);
-                    let is_voter = membership.voter_ids().any(|v| v == id);
-                    (is_member, is_voter)
-                };
-                if !is_member {
-                    return Err(CoreError::NoSuchMember(id));
-                }
-                let change = if is_voter {
-                    ChangeMembers::RemoveVoters(ids)
-                } else {
-                    ChangeMembers::RemoveNodes(ids)
-                };
-                self.raft
-                    .change_membership(change, false)
-                    .await
-                    .map_err(map_err)?;
-            }
-        }
-        Ok(())
-    }
-
     /// Does this node still hold back its votes after its start (SPEC §2 rule 3)?
     pub(crate) fn holds_back_votes(&self) -> bool {
         Instant::now() < self.votes_from
-    }
-
-    /// The commit index as this node knows it.
-    pub(crate) async fn commit_index(&self) -> Option<u64> {
-        self.raft
-            .with_raft_state(|st| st.local_committed().map(|l| l.index))
-            .await
-            .ok()
-            .flatten()
     }
 
     pub(crate) fn is_leader(&self) -> bool {
@@ -834,137 +560,8 @@ fn unexpected(response: ForwardResponse) -> CoreError {
     CoreError::Unavailable(format!("unexpected reply from the leader: {response:?}"))
 }
 
-/// Every [`SAMPLE_EVERY`](crate::metrics::SAMPLE_EVERY), a sample for the status page's
-/// charts: grant and handoff rates as this node applied them, and its write p99.
-fn sample_for_charts(
-    shared: Arc<SharedState>,
-    metrics: Arc<Metrics>,
-    tracker: &TaskTracker,
-    cancel: &CancellationToken,
-) {
-    let cancel = cancel.clone();
-    tracker.spawn(
-        async move {
-            let mut every = tokio::time::interval(crate::metrics::SAMPLE_EVERY);
-            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tokio::select! {
-                    _ = cancel.cancelled() => return,
-                    _ = every.tick() => {}
-                }
-                let counts = shared.read(|s| s.counts());
-                let now_ms = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_millis() as u64);
-                metrics.sample(
-                    now_ms,
-                    counts.grants.iter().sum(),
-                    counts.handoffs.iter().sum(),
-                );
-            }
-        }
-        .in_current_span(),
-    );
-}
+mod cluster;
+mod keep;
+mod watchers;
 
-/// Count the leader changes this node sees (`leasehold_raft_leader_changes_seen_total`,
-/// as etcd's `etcd_server_leader_changes_seen_total`): each time the known leader becomes
-/// another node. Losing the leader (none known) is not a change; the next one is.
-fn watch_leader(
-    raft: &Raft,
-    metrics: Arc<Metrics>,
-    tracker: &TaskTracker,
-    cancel: &CancellationToken,
-) {
-    let mut watch = raft.metrics();
-    let cancel = cancel.clone();
-    tracker.spawn(
-        async move {
-            let mut last = None;
-            loop {
-                let leader = watch.borrow_and_update().current_leader;
-                if let Some(leader) = leader {
-                    if last.is_some_and(|l| l != leader) {
-                        metrics.leader_changes.inc();
-                    }
-                    last = Some(leader);
-                }
-                tokio::select! {
-                    _ = cancel.cancelled() => return,
-                    changed = watch.changed() => if changed.is_err() { return },
-                }
-            }
-        }
-        .in_current_span(),
-    );
-}
-
-/// Watch openraft's running state. openraft stops its core at the first storage error
-/// (a full disk: ENOSPC on an append, a flush or a read), so the node then takes no part
-/// in the cluster: it neither votes nor acknowledges appends, and a leader stops sending
-/// heartbeats, so the others elect a new one. From then on every request that needs
-/// Raft answers 503 naming the disk, `/readyz` says not ready, and the node logs the
-/// fault once. `Node::storage_fault` lets the process that runs the node restart it
-/// once the disk is writable again (`leasehold serve` does, see `cli`).
-fn watch_storage(
-    raft: &Raft,
-    config: &Config,
-    tracker: &TaskTracker,
-    cancel: &CancellationToken,
-) -> watch::Receiver<Option<String>> {
-    let (tx, rx) = watch::channel(None);
-    let mut metrics = raft.metrics();
-    let cancel = cancel.clone();
-    let data_dir = match &config.data_dir {
-        Some(dir) => format!("data directory {}", dir.display()),
-        None => "memory".to_string(),
-    };
-    tracker.spawn(
-        async move {
-            loop {
-                let fault = match &metrics.borrow_and_update().running_state {
-                    Ok(()) => None,
-                    // Stopped by our own shutdown: not a fault.
-                    Err(openraft::error::Fatal::Stopped) if cancel.is_cancelled() => None,
-                    Err(openraft::error::Fatal::Stopped) => Some(format!(
-                        "this node's Raft core stopped unexpectedly ({data_dir}); it takes no \
-                         part in the cluster until it is restarted"
-                    )),
-                    Err(openraft::error::Fatal::StorageError(e)) => Some(format!(
-                        "this node's storage failed ({data_dir}: {e}); it takes no part in the \
-                         cluster until it can write there again"
-                    )),
-                    Err(openraft::error::Fatal::Panicked) => Some(format!(
-                        "this node's Raft core stopped ({data_dir}); it takes no part in the \
-                         cluster until it is restarted"
-                    )),
-                };
-                if let Some(fault) = fault {
-                    tracing::error!(fault = %fault, "storage fault: this node left the cluster's quorum");
-                    let _ = tx.send(Some(fault));
-                    return;
-                }
-                tokio::select! {
-                    _ = cancel.cancelled() => return,
-                    changed = metrics.changed() => if changed.is_err() {
-                        if cancel.is_cancelled() {
-                            return;
-                        }
-                        // The core's task ended without publishing why: it panicked
-                        // (openraft publishes `running_state` only when its main loop
-                        // returns; a panic unwinds past that and drops the sender).
-                        let fault = format!(
-                            "this node's Raft core ended unexpectedly, most likely a panic \
-                             ({data_dir}); it takes no part in the cluster until it is restarted"
-                        );
-                        tracing::error!(fault = %fault, "raft core lost: this node left the cluster's quorum");
-                        let _ = tx.send(Some(fault));
-                        return;
-                    },
-                }
-            }
-        }
-        .in_current_span(),
-    );
-    rx
-}
+use self::watchers::{sample_for_charts, watch_leader, watch_storage};
