@@ -195,7 +195,10 @@ async fn propose_batch(raft: &Raft, settings: &ProposerSettings, batch: Vec<Subm
 
 /// Refuse to propose unless this node leads and has heard from a quorum recently.
 fn check_leadership(raft: &Raft, settings: &ProposerSettings) -> Result<(), CoreError> {
-    let metrics = raft.metrics().borrow_watched().clone();
+    // Read in place: cloning openraft's metrics (membership, replication maps) for every
+    // batch was an allocation per write on the leader.
+    let watch = raft.metrics();
+    let metrics = watch.borrow_watched();
     if metrics.state != ServerState::Leader {
         return Err(CoreError::NotLeader {
             leader: metrics.current_leader,
