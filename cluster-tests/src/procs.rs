@@ -163,8 +163,8 @@ impl ProcCluster {
     }
 
     /// As [`start_secured`](Self::start_secured), with every node (and every node added
-    /// later) under libfaketime with a wall clock of its own that [`step_clock`]
-    /// (Self::step_clock) steps.
+    /// later) under libfaketime with a wall clock of its own that
+    /// [`step_clock`](Self::step_clock) steps.
     pub async fn start_with_fake_clocks(n: usize, security: Security) -> anyhow::Result<Self> {
         let clocks = crate::clocks::FakeClocks::new()?;
         let node_env = |i: usize| clocks.env(i as u64 + 1);

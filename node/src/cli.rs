@@ -177,7 +177,7 @@ struct ServeArgs {
     config: ConfigArgs,
     /// Rejoin as an empty member: for a node whose data directory is damaged or was lost.
     /// Needs a majority of the members up; moves the data directory aside
-    /// (DIR.rejoin-<time>), has the leader remove this node and add it back as a learner,
+    /// (`DIR.rejoin-<time>`), has the leader remove this node and add it back as a learner,
     /// caught up, then a voter.
     #[arg(long)]
     rejoin: bool,

@@ -519,7 +519,7 @@ impl Node {
     }
 
     /// Resolves once this node's storage failed and a probe (write and fsync
-    /// [`PROBE_BYTES`] in its data directory, every [`PROBE_EVERY`]) has since succeeded:
+    /// `PROBE_BYTES` in its data directory, every `PROBE_EVERY`) has since succeeded:
     /// the moment to restart it, [`shutdown`](Node::shutdown) then [`Node::start`] on the
     /// same config, so it rejoins from its data directory and catches up from the leader.
     /// `leasehold serve` does exactly that. Never resolves for an in-memory node.

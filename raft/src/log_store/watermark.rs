@@ -11,7 +11,7 @@
 //!
 //! - The term is written (and synced) with every vote, before `save_vote` returns: a lost
 //!   vote is always detected.
-//! - The index follows appends in the background, at most every [`EVERY`], off the path
+//! - The index follows appends in the background, at most every `EVERY` (200 ms), off the path
 //!   that acknowledges them: a loss of more than the last moment's entries is detected.
 //! - A truncation (a new leader overwriting this node's unacknowledged suffix) lowers the
 //!   index durably before the entries are removed, so a legitimate truncation never looks
