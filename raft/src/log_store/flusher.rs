@@ -76,8 +76,20 @@ impl std::fmt::Debug for Flusher {
 impl Drop for Flusher {
     fn drop(&mut self) {
         drop(self.tx.take());
-        if let Some(thread) = self.thread.take() {
+        let Some(thread) = self.thread.take() else {
+            return;
+        };
+        // The thread finishes what was queued (one last fsync at most) and closes its
+        // handle on the database. Waited for off the runtime's workers where possible,
+        // as `crate::closing` does.
+        let join = || {
             let _ = thread.join();
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(handle) if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+                tokio::task::block_in_place(join)
+            }
+            _ => join(),
         }
     }
 }
