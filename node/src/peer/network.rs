@@ -5,6 +5,7 @@
 #![allow(clippy::result_large_err)]
 
 use std::future::Future;
+use std::time::Duration;
 
 use leasehold_raft::typ::{NodeId, PeerNode, Snapshot, TypeConfig, Vote};
 use openraft::error::{
@@ -51,6 +52,10 @@ pub(crate) struct RaftPeer {
 }
 
 type RpcError = RPCError<TypeConfig>;
+
+/// The least time a snapshot transfer gets, and the slowest rate it is allowed beyond it.
+const SNAPSHOT_MIN_TTL: Duration = Duration::from_secs(2);
+const SNAPSHOT_BYTES_PER_SEC: f64 = 10.0 * 1024.0 * 1024.0;
 
 impl RaftPeer {
     async fn rpc(&self, request: PeerRequest, option: &RPCOption) -> Result<PeerReply, RpcError> {
@@ -129,11 +134,17 @@ impl RaftNetworkV2<TypeConfig> for RaftPeer {
         cancel: impl Future<Output = ReplicationClosed> + openraft::OptionalSend + 'static,
         option: RPCOption,
     ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
+        let data = snapshot.snapshot.into_inner();
+        // openraft gives the whole transfer `install_snapshot_timeout` (200 ms), meant for
+        // one chunk; the snapshot travels whole, so its deadline grows with its size.
+        let ttl = option.hard_ttl().max(SNAPSHOT_MIN_TTL)
+            + Duration::from_secs_f64(data.len() as f64 / SNAPSHOT_BYTES_PER_SEC);
         let request = PeerRequest::Snapshot {
             vote,
             meta: snapshot.meta,
-            data: snapshot.snapshot.into_inner(),
+            data,
         };
+        let option = RPCOption::new(ttl);
         let reply = tokio::select! {
             closed = cancel => return Err(StreamingError::Closed(closed)),
             reply = self.rpc(request, &option) => reply?,

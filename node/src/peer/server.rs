@@ -22,8 +22,11 @@ use super::client::{PEER_PATH, SECRET_HEADER};
 use super::envelope::{self, PeerReply, PeerRequest};
 use crate::core::Core;
 
-/// Upper bound on a peer request body (snapshot chunks are smaller by default).
-pub(crate) const MAX_PEER_BODY_BYTES: usize = 64 * 1024 * 1024;
+/// Upper bound on a peer request body.
+// openraft 0.10 sends a snapshot as one message (`full_snapshot`), so this bounds the
+// state a lagging member can be sent: 1 GiB, past the 136 MB of 1 M leases. Streaming
+// snapshots belong with the pipelined peer stream (issue 23, part 3).
+pub(crate) const MAX_PEER_BODY_BYTES: usize = 1024 * 1024 * 1024;
 
 #[derive(Clone)]
 struct PeerState {
