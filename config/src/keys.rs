@@ -102,6 +102,7 @@ keys! {
     "raft.keepalive_window_ms", "LEASEHOLD_RAFT_KEEPALIVE_WINDOW_MS", "--raft-keepalive-window-ms", U64, "0", "keepalives forwarded and leadership rounds run at most once per window (0: adaptive, no wait)";
     "raft.leadership_proof", "LEASEHOLD_RAFT_LEADERSHIP_PROOF", "--raft-leadership-proof", LEADERSHIP_PROOF, "lease", "how the leader proves it leads for keepalives and reads: lease (no round while a quorum acknowledged it within election_timeout_min less 1 %) or round";
     "raft.log_cache_mib", "LEASEHOLD_RAFT_LOG_CACHE_MIB", "--raft-log-cache-mib", U64, "64", "memory for caching the durable log's pages (sled), in MiB";
+    "raft.peer_frame_bytes", "LEASEHOLD_RAFT_PEER_FRAME_BYTES", "--raft-peer-frame-bytes", USIZE, "65536", "largest frame on a peer stream; a longer message is cut up and sent in turn with the others, so a keepalive waits behind at most one frame";
     "limits.max_key_bytes", "LEASEHOLD_LIMITS_MAX_KEY_BYTES", "--limits-max-key-bytes", USIZE, "512", "longest key or name";
     "limits.max_value_bytes", "LEASEHOLD_LIMITS_MAX_VALUE_BYTES", "--limits-max-value-bytes", USIZE, "65536", "largest value";
     "limits.max_body_bytes", "LEASEHOLD_LIMITS_MAX_BODY_BYTES", "--limits-max-body-bytes", USIZE, "131072", "largest request body";

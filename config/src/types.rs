@@ -114,6 +114,10 @@ pub struct RaftConfig {
     /// Memory sled may use to cache the durable log's pages (MiB). sled's own default is
     /// 1 GiB, far more than the entries since the last snapshot need.
     pub log_cache_mib: u64,
+    /// The largest frame on a peer stream (bytes). A larger message (a long append) is
+    /// cut into frames of this size, sent in turn with the other messages, so a keepalive
+    /// or a forwarded write waits behind at most one frame of it.
+    pub peer_frame_bytes: usize,
 }
 
 impl Default for RaftConfig {
@@ -128,6 +132,7 @@ impl Default for RaftConfig {
             keepalive_window_ms: 0,
             leadership_proof: LeadershipProof::Lease,
             log_cache_mib: 64,
+            peer_frame_bytes: 65_536,
         }
     }
 }

@@ -141,6 +141,9 @@ impl Config {
 const MAX_KEEPALIVE_WINDOW_MS: u64 = 100;
 /// 64 GiB: a typo guard, not a recommendation.
 const MAX_LOG_CACHE_MIB: u64 = 65_536;
+/// The bounds of `raft.peer_frame_bytes` (the upper one is what a peer accepts).
+const MIN_PEER_FRAME_BYTES: usize = 1024;
+const MAX_PEER_FRAME_BYTES: usize = 16 * 1024 * 1024;
 
 fn validate_raft(r: &RaftConfig) -> Result<(), ConfigError> {
     if r.heartbeat_interval_ms == 0 {
@@ -206,6 +209,15 @@ fn validate_raft(r: &RaftConfig) -> Result<(), ConfigError> {
             format!(
                 "must be between 1 and {MAX_LOG_CACHE_MIB}, got {}",
                 r.log_cache_mib
+            ),
+        ));
+    }
+    if !(MIN_PEER_FRAME_BYTES..=MAX_PEER_FRAME_BYTES).contains(&r.peer_frame_bytes) {
+        return Err(invalid(
+            "raft.peer_frame_bytes",
+            format!(
+                "must be between {MIN_PEER_FRAME_BYTES} and {MAX_PEER_FRAME_BYTES}, got {}",
+                r.peer_frame_bytes
             ),
         ));
     }
@@ -428,6 +440,12 @@ mod tests {
                 |c| c.raft.log_cache_mib = 0,
                 "raft.log_cache_mib",
                 "between 1 and 65536, got 0",
+            ),
+            (
+                "tiny peer frames",
+                |c| c.raft.peer_frame_bytes = 100,
+                "raft.peer_frame_bytes",
+                "between 1024 and 16777216, got 100",
             ),
             (
                 "keepalive window too long",

@@ -178,7 +178,8 @@ impl Node {
             faults.clone(),
             config.cluster.peer_proxy,
             tls.as_ref().map(|t| t.current().peer_client.clone()),
-        );
+        )
+        .with_frame_bytes(config.raft.peer_frame_bytes);
         let network = RaftTransport::new(peers.clone());
         let metrics = Arc::new(crate::metrics::Metrics::new());
         let snapshot_observer = {

@@ -17,7 +17,8 @@ use tokio::task::JoinHandle;
 
 /// An HTTP forward proxy for one node's outgoing peer traffic, with a switch per target:
 /// plain `http://` requests in absolute form are forwarded one by one, and `CONNECT`
-/// tunnels (what a client sends for `https://` through a proxy) carry bytes both ways.
+/// tunnels (what a client sends for `https://` through a proxy) carry bytes both ways,
+/// as do plain requests that upgrade the connection (the nodes' peer streams).
 pub struct LinkProxy {
     pub addr: SocketAddr,
     blocked: Arc<RwLock<HashSet<String>>>,
@@ -32,6 +33,7 @@ pub struct LinkProxy {
 struct ProxyState {
     blocked: Arc<RwLock<HashSet<String>>>,
     http: reqwest::Client,
+    cuts: watch::Receiver<u64>,
 }
 
 /// What a tunnel needs to know whether its target is cut.
@@ -62,6 +64,7 @@ impl LinkProxy {
         let state = ProxyState {
             blocked: blocked.clone(),
             http: reqwest::Client::builder().no_proxy().build()?,
+            cuts: cuts_rx.clone(),
         };
         let app = axum::Router::new()
             .fallback(forward)
@@ -164,6 +167,65 @@ async fn accept_loop(
     }
 }
 
+/// Forward a request that upgrades the connection: once the target switches protocols,
+/// answer the same and copy bytes both ways until either side closes or the link is cut.
+async fn forward_upgrade(state: ProxyState, target: String, mut req: Request) -> Response {
+    use axum::http::header;
+    let from_client = hyper::upgrade::on(&mut req);
+    let mut out = state
+        .http
+        .request(req.method().clone(), req.uri().to_string());
+    for (name, value) in req.headers().iter() {
+        if name != "host" && name != "proxy-connection" {
+            out = out.header(name, value);
+        }
+    }
+    let resp = match out.send().await {
+        Ok(resp) => resp,
+        Err(e) => return (StatusCode::BAD_GATEWAY, e.to_string()).into_response(),
+    };
+    if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+        let status = resp.status();
+        let bytes = resp.bytes().await.unwrap_or_default();
+        return (status, bytes).into_response();
+    }
+    let protocol = resp.headers().get(header::UPGRADE).cloned();
+    let mut cuts = state.cuts.clone();
+    cuts.borrow_and_update();
+    let tunnels = TunnelState {
+        blocked: state.blocked.clone(),
+        cuts,
+    };
+    tokio::spawn(async move {
+        let (Ok(upstream), Ok(client)) = (resp.upgrade().await, from_client.await) else {
+            return;
+        };
+        let mut client = hyper_util::rt::TokioIo::new(client);
+        let mut upstream = upstream;
+        let mut cuts = tunnels.cuts.clone();
+        let cut = async {
+            loop {
+                if cuts.changed().await.is_err() || tunnels.is_blocked(&target) {
+                    return;
+                }
+            }
+        };
+        tokio::select! {
+            _ = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {}
+            _ = cut => {}
+        }
+    });
+    let mut response = Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header(header::CONNECTION, "upgrade");
+    if let Some(protocol) = protocol {
+        response = response.header(header::UPGRADE, protocol);
+    }
+    response
+        .body(Body::empty())
+        .unwrap_or_else(|_| StatusCode::BAD_GATEWAY.into_response())
+}
+
 /// Serve one `CONNECT host:port` request: refuse it if the link is cut, else connect,
 /// answer 200 and copy bytes both ways until either side closes or the link is cut.
 async fn tunnel(mut client: TcpStream, state: TunnelState) {
@@ -263,6 +325,9 @@ async fn forward(State(state): State<ProxyState>, req: Request) -> Response {
     if cut {
         // A partition: the request goes nowhere; the sender's timeout ends it.
         std::future::pending::<()>().await;
+    }
+    if req.headers().contains_key(axum::http::header::UPGRADE) {
+        return forward_upgrade(state, authority, req).await;
     }
     let method = req.method().clone();
     let headers = req.headers().clone();

@@ -6,14 +6,16 @@
 //! TLS, the client trusts only `tls.ca` and presents the node's certificate (mutual TLS);
 //! [`PeerClient::set_tls`] swaps in reloaded material for new connections.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use tracing::Instrument;
 
 use super::envelope::{self, EnvelopeError, PeerReply, PeerRequest};
 use super::faults::Faults;
+use super::stream::{PeerStream, STREAM_PATH, UPGRADE_TOKEN};
 
 /// The one route of the peer listener.
 pub(crate) const PEER_PATH: &str = "/peer/v1";
@@ -46,12 +48,19 @@ pub(crate) enum PeerCallError {
     Envelope { addr: String, source: EnvelopeError },
     #[error("{addr} answered a {got} request with another kind of reply")]
     Mismatch { addr: String, got: &'static str },
+    #[error("the stream to {addr} is closed")]
+    Closed { addr: String },
+    #[error("the stream to {addr} broke with the request in flight: {why}")]
+    Broken { addr: String, why: String },
 }
 
 impl PeerCallError {
     /// True if the request certainly did not reach the peer.
     pub(crate) fn not_sent(&self) -> bool {
-        matches!(self, PeerCallError::Cut(_) | PeerCallError::Connect { .. })
+        matches!(
+            self,
+            PeerCallError::Cut(_) | PeerCallError::Connect { .. } | PeerCallError::Closed { .. }
+        )
     }
 
     /// True if what answered is not a leasehold peer this node can talk to: a wrong
@@ -75,7 +84,18 @@ pub(crate) struct PeerClient {
     proxy: Option<SocketAddr>,
     secret: Option<Arc<String>>,
     faults: Arc<Faults>,
+    /// The stream to each peer address, opened on first use and reopened once closed.
+    streams: Arc<Mutex<HashMap<String, StreamSlot>>>,
+    frame_bytes: usize,
 }
+
+/// One peer's stream; the async lock lets one caller open it while the others wait.
+type StreamSlot = Arc<tokio::sync::Mutex<Option<Arc<PeerStream>>>>;
+
+/// The default of `cluster.peer_frame_bytes`.
+pub(crate) const DEFAULT_FRAME_BYTES: usize = 64 * 1024;
+/// How long opening a stream (connect, TLS, upgrade) may take.
+const STREAM_OPEN_TIMEOUT: Duration = Duration::from_secs(2);
 
 impl PeerClient {
     /// `proxy`: send every peer request through this HTTP forward proxy (tunnelled with
@@ -94,13 +114,96 @@ impl PeerClient {
             proxy,
             secret,
             faults,
+            streams: Arc::default(),
+            frame_bytes: DEFAULT_FRAME_BYTES,
         }
+    }
+
+    /// Cut messages on peer streams into frames of at most `frame_bytes`.
+    pub(crate) fn with_frame_bytes(mut self, frame_bytes: usize) -> Self {
+        self.frame_bytes = frame_bytes;
+        self
+    }
+
+    pub(crate) fn frame_bytes(&self) -> usize {
+        self.frame_bytes
     }
 
     /// New connections present and trust this (reloaded) material; pooled ones finish.
     pub(crate) fn set_tls(&self, tls: rustls::ClientConfig) {
         let client = build(self.proxy, Some(tls));
         *self.client.write().unwrap_or_else(|e| e.into_inner()) = client;
+        // Streams live as long as their peers do: close them, so that the next ones are
+        // opened (and authenticated) with the new material.
+        let slots: Vec<StreamSlot> = self.slots().values().cloned().collect();
+        for slot in slots {
+            if let Ok(slot) = slot.try_lock() {
+                if let Some(stream) = slot.as_ref() {
+                    stream.close("TLS material reloaded".into(), false);
+                }
+            }
+        }
+    }
+
+    fn slots(&self) -> std::sync::MutexGuard<'_, HashMap<String, StreamSlot>> {
+        self.streams.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The open stream to `peer_addr`, opened now if there is none.
+    pub(crate) async fn stream(&self, peer_addr: &str) -> Result<Arc<PeerStream>, PeerCallError> {
+        if self.faults.is_blocked(peer_addr) {
+            return Err(PeerCallError::Cut(peer_addr.to_string()));
+        }
+        let slot = self
+            .slots()
+            .entry(peer_addr.to_string())
+            .or_default()
+            .clone();
+        let mut slot = slot.lock().await;
+        if let Some(stream) = slot.as_ref().filter(|s| !s.is_closed()) {
+            return Ok(stream.clone());
+        }
+        let open = self.open_stream(peer_addr);
+        let stream = match tokio::time::timeout(STREAM_OPEN_TIMEOUT, open).await {
+            Ok(result) => result?,
+            Err(_) => {
+                return Err(PeerCallError::Timeout {
+                    addr: peer_addr.to_string(),
+                })
+            }
+        };
+        *slot = Some(stream.clone());
+        Ok(stream)
+    }
+
+    async fn open_stream(&self, peer_addr: &str) -> Result<Arc<PeerStream>, PeerCallError> {
+        let addr = || peer_addr.to_string();
+        let mut http = self
+            .http()
+            .get(format!("{}://{peer_addr}{STREAM_PATH}", self.scheme))
+            .header(reqwest::header::CONNECTION, "upgrade")
+            .header(reqwest::header::UPGRADE, UPGRADE_TOKEN);
+        if let Some(secret) = &self.secret {
+            http = http.header(SECRET_HEADER, secret.as_str());
+        }
+        let response = http.send().await.map_err(|e| classify(addr(), e))?;
+        let status = response.status();
+        if status != reqwest::StatusCode::SWITCHING_PROTOCOLS {
+            let bytes = response.bytes().await.unwrap_or_default();
+            return Err(PeerCallError::Status {
+                addr: addr(),
+                status: status.as_u16(),
+                body: String::from_utf8_lossy(&bytes).into_owned(),
+            });
+        }
+        let io = response.upgrade().await.map_err(|e| classify(addr(), e))?;
+        tracing::debug!(peer = %peer_addr, "peer stream opened");
+        Ok(PeerStream::start(
+            peer_addr,
+            io,
+            self.frame_bytes,
+            self.faults.clone(),
+        ))
     }
 
     fn http(&self) -> reqwest::Client {

@@ -31,7 +31,10 @@ use crate::error::CoreError;
 /// (`ForwardRequest::MemberHealth`).
 /// 7: entries are `Batch::V3` (stamped with the cluster's clock; the dedupe window's
 /// minimum age applies to them).
-pub const PEER_PROTOCOL_VERSION: u8 = 8;
+/// 8: openraft 0.10: pre-votes, whole snapshots.
+/// 9: the peer stream (`node::peer::stream`): appends, heartbeats and forwarded requests
+/// pipelined on one upgraded connection per peer, in frames.
+pub const PEER_PROTOCOL_VERSION: u8 = 9;
 
 /// Every request one node sends another.
 #[derive(Debug, Serialize, Deserialize)]

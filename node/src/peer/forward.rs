@@ -6,6 +6,8 @@
 
 use std::time::Duration;
 
+use tracing::Instrument;
+
 use leasehold_raft::command::{Caller, CommandResult, Kind, LeaseId, Proposal, Token};
 use leasehold_raft::typ::NodeId;
 use serde::{Deserialize, Serialize};
@@ -97,10 +99,14 @@ impl PeerClient {
         request: ForwardRequest,
         timeout: Duration,
     ) -> Result<Result<ForwardResponse, CoreError>, PeerCallError> {
-        match self
-            .call(peer_addr, &PeerRequest::Forward(request), timeout)
-            .await?
-        {
+        let span = tracing::debug_span!("peer_call", peer = %peer_addr, rpc = "forward");
+        let reply = async {
+            let stream = self.stream(peer_addr).await?;
+            stream.call(PeerRequest::Forward(request), timeout).await
+        }
+        .instrument(span)
+        .await?;
+        match reply {
             PeerReply::Forward(result) => Ok(result),
             _ => Err(PeerCallError::Mismatch {
                 addr: peer_addr.to_string(),

@@ -23,6 +23,7 @@ pub(crate) mod faults;
 pub(crate) mod forward;
 pub(crate) mod network;
 pub(crate) mod server;
+pub(crate) mod stream;
 
 pub(crate) use client::PeerClient;
 pub use envelope::PEER_PROTOCOL_VERSION;

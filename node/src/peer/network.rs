@@ -7,18 +7,22 @@
 use std::future::Future;
 use std::time::Duration;
 
+use futures::future::BoxFuture;
+use futures::stream::{BoxStream, Stream, StreamExt};
 use leasehold_raft::typ::{NodeId, PeerNode, Snapshot, TypeConfig, Vote};
 use openraft::error::{
     NetworkError, RPCError, RaftError, ReplicationClosed, StreamingError, Unreachable,
 };
 use openraft::network::{RPCOption, RaftNetworkFactory};
+use openraft::raft::StreamAppendResult;
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
 };
-use openraft::RaftNetworkV2;
+use openraft::{OptionalSend, RaftNetworkV2};
 
 use super::client::{PeerCallError, PeerClient};
 use super::envelope::{PeerReply, PeerRequest};
+use super::stream::client::SessionItem;
 
 /// Builds one [`RaftPeer`] per target; all share the node's [`PeerClient`].
 #[derive(Clone)]
@@ -93,6 +97,55 @@ fn transport_error(e: &PeerCallError) -> RpcError {
 
 impl RaftNetworkV2<TypeConfig> for RaftPeer {
     type SnapshotData = leasehold_raft::typ::SnapshotData;
+
+    /// Replication and heartbeats, pipelined on the peer stream: each request goes out
+    /// as soon as openraft yields it, without waiting for the answers before it.
+    fn stream_append<'s, S>(
+        &'s mut self,
+        input: S,
+        option: RPCOption,
+    ) -> BoxFuture<
+        's,
+        Result<BoxStream<'s, Result<StreamAppendResult<TypeConfig>, RpcError>>, RpcError>,
+    >
+    where
+        S: Stream<Item = AppendEntriesRequest<TypeConfig>> + OptionalSend + Unpin + 'static,
+    {
+        Box::pin(async move {
+            // openraft backs off a failing peer while the first request is pulled: pull it
+            // before connecting, so an address that is not a peer is not tried in a loop.
+            let mut input = input;
+            let Some(first) = input.next().await else {
+                return Ok(futures::stream::empty().boxed());
+            };
+            let input = futures::stream::iter([first]).chain(input);
+            let stream = self
+                .peers
+                .stream(&self.peer_addr)
+                .await
+                .map_err(|e| transport_error(&e))?;
+            let session = stream
+                .append_session(input, option.hard_ttl())
+                .map_err(|e| transport_error(&e))?;
+            let target = self.target;
+            let results = futures::stream::unfold(session, move |mut session| async move {
+                let item = match session.next().await? {
+                    SessionItem::Result(result) => Ok(result),
+                    SessionItem::Fatal(fatal) => Err(RPCError::Unreachable(
+                        Unreachable::from_string(format!("node {target}: {fatal}")),
+                    )),
+                    SessionItem::Broken { why, cut: true } => {
+                        Err(RPCError::Unreachable(Unreachable::from_string(why)))
+                    }
+                    SessionItem::Broken { why, cut: false } => {
+                        Err(RPCError::Network(NetworkError::from_string(why)))
+                    }
+                };
+                Some((item, session))
+            });
+            Ok(results.boxed())
+        })
+    }
 
     async fn append_entries(
         &mut self,

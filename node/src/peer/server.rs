@@ -12,7 +12,7 @@ use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
+use axum::routing::{get, post};
 use axum::Router;
 use leasehold_raft::typ::TypeConfig;
 use openraft::raft::VoteResponse;
@@ -20,6 +20,7 @@ use tracing::Instrument;
 
 use super::client::{PEER_PATH, SECRET_HEADER};
 use super::envelope::{self, PeerReply, PeerRequest};
+use super::stream::STREAM_PATH;
 use crate::core::Core;
 
 /// Upper bound on a peer request body.
@@ -29,15 +30,16 @@ use crate::core::Core;
 pub(crate) const MAX_PEER_BODY_BYTES: usize = 1024 * 1024 * 1024;
 
 #[derive(Clone)]
-struct PeerState {
-    core: Arc<Core>,
-    secret: Option<Arc<String>>,
+pub(crate) struct PeerState {
+    pub(crate) core: Arc<Core>,
+    pub(crate) secret: Option<Arc<String>>,
 }
 
 /// The peer listener's routes.
 pub(crate) fn router(core: Arc<Core>, secret: Option<Arc<String>>) -> Router {
     Router::new()
         .route(PEER_PATH, post(handle))
+        .route(STREAM_PATH, get(super::stream::serve::upgrade))
         .layer(DefaultBodyLimit::max(MAX_PEER_BODY_BYTES))
         .with_state(PeerState { core, secret })
 }
@@ -50,6 +52,16 @@ async fn handle(State(state): State<PeerState>, headers: HeaderMap, body: Bytes)
         Ok(request) => request,
         Err(e) => return (StatusCode::BAD_REQUEST, e.to_string()).into_response(),
     };
+    let reply = serve_request(&state.core, request).await;
+    match envelope::encode(&reply) {
+        Ok(bytes) => (StatusCode::OK, bytes).into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
+}
+
+/// Serve one peer request (from `POST /peer/v1` or a peer stream's call) in a `peer_rpc`
+/// span that names the forwarded writes' request ids.
+pub(crate) async fn serve_request(core: &Core, request: PeerRequest) -> PeerReply {
     let span = tracing::debug_span!(
         "peer_rpc",
         rpc = request.kind(),
@@ -60,14 +72,9 @@ async fn handle(State(state): State<PeerState>, headers: HeaderMap, body: Bytes)
             span.record("request_id", ids.as_str());
         }
     }
-    let reply = dispatch(&state.core, request)
-        .instrument(span.clone())
-        .await;
+    let reply = dispatch(core, request).instrument(span.clone()).await;
     span.in_scope(|| tracing::trace!("served"));
-    match envelope::encode(&reply) {
-        Ok(bytes) => (StatusCode::OK, bytes).into_response(),
-        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
-    }
+    reply
 }
 
 async fn dispatch(core: &Core, request: PeerRequest) -> PeerReply {
@@ -101,7 +108,7 @@ fn held_back(core: &Core) -> VoteResponse<TypeConfig> {
 }
 
 /// Does the request carry the cluster secret (or is none configured)?
-fn secret_matches(secret: Option<&str>, headers: &HeaderMap) -> bool {
+pub(crate) fn secret_matches(secret: Option<&str>, headers: &HeaderMap) -> bool {
     let Some(secret) = secret else {
         return true;
     };

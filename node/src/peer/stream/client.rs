@@ -1,0 +1,372 @@
+//! [`PeerStream`]: this node's end of the stream to one peer.
+//!
+//! Two tasks run per stream: the writer ([`frame::write_loop`]) and the reader, which
+//! hands each reply to the call or append session waiting for it. When either ends (the
+//! peer closed, a write failed, a frame did not decode, or the link was cut by the fault
+//! switch) the stream is closed: calls in flight fail, sessions end with an error, and
+//! the next call opens a new stream.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use leasehold_raft::typ::TypeConfig;
+use openraft::error::Fatal;
+use openraft::raft::{AppendEntriesRequest, StreamAppendResult};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use super::frame::{self, Outgoing, Reader};
+use super::{StreamReply, StreamRequest, OUTGOING_QUEUE};
+use crate::peer::client::PeerCallError;
+use crate::peer::envelope::{self, PeerReply, PeerRequest};
+use crate::peer::faults::Faults;
+use crate::peer::server::MAX_PEER_BODY_BYTES;
+
+/// What an append session hears from the reader.
+pub(crate) enum SessionEvent {
+    Result(Result<StreamAppendResult<TypeConfig>, Fatal<TypeConfig>>),
+    /// The stream closed under the session: `cut` when by the fault switch.
+    Broken {
+        why: String,
+        cut: bool,
+    },
+}
+
+#[derive(Default)]
+struct Waiting {
+    calls: HashMap<u64, oneshot::Sender<PeerReply>>,
+    sessions: HashMap<u64, mpsc::UnboundedSender<SessionEvent>>,
+    /// Why the stream closed, once it has.
+    closed: Option<(String, bool)>,
+}
+
+/// The stream to one peer.
+pub(crate) struct PeerStream {
+    addr: String,
+    tx: mpsc::Sender<Outgoing>,
+    waiting: Mutex<Waiting>,
+    next_id: AtomicU64,
+    faults: Arc<Faults>,
+    /// Cancelled when the stream closes: stops the reader and the writer.
+    cancel: CancellationToken,
+}
+
+impl PeerStream {
+    /// Run the stream over `io` (a connection already switched to the peer protocol).
+    pub(crate) fn start<IO>(
+        addr: &str,
+        io: IO,
+        frame_bytes: usize,
+        faults: Arc<Faults>,
+    ) -> Arc<Self>
+    where
+        IO: AsyncRead + AsyncWrite + Send + 'static,
+    {
+        let (read, write) = tokio::io::split(io);
+        let (tx, rx) = mpsc::channel(OUTGOING_QUEUE);
+        let stream = Arc::new(PeerStream {
+            addr: addr.to_string(),
+            tx,
+            waiting: Mutex::new(Waiting::default()),
+            next_id: AtomicU64::new(1),
+            faults,
+            cancel: CancellationToken::new(),
+        });
+        let writer = stream.clone();
+        tokio::spawn(async move {
+            let result = tokio::select! {
+                r = frame::write_loop(write, rx, frame_bytes) => r.err().map(|e| e.to_string()),
+                _ = writer.cancel.cancelled() => None,
+            };
+            writer.close(result.unwrap_or_else(|| "closed".into()), false);
+        });
+        let reader = stream.clone();
+        tokio::spawn(async move {
+            let why = tokio::select! {
+                why = reader.read_loop(Reader::new(read, MAX_PEER_BODY_BYTES)) => why,
+                _ = reader.cancel.cancelled() => "closed".into(),
+            };
+            reader.close(why, false);
+        });
+        stream
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.cancel.is_cancelled()
+    }
+
+    /// Close the stream: every call in flight fails and every session ends with `why`.
+    pub(crate) fn close(&self, why: String, cut: bool) {
+        let waiting = {
+            let mut waiting = self.lock();
+            if waiting.closed.is_some() {
+                return;
+            }
+            waiting.closed = Some((why.clone(), cut));
+            let calls = std::mem::take(&mut waiting.calls);
+            (calls, std::mem::take(&mut waiting.sessions))
+        };
+        self.cancel.cancel();
+        // Dropping the calls' senders fails every call in flight.
+        let (_calls, sessions) = waiting;
+        for session in sessions.into_values() {
+            let _ = session.send(SessionEvent::Broken {
+                why: why.clone(),
+                cut,
+            });
+        }
+        tracing::debug!(peer = %self.addr, %why, "peer stream closed");
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Waiting> {
+        self.waiting.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    async fn read_loop<R: AsyncRead + Unpin>(&self, mut reader: Reader<R>) -> String {
+        loop {
+            let (id, bytes) = match reader.next().await {
+                Ok(Some(message)) => message,
+                Ok(None) => return "the peer closed the stream".into(),
+                Err(e) => return format!("reading the peer stream: {e}"),
+            };
+            if self.faults.is_blocked(&self.addr) {
+                self.close(
+                    format!("link to {} is cut (fault injection)", self.addr),
+                    true,
+                );
+                return "cut".into();
+            }
+            let reply: StreamReply = match envelope::decode(&bytes) {
+                Ok(reply) => reply,
+                Err(e) => return format!("a message on the peer stream: {e}"),
+            };
+            let mut waiting = self.lock();
+            match reply {
+                StreamReply::Call(reply) => {
+                    if let Some(call) = waiting.calls.remove(&id) {
+                        let _ = call.send(reply);
+                    }
+                }
+                StreamReply::Append(result) => {
+                    if let Some(session) = waiting.sessions.get(&id) {
+                        let _ = session.send(SessionEvent::Result(result));
+                    }
+                }
+                StreamReply::AppendEnd => {
+                    waiting.sessions.remove(&id);
+                }
+            }
+        }
+    }
+
+    /// Queue `request` under `id`; an error means it was not sent.
+    async fn send(&self, id: u64, request: &StreamRequest) -> Result<(), PeerCallError> {
+        if self.faults.is_blocked(&self.addr) {
+            self.close(
+                format!("link to {} is cut (fault injection)", self.addr),
+                true,
+            );
+            return Err(PeerCallError::Cut(self.addr.clone()));
+        }
+        let bytes = envelope::encode(request).map_err(|source| PeerCallError::Envelope {
+            addr: self.addr.clone(),
+            source,
+        })?;
+        self.tx
+            .send(Outgoing { id, bytes })
+            .await
+            .map_err(|_| PeerCallError::Closed {
+                addr: self.addr.clone(),
+            })
+    }
+
+    /// Send `request` and wait at most `timeout` for its reply.
+    pub(crate) async fn call(
+        &self,
+        request: PeerRequest,
+        timeout: Duration,
+    ) -> Result<PeerReply, PeerCallError> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (reply_tx, reply_rx) = oneshot::channel();
+        {
+            let mut waiting = self.lock();
+            if waiting.closed.is_some() {
+                return Err(PeerCallError::Closed {
+                    addr: self.addr.clone(),
+                });
+            }
+            waiting.calls.insert(id, reply_tx);
+        }
+        if let Err(e) = self.send(id, &StreamRequest::Call(request)).await {
+            self.lock().calls.remove(&id);
+            return Err(e);
+        }
+        match tokio::time::timeout(timeout, reply_rx).await {
+            Ok(Ok(reply)) => Ok(reply),
+            Ok(Err(_)) => Err(PeerCallError::Broken {
+                addr: self.addr.clone(),
+                why: self.why_closed(),
+            }),
+            Err(_) => {
+                self.lock().calls.remove(&id);
+                Err(PeerCallError::Timeout {
+                    addr: self.addr.clone(),
+                })
+            }
+        }
+    }
+
+    fn why_closed(&self) -> String {
+        match &self.lock().closed {
+            Some((why, _)) => why.clone(),
+            None => "the stream closed".into(),
+        }
+    }
+
+    /// Start an append session: `input`'s requests are sent as they come; the session
+    /// yields the peer's results in order. `ttl`: how long a sent request may wait for
+    /// its result before the session ends with a timeout.
+    pub(crate) fn append_session<S>(
+        self: &Arc<Self>,
+        mut input: S,
+        ttl: Duration,
+    ) -> Result<AppendSession, PeerCallError>
+    where
+        S: futures::Stream<Item = AppendEntriesRequest<TypeConfig>> + Send + Unpin + 'static,
+    {
+        use futures::StreamExt;
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (events_tx, events) = mpsc::unbounded_channel();
+        {
+            let mut waiting = self.lock();
+            if waiting.closed.is_some() {
+                return Err(PeerCallError::Closed {
+                    addr: self.addr.clone(),
+                });
+            }
+            waiting.sessions.insert(id, events_tx);
+        }
+        let sent = Arc::new(Mutex::new(VecDeque::new()));
+        let stream = self.clone();
+        let sent_at = sent.clone();
+        let pump = tokio::spawn(async move {
+            while let Some(request) = input.next().await {
+                sent_at
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push_back(Instant::now());
+                if stream
+                    .send(id, &StreamRequest::Append(request))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+            let _ = stream.send(id, &StreamRequest::EndAppend).await;
+        });
+        Ok(AppendSession {
+            stream: self.clone(),
+            id,
+            events,
+            sent,
+            ttl,
+            pump,
+            done: false,
+        })
+    }
+
+    /// The session is over on this side: forget it and tell the peer.
+    fn end_session(self: &Arc<Self>, id: u64) {
+        if self.lock().sessions.remove(&id).is_none() {
+            return;
+        }
+        let stream = self.clone();
+        tokio::spawn(async move {
+            let _ = stream.send(id, &StreamRequest::EndAppend).await;
+        });
+    }
+}
+
+/// One `stream_append` in progress. Dropping it stops sending and ends the session.
+pub(crate) struct AppendSession {
+    stream: Arc<PeerStream>,
+    id: u64,
+    events: mpsc::UnboundedReceiver<SessionEvent>,
+    /// When each request still waiting for its result was sent, oldest first.
+    sent: Arc<Mutex<VecDeque<Instant>>>,
+    ttl: Duration,
+    pump: tokio::task::JoinHandle<()>,
+    done: bool,
+}
+
+/// What a session yields: the peer's result, or why the session broke.
+pub(crate) enum SessionItem {
+    Result(StreamAppendResult<TypeConfig>),
+    Fatal(Fatal<TypeConfig>),
+    Broken { why: String, cut: bool },
+}
+
+impl AppendSession {
+    /// The next result, in the order the requests were sent; `None` once the session is
+    /// over.
+    pub(crate) async fn next(&mut self) -> Option<SessionItem> {
+        if self.done {
+            return None;
+        }
+        let tick = (self.ttl / 4).max(Duration::from_millis(1));
+        loop {
+            let event = match tokio::time::timeout(tick, self.events.recv()).await {
+                Ok(Some(event)) => event,
+                Ok(None) => return None,
+                Err(_) => {
+                    let oldest = self
+                        .sent
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .front()
+                        .copied();
+                    match oldest {
+                        Some(at) if at.elapsed() > self.ttl => {
+                            self.done = true;
+                            let why = format!(
+                                "no answer from {} within {:?}",
+                                self.stream.addr, self.ttl
+                            );
+                            return Some(SessionItem::Broken { why, cut: false });
+                        }
+                        _ => continue,
+                    }
+                }
+            };
+            self.sent
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .pop_front();
+            return Some(match event {
+                SessionEvent::Result(Ok(result)) => {
+                    self.done = result.is_err();
+                    SessionItem::Result(result)
+                }
+                SessionEvent::Result(Err(fatal)) => {
+                    self.done = true;
+                    SessionItem::Fatal(fatal)
+                }
+                SessionEvent::Broken { why, cut } => {
+                    self.done = true;
+                    SessionItem::Broken { why, cut }
+                }
+            });
+        }
+    }
+}
+
+impl Drop for AppendSession {
+    fn drop(&mut self) {
+        self.pump.abort();
+        self.stream.end_session(self.id);
+    }
+}
