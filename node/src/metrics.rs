@@ -114,6 +114,7 @@ struct Batching {
     write_batches: IntCounter,
     confirm_rounds: IntCounter,
     confirm_lease_hits: IntCounter,
+    peer_streams_opened: IntCounter,
 }
 
 /// What a scrape reads from the rest of the node.
@@ -143,6 +144,7 @@ pub(crate) struct Snapshot {
     pub write_batches: u64,
     pub confirm_rounds: u64,
     pub confirm_lease_hits: u64,
+    pub peer_streams_opened: u64,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
@@ -305,6 +307,11 @@ impl Metrics {
                 &r,
                 "leasehold_confirm_lease_hits_total",
                 "leadership confirmations this node answered on its leader lease, without a round",
+            ),
+            peer_streams_opened: counter(
+                &r,
+                "leasehold_peer_streams_opened_total",
+                "peer streams this node opened (one per peer while the peer stays up)",
             ),
         };
         Metrics {
@@ -503,6 +510,7 @@ impl Metrics {
         mirror(&b.write_batches, s.write_batches);
         mirror(&b.confirm_rounds, s.confirm_rounds);
         mirror(&b.confirm_lease_hits, s.confirm_lease_hits);
+        mirror(&b.peer_streams_opened, s.peer_streams_opened);
         let mut out = Vec::new();
         TextEncoder::new()
             .encode(&self.registry.gather(), &mut out)

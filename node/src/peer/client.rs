@@ -8,6 +8,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -86,6 +87,7 @@ pub(crate) struct PeerClient {
     faults: Arc<Faults>,
     /// The stream to each peer address, opened on first use and reopened once closed.
     streams: Arc<Mutex<HashMap<String, StreamSlot>>>,
+    streams_opened: Arc<AtomicU64>,
     frame_bytes: usize,
 }
 
@@ -115,6 +117,7 @@ impl PeerClient {
             secret,
             faults,
             streams: Arc::default(),
+            streams_opened: Arc::default(),
             frame_bytes: DEFAULT_FRAME_BYTES,
         }
     }
@@ -127,6 +130,11 @@ impl PeerClient {
 
     pub(crate) fn frame_bytes(&self) -> usize {
         self.frame_bytes
+    }
+
+    /// How many peer streams this client opened.
+    pub(crate) fn streams_opened(&self) -> u64 {
+        self.streams_opened.load(Ordering::Relaxed)
     }
 
     /// New connections present and trust this (reloaded) material; pooled ones finish.
@@ -198,6 +206,7 @@ impl PeerClient {
         }
         let io = response.upgrade().await.map_err(|e| classify(addr(), e))?;
         tracing::debug!(peer = %peer_addr, "peer stream opened");
+        self.streams_opened.fetch_add(1, Ordering::Relaxed);
         Ok(PeerStream::start(
             peer_addr,
             io,

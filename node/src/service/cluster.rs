@@ -219,6 +219,7 @@ impl NodeService {
         snap.write_batches = load(&c.write_batches);
         snap.confirm_rounds = load(&c.confirm_rounds);
         snap.confirm_lease_hits = load(&c.confirm_lease_hits);
+        snap.peer_streams_opened = self.core.peers().streams_opened();
         self.core.metrics().render(&snap)
     }
 }

@@ -370,3 +370,153 @@ impl Drop for AppendSession {
         self.stream.end_session(self.id);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use leasehold_raft::typ::{CommittedLeaderId, LogId, Vote};
+
+    fn log_id(index: u64) -> LogId {
+        LogId::new(
+            CommittedLeaderId {
+                term: 1,
+                node_id: 1,
+            },
+            index,
+        )
+    }
+
+    fn append(prev: u64) -> AppendEntriesRequest<TypeConfig> {
+        AppendEntriesRequest {
+            vote: Vote::new_committed(1, 1),
+            prev_log_id: Some(log_id(prev)),
+            entries: Vec::new(),
+            leader_commit: None,
+        }
+    }
+
+    /// The other end of a stream, played by hand: whole messages in, replies out.
+    struct FakePeer {
+        reader: Reader<tokio::io::ReadHalf<tokio::io::DuplexStream>>,
+        out: mpsc::Sender<Outgoing>,
+    }
+
+    impl FakePeer {
+        fn start(faults: Arc<Faults>) -> (Arc<PeerStream>, FakePeer) {
+            let (ours, theirs) = tokio::io::duplex(1 << 16);
+            let stream = PeerStream::start("peer:1", ours, 1024, faults);
+            let (read, write) = tokio::io::split(theirs);
+            let (out, rx) = mpsc::channel(16);
+            tokio::spawn(frame::write_loop(write, rx, 1024));
+            let peer = FakePeer {
+                reader: Reader::new(read, 1 << 20),
+                out,
+            };
+            (stream, peer)
+        }
+
+        async fn next(&mut self) -> (u64, StreamRequest) {
+            let (id, bytes) = self.reader.next().await.unwrap().unwrap();
+            (id, envelope::decode(&bytes).unwrap())
+        }
+
+        async fn reply(&self, id: u64, reply: StreamReply) {
+            let bytes = envelope::encode(&reply).unwrap();
+            self.out.send(Outgoing { id, bytes }).await.unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn an_append_session_sends_on_before_its_first_request_is_answered() {
+        let (stream, mut peer) = FakePeer::start(Arc::default());
+        let (input, rx) = futures::channel::mpsc::unbounded();
+        let mut session = stream.append_session(rx, Duration::from_secs(10)).unwrap();
+        input.unbounded_send(append(1)).unwrap();
+        input.unbounded_send(append(2)).unwrap();
+        // The peer reads both before it answers either: a session that waited for each
+        // answer before sending on would never send the second.
+        let (first, a) = peer.next().await;
+        let (second, b) = peer.next().await;
+        assert_eq!(first, second, "one session");
+        assert!(matches!(a, StreamRequest::Append(r) if r.prev_log_id == Some(log_id(1))));
+        assert!(matches!(b, StreamRequest::Append(r) if r.prev_log_id == Some(log_id(2))));
+        for index in [2, 3] {
+            peer.reply(first, StreamReply::Append(Ok(Ok(Some(log_id(index))))))
+                .await;
+        }
+        for index in [2, 3] {
+            match session.next().await {
+                Some(SessionItem::Result(Ok(Some(got)))) => assert_eq!(got, log_id(index)),
+                _ => panic!("expected the result for index {index}"),
+            }
+        }
+        drop(input);
+        assert!(matches!(peer.next().await, (id, StreamRequest::EndAppend) if id == first));
+    }
+
+    #[tokio::test]
+    async fn calls_are_answered_out_of_order() {
+        let (stream, mut peer) = FakePeer::start(Arc::default());
+        let slow = tokio::spawn({
+            let stream = stream.clone();
+            async move {
+                let request = PeerRequest::Forward(crate::peer::ForwardRequest::ReadIndex);
+                stream.call(request, Duration::from_secs(10)).await
+            }
+        });
+        let (slow_id, _) = peer.next().await;
+        let fast = tokio::spawn({
+            let stream = stream.clone();
+            async move {
+                let request = PeerRequest::Forward(crate::peer::ForwardRequest::Initialized);
+                stream.call(request, Duration::from_secs(10)).await
+            }
+        });
+        let (fast_id, _) = peer.next().await;
+        let answer = |n| {
+            StreamReply::Call(PeerReply::Forward(Ok(
+                crate::peer::ForwardResponse::ReadIndex(n),
+            )))
+        };
+        peer.reply(fast_id, answer(2)).await;
+        let got = fast.await.unwrap().unwrap();
+        assert!(matches!(
+            got,
+            PeerReply::Forward(Ok(crate::peer::ForwardResponse::ReadIndex(2)))
+        ));
+        assert!(
+            !slow.is_finished(),
+            "the first call still waits for its own answer"
+        );
+        peer.reply(slow_id, answer(1)).await;
+        let got = slow.await.unwrap().unwrap();
+        assert!(matches!(
+            got,
+            PeerReply::Forward(Ok(crate::peer::ForwardResponse::ReadIndex(1)))
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_cut_link_closes_the_stream_and_ends_its_sessions() {
+        let faults = Arc::new(Faults::default());
+        let (stream, mut peer) = FakePeer::start(faults.clone());
+        let (input, rx) = futures::channel::mpsc::unbounded();
+        let mut session = stream.append_session(rx, Duration::from_secs(10)).unwrap();
+        input.unbounded_send(append(1)).unwrap();
+        let (id, _) = peer.next().await;
+        faults.block("peer:1");
+        peer.reply(id, StreamReply::Append(Ok(Ok(Some(log_id(2))))))
+            .await;
+        assert!(matches!(
+            session.next().await,
+            Some(SessionItem::Broken { cut: true, .. })
+        ));
+        assert!(stream.is_closed());
+        let request = PeerRequest::Forward(crate::peer::ForwardRequest::ReadIndex);
+        let err = stream
+            .call(request, Duration::from_secs(1))
+            .await
+            .unwrap_err();
+        assert!(err.not_sent(), "{err}");
+    }
+}

@@ -1,8 +1,10 @@
 //! Frames on a peer stream: how messages are cut up, interleaved and put back together.
 //!
-//! A frame is a 13-byte header (payload length `u32`, message id `u64`, flags `u8`, all
-//! big-endian) and up to `frame_bytes` of one message. A message larger than that travels
-//! as several frames of the same id, the last one flagged [`LAST`]. The writer takes one
+//! A frame is a 13-byte header (payload length `u32`, message number `u64`, flags `u8`,
+//! all big-endian) and up to `frame_bytes` of one message. The writer numbers messages
+//! one by one; a message larger than a frame travels as several frames of its number, the
+//! last one flagged [`LAST`]. A message starts with its id (`u64`): the call or append
+//! session it belongs to, which many messages share. The writer takes one
 //! frame from each queued message in turn, so a small message (a keepalive) waits behind
 //! at most one frame of each larger one, never behind a whole large append.
 
@@ -35,33 +37,75 @@ pub(crate) async fn write_loop<W: AsyncWrite + Unpin>(
 ) -> io::Result<()> {
     let frame_bytes = frame_bytes.max(1);
     let mut writer = BufWriter::new(writer);
-    // (id, bytes, how many are sent): messages in turn.
-    let mut queue: VecDeque<(u64, Vec<u8>, usize)> = VecDeque::new();
+    let mut lanes = Lanes::default();
     loop {
-        if queue.is_empty() {
+        if lanes.queue.is_empty() {
             writer.flush().await?;
             match rx.recv().await {
-                Some(m) => queue.push_back((m.id, m.bytes, 0)),
+                Some(m) => lanes.push(m),
                 None => return writer.shutdown().await,
             }
         }
         while let Ok(m) = rx.try_recv() {
-            queue.push_back((m.id, m.bytes, 0));
+            lanes.push(m);
         }
-        let Some((id, bytes, sent)) = queue.pop_front() else {
+        let Some(mut lane) = lanes.queue.pop_front() else {
             continue;
         };
-        let end = (sent + frame_bytes).min(bytes.len());
+        let Some((number, bytes)) = lane.messages.front() else {
+            continue;
+        };
+        let end = (lane.sent + frame_bytes).min(bytes.len());
         let last = end == bytes.len();
-        let chunk = &bytes[sent..end];
+        let chunk = &bytes[lane.sent..end];
         let mut header = [0u8; HEADER_BYTES];
         header[..4].copy_from_slice(&(chunk.len() as u32).to_be_bytes());
-        header[4..12].copy_from_slice(&id.to_be_bytes());
+        header[4..12].copy_from_slice(&number.to_be_bytes());
         header[12] = if last { LAST } else { 0 };
         writer.write_all(&header).await?;
         writer.write_all(chunk).await?;
-        if !last {
-            queue.push_back((id, bytes, end));
+        lane.sent = end;
+        if last {
+            lane.messages.pop_front();
+            lane.sent = 0;
+        }
+        if !lane.messages.is_empty() {
+            lanes.queue.push_back(lane);
+        }
+    }
+}
+
+/// The messages waiting to be written, one lane per id: lanes take turns a frame at a
+/// time, and within a lane (an append session) messages go whole, in order.
+#[derive(Default)]
+struct Lanes {
+    queue: VecDeque<Lane>,
+    /// The number of the last message queued.
+    number: u64,
+}
+
+struct Lane {
+    id: u64,
+    /// (number, the id and then the message), oldest first.
+    messages: VecDeque<(u64, Vec<u8>)>,
+    /// How much of the first message is written.
+    sent: usize,
+}
+
+impl Lanes {
+    fn push(&mut self, m: Outgoing) {
+        self.number += 1;
+        let mut bytes = Vec::with_capacity(8 + m.bytes.len());
+        bytes.extend_from_slice(&m.id.to_be_bytes());
+        bytes.extend_from_slice(&m.bytes);
+        let message = (self.number, bytes);
+        match self.queue.iter_mut().find(|lane| lane.id == m.id) {
+            Some(lane) => lane.messages.push_back(message),
+            None => self.queue.push_back(Lane {
+                id: m.id,
+                messages: VecDeque::from([message]),
+                sent: 0,
+            }),
         }
     }
 }
@@ -113,8 +157,13 @@ impl<R: AsyncRead + Unpin> Reader<R> {
             message.resize(start + len, 0);
             self.reader.read_exact(&mut message[start..]).await?;
             if last {
-                let message = self.partial.remove(&id).unwrap_or_default();
-                return Ok(Some((id, message)));
+                let mut message = self.partial.remove(&id).unwrap_or_default();
+                if message.len() < 8 {
+                    return Err(invalid("a peer message without its id".into()));
+                }
+                let rest = message.split_off(8);
+                let id = u64::from_be_bytes(message[..8].try_into().expect("8 bytes"));
+                return Ok(Some((id, rest)));
             }
         }
     }
@@ -163,6 +212,25 @@ mod tests {
         .await;
         assert_eq!(got[0], (2, b"keepalive".to_vec()), "the small one first");
         assert_eq!(got[1], (1, large), "the large one whole");
+    }
+
+    #[tokio::test]
+    async fn messages_that_share_an_id_arrive_whole_and_in_order() {
+        // A long one, then short ones: within an id (an append session) none overtakes.
+        let sizes = [5000usize, 10, 2500, 0];
+        let messages = sizes
+            .iter()
+            .enumerate()
+            .map(|(n, &size)| Outgoing {
+                id: 9,
+                bytes: vec![n as u8; size],
+            })
+            .collect();
+        let got = send_all(messages, 1000).await;
+        assert_eq!(got.len(), sizes.len());
+        for (n, (id, bytes)) in got.into_iter().enumerate() {
+            assert_eq!((id, bytes), (9, vec![n as u8; sizes[n]]));
+        }
     }
 
     #[tokio::test]

@@ -4,6 +4,7 @@
 //! gets one `Raft::stream_append`, fed the session's appends in the order they came, and
 //! its results go back in that order.
 
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -66,8 +67,7 @@ where
     let writer = tokio::spawn(frame::write_loop(write, rx, core.peers().frame_bytes()));
     let mut reader = Reader::new(read, MAX_PEER_BODY_BYTES);
     let mut sessions: HashMap<u64, mpsc::Sender<AppendEntriesRequest<TypeConfig>>> = HashMap::new();
-    // Session ids only grow on a stream: an append for an older id whose session is
-    // over is late, not the start of a new one.
+    // Session ids only grow on a stream.
     let mut newest_session = 0;
     loop {
         let (id, bytes) = match reader.next().await {
@@ -94,18 +94,16 @@ where
                 });
             }
             StreamRequest::Append(rpc) => {
-                if !sessions.contains_key(&id) {
-                    if id <= newest_session {
-                        continue;
+                let session = match sessions.entry(id) {
+                    Entry::Occupied(session) => session.into_mut(),
+                    // An append for an older id whose session is over is late.
+                    Entry::Vacant(_) if id <= newest_session => continue,
+                    Entry::Vacant(vacant) => {
+                        newest_session = id;
+                        vacant.insert(start_session(&core, id, out.clone()))
                     }
-                    newest_session = id;
-                    sessions.insert(id, start_session(&core, id, out.clone()));
-                }
-                let delivered = match sessions.get(&id) {
-                    Some(session) => session.send(rpc).await.is_ok(),
-                    None => false,
                 };
-                if !delivered {
+                if session.send(rpc).await.is_err() {
                     sessions.remove(&id);
                 }
             }

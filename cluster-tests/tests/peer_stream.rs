@@ -1,0 +1,97 @@
+//! The peer stream (`node::peer::stream`): a follower's forwarded writes and keepalives,
+//! and the leader's appends, travel on one long-lived connection per peer, cut into
+//! frames when they are long. In-process three-node clusters over real sockets.
+
+use futures::future::join_all;
+use leasehold_cluster_tests::{Http, TestCluster};
+use serde_json::json;
+
+async fn metric(http: &Http, base: &str, name: &str) -> u64 {
+    let (status, _, text) = http
+        .text("GET", &format!("{base}/metrics"), None)
+        .await
+        .expect("metrics");
+    assert_eq!(status, 200);
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .unwrap_or_else(|| panic!("{name} missing from /metrics:\n{text}"))
+        .parse()
+        .expect("a number")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn long_writes_and_keepalives_through_a_follower_share_one_stream() {
+    const N: usize = 40;
+    let cluster = TestCluster::start3().await.unwrap();
+    let http = Http::new();
+    let leader = cluster.leader().expect("a leader");
+    let follower = cluster.url((leader + 1) % 3);
+    let other = cluster.url((leader + 2) % 3);
+    let opened = "leasehold_peer_streams_opened_total";
+
+    // One write opens the follower's stream to the leader (if replication has not).
+    let r = http
+        .post(
+            &format!("{follower}/v1/locks/warm-up"),
+            json!({"owner": "w", "ttl_ms": 30000}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let before = [
+        metric(&http, &follower, opened).await,
+        metric(&http, &cluster.url(leader), opened).await,
+    ];
+    assert!(
+        before[0] >= 1 && before[1] >= 2,
+        "streams opened: {before:?}"
+    );
+
+    // Values of 60 KiB: a batch of forwarded writes, and the leader's append of it, is
+    // longer than a 64 KiB frame, so each is cut into frames and put back together.
+    let value = |i: usize| format!("{i:04}").repeat(15 * 1024);
+    let urls: Vec<String> = (0..N)
+        .map(|i| format!("{follower}/v1/locks/long-{i}"))
+        .collect();
+    let writes = urls.iter().enumerate().map(|(i, url)| {
+        http.post(
+            url,
+            json!({"owner": format!("o{i}"), "ttl_ms": 30000, "value": value(i)}),
+        )
+    });
+    let mut leases = Vec::new();
+    for (i, reply) in join_all(writes).await.into_iter().enumerate() {
+        let reply = reply.unwrap();
+        assert_eq!(reply.status, 200, "long-{i}: {:?}", reply.body);
+        let lease = &reply.body["lease_id"];
+        leases.push(
+            lease
+                .as_str()
+                .map_or_else(|| lease.to_string(), String::from),
+        );
+    }
+    let urls: Vec<String> = leases
+        .iter()
+        .map(|lease| format!("{follower}/v1/leases/{lease}/keepalive"))
+        .collect();
+    let keepalives = urls.iter().map(|url| http.post(url, json!({})));
+    for reply in join_all(keepalives).await {
+        let reply = reply.unwrap();
+        assert_eq!(reply.status, 200, "{:?}", reply.body);
+    }
+    // Every value arrived whole, on the other follower too (replicated over its stream).
+    for i in 0..N {
+        let reply = http
+            .get(&format!("{other}/v1/locks/long-{i}"))
+            .await
+            .unwrap();
+        assert_eq!(reply.status, 200, "{:?}", reply.body);
+        assert_eq!(reply.body["value"], value(i), "long-{i}");
+    }
+    let after = [
+        metric(&http, &follower, opened).await,
+        metric(&http, &cluster.url(leader), opened).await,
+    ];
+    assert_eq!(before, after, "the same streams carried everything");
+    cluster.shutdown().await;
+}
