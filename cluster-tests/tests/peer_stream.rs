@@ -1,9 +1,12 @@
-//! The peer stream (`node::peer::stream`): a follower's forwarded writes and keepalives,
-//! and the leader's appends, travel on one long-lived connection per peer, cut into
-//! frames when they are long. In-process three-node clusters over real sockets.
+//! The peer transport: a follower's forwarded writes and keepalives, and the leader's
+//! appends, travel on one long-lived stream per peer (`node::peer::stream`), cut into
+//! frames when they are long; a member too far behind is sent a whole snapshot. In-process
+//! three-node clusters over real sockets.
+
+use std::time::Duration;
 
 use futures::future::join_all;
-use leasehold_cluster_tests::{Http, TestCluster};
+use leasehold_cluster_tests::{wait_until, ClusterOptions, Http, TestCluster};
 use serde_json::json;
 
 async fn metric(http: &Http, base: &str, name: &str) -> u64 {
@@ -93,5 +96,65 @@ async fn long_writes_and_keepalives_through_a_follower_share_one_stream() {
         metric(&http, &cluster.url(leader), opened).await,
     ];
     assert_eq!(before, after, "the same streams carried everything");
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_member_cut_off_past_the_purged_log_catches_up_from_a_multi_megabyte_snapshot() {
+    const LONG: usize = 64;
+    // openraft keeps 1,000 entries after a snapshot: more than that many writes while the
+    // member is cut off leave it nothing to catch up from but a snapshot.
+    const FILL: usize = 1_300;
+    let cluster = TestCluster::start(ClusterOptions {
+        tweak: |c| c.raft.snapshot_every_logs = 200,
+        ..ClusterOptions::default()
+    })
+    .await
+    .unwrap();
+    let http = Http::new();
+    let leader = cluster.leader().expect("a leader");
+    let lagging = (leader + 1) % 3;
+    let base = cluster.url(leader);
+    cluster.isolate(lagging);
+
+    // 64 values of 60 KiB: a state of about 4 MB.
+    let value = |i: usize| format!("{i:04}").repeat(15 * 1024);
+    let urls: Vec<String> = (0..LONG)
+        .map(|i| format!("{base}/v1/locks/long-{i}"))
+        .collect();
+    let writes = urls.iter().enumerate().map(|(i, url)| {
+        http.post(
+            url,
+            json!({"owner": "o", "ttl_ms": 600_000, "value": value(i)}),
+        )
+    });
+    for reply in join_all(writes).await {
+        let reply = reply.unwrap();
+        assert_eq!(reply.status, 200, "{:?}", reply.body);
+    }
+    for i in 0..FILL {
+        let url = format!("{base}/v1/locks/fill-{i}");
+        let reply = http
+            .post(&url, json!({"owner": "o", "ttl_ms": 600_000}))
+            .await
+            .unwrap();
+        assert_eq!(reply.status, 200, "{:?}", reply.body);
+    }
+
+    cluster.heal();
+    let behind = cluster.url(lagging);
+    let last = format!("{behind}/v1/locks/fill-{}?stale=true", FILL - 1);
+    wait_until(Duration::from_secs(30), || async {
+        let reply = http.get(&last).await.ok()?;
+        (reply.status == 200).then_some(())
+    })
+    .await
+    .expect("the cut-off member caught up");
+    for i in 0..LONG {
+        let url = format!("{behind}/v1/locks/long-{i}?stale=true");
+        let reply = http.get(&url).await.unwrap();
+        assert_eq!(reply.status, 200, "{:?}", reply.body);
+        assert_eq!(reply.body["value"], value(i), "long-{i}");
+    }
     cluster.shutdown().await;
 }

@@ -40,6 +40,7 @@ mod overload;
 mod peer;
 mod proposer;
 mod service;
+mod snapshots;
 mod tls;
 
 #[cfg(test)]

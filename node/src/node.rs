@@ -151,7 +151,8 @@ impl Node {
             heartbeat_interval: config.raft.heartbeat_interval_ms,
             election_timeout_min: config.raft.election_timeout_min_ms,
             election_timeout_max: config.raft.election_timeout_max_ms,
-            snapshot_policy: SnapshotPolicy::LogsSinceLast(config.raft.snapshot_every_logs),
+            // Triggered by `crate::snapshots`, at indices staggered by node id.
+            snapshot_policy: SnapshotPolicy::Never,
             max_in_snapshot_log_to_keep: 1000,
             // A node that led before it stopped runs an election like any other, rather
             // than resuming as leader of its old term with a committed index only as fresh
@@ -257,6 +258,7 @@ impl Node {
             &tracker,
             &cancel,
         );
+        crate::snapshots::spawn_trigger(core.clone(), config.raft.snapshot_every_logs);
         if let Some(incarnation) = incarnation {
             crate::incarnation::spawn_recorder(core.clone(), incarnation, &tracker, &cancel);
         }
@@ -553,6 +555,8 @@ impl Node {
         if let Err(e) = self.core.raft().shutdown().await {
             warn!(error = %e, "raft did not shut down cleanly");
         }
+        // The streams to the peers carry nothing more: the peers see them close.
+        self.core.peers().close_streams("the node shut down");
         self.tracker.close();
         let aborts: Vec<_> = self.servers.iter().map(|s| s.abort_handle()).collect();
         let servers = futures::future::join_all(self.servers);

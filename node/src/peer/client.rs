@@ -143,11 +143,17 @@ impl PeerClient {
         *self.client.write().unwrap_or_else(|e| e.into_inner()) = client;
         // Streams live as long as their peers do: close them, so that the next ones are
         // opened (and authenticated) with the new material.
+        self.close_streams("TLS material reloaded");
+    }
+
+    /// Close every open stream (its calls fail, its sessions end); the next use of a
+    /// peer opens a new one.
+    pub(crate) fn close_streams(&self, why: &str) {
         let slots: Vec<StreamSlot> = self.slots().values().cloned().collect();
         for slot in slots {
             if let Ok(slot) = slot.try_lock() {
                 if let Some(stream) = slot.as_ref() {
-                    stream.close("TLS material reloaded".into(), false);
+                    stream.close(why.to_string(), false);
                 }
             }
         }

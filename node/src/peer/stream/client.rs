@@ -200,23 +200,25 @@ impl PeerStream {
             }
             waiting.calls.insert(id, reply_tx);
         }
-        if let Err(e) = self.send(id, &StreamRequest::Call(request)).await {
-            self.lock().calls.remove(&id);
-            return Err(e);
-        }
-        match tokio::time::timeout(timeout, reply_rx).await {
-            Ok(Ok(reply)) => Ok(reply),
-            Ok(Err(_)) => Err(PeerCallError::Broken {
+        // The deadline covers the wait for room in the writer's queue too (a stalled
+        // connection fills it).
+        let exchange = async {
+            self.send(id, &StreamRequest::Call(request)).await?;
+            reply_rx.await.map_err(|_| PeerCallError::Broken {
                 addr: self.addr.clone(),
                 why: self.why_closed(),
+            })
+        };
+        let result = match tokio::time::timeout(timeout, exchange).await {
+            Ok(result) => result,
+            Err(_) => Err(PeerCallError::Timeout {
+                addr: self.addr.clone(),
             }),
-            Err(_) => {
-                self.lock().calls.remove(&id);
-                Err(PeerCallError::Timeout {
-                    addr: self.addr.clone(),
-                })
-            }
+        };
+        if result.is_err() {
+            self.lock().calls.remove(&id);
         }
+        result
     }
 
     fn why_closed(&self) -> String {
