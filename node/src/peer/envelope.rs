@@ -116,7 +116,17 @@ pub(crate) enum EnvelopeError {
 
 /// The version byte, then the message.
 pub(crate) fn encode<T: Serialize>(message: &T) -> Result<Vec<u8>, EnvelopeError> {
-    let mut out = vec![PEER_PROTOCOL_VERSION];
+    encode_after(&[], message)
+}
+
+/// `prefix`, then the version byte and the message, in one buffer.
+pub(crate) fn encode_after<T: Serialize>(
+    prefix: &[u8],
+    message: &T,
+) -> Result<Vec<u8>, EnvelopeError> {
+    let mut out = Vec::with_capacity(prefix.len() + 64);
+    out.extend_from_slice(prefix);
+    out.push(PEER_PROTOCOL_VERSION);
     bincode::serde::encode_into_std_write(message, &mut out, bincode::config::standard())?;
     Ok(out)
 }

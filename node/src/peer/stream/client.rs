@@ -127,7 +127,7 @@ impl PeerStream {
 
     async fn read_loop<R: AsyncRead + Unpin>(&self, mut reader: Reader<R>) -> String {
         loop {
-            let (id, bytes) = match reader.next().await {
+            let message = match reader.next().await {
                 Ok(Some(message)) => message,
                 Ok(None) => return "the peer closed the stream".into(),
                 Err(e) => return format!("reading the peer stream: {e}"),
@@ -139,7 +139,8 @@ impl PeerStream {
                 );
                 return "cut".into();
             }
-            let reply: StreamReply = match envelope::decode(&bytes) {
+            let id = message.id();
+            let reply: StreamReply = match envelope::decode(message.body()) {
                 Ok(reply) => reply,
                 Err(e) => return format!("a message on the peer stream: {e}"),
             };
@@ -171,12 +172,12 @@ impl PeerStream {
             );
             return Err(PeerCallError::Cut(self.addr.clone()));
         }
-        let bytes = envelope::encode(request).map_err(|source| PeerCallError::Envelope {
+        let message = Outgoing::encode(id, request).map_err(|source| PeerCallError::Envelope {
             addr: self.addr.clone(),
             source,
         })?;
         self.tx
-            .send(Outgoing { id, bytes })
+            .send(message)
             .await
             .map_err(|_| PeerCallError::Closed {
                 addr: self.addr.clone(),
@@ -418,13 +419,13 @@ mod tests {
         }
 
         async fn next(&mut self) -> (u64, StreamRequest) {
-            let (id, bytes) = self.reader.next().await.unwrap().unwrap();
-            (id, envelope::decode(&bytes).unwrap())
+            let message = self.reader.next().await.unwrap().unwrap();
+            (message.id(), envelope::decode(message.body()).unwrap())
         }
 
         async fn reply(&self, id: u64, reply: StreamReply) {
-            let bytes = envelope::encode(&reply).unwrap();
-            self.out.send(Outgoing { id, bytes }).await.unwrap();
+            let message = Outgoing::encode(id, &reply).unwrap();
+            self.out.send(message).await.unwrap();
         }
     }
 

@@ -21,11 +21,29 @@ const HEADER_BYTES: usize = 13;
 /// (the largest value that key allows).
 pub(crate) const MAX_FRAME_BYTES: usize = 16 * 1024 * 1024;
 
-/// One whole message to send, under its id.
+/// One whole message to send: its id, then its body, in one buffer.
 #[derive(Debug)]
 pub(crate) struct Outgoing {
-    pub(crate) id: u64,
-    pub(crate) bytes: Vec<u8>,
+    id: u64,
+    bytes: Vec<u8>,
+}
+
+impl Outgoing {
+    /// `message` in its envelope, under `id`.
+    pub(crate) fn encode<T: serde::Serialize>(
+        id: u64,
+        message: &T,
+    ) -> Result<Self, crate::peer::envelope::EnvelopeError> {
+        let bytes = crate::peer::envelope::encode_after(&id.to_be_bytes(), message)?;
+        Ok(Outgoing { id, bytes })
+    }
+
+    #[cfg(test)]
+    fn raw(id: u64, body: &[u8]) -> Self {
+        let mut bytes = id.to_be_bytes().to_vec();
+        bytes.extend_from_slice(body);
+        Outgoing { id, bytes }
+    }
 }
 
 /// Write every message `rx` yields, interleaved in frames of at most `frame_bytes`, until
@@ -86,7 +104,7 @@ struct Lanes {
 
 struct Lane {
     id: u64,
-    /// (number, the id and then the message), oldest first.
+    /// (number, the id and then the body), oldest first.
     messages: VecDeque<(u64, Vec<u8>)>,
     /// How much of the first message is written.
     sent: usize,
@@ -95,10 +113,7 @@ struct Lane {
 impl Lanes {
     fn push(&mut self, m: Outgoing) {
         self.number += 1;
-        let mut bytes = Vec::with_capacity(8 + m.bytes.len());
-        bytes.extend_from_slice(&m.id.to_be_bytes());
-        bytes.extend_from_slice(&m.bytes);
-        let message = (self.number, bytes);
+        let message = (self.number, m.bytes);
         match self.queue.iter_mut().find(|lane| lane.id == m.id) {
             Some(lane) => lane.messages.push_back(message),
             None => self.queue.push_back(Lane {
@@ -110,10 +125,29 @@ impl Lanes {
     }
 }
 
+/// One whole message as read: its id, then its bytes.
+#[derive(Debug, PartialEq)]
+pub(crate) struct Message {
+    /// The id, then the body, as they came.
+    bytes: Vec<u8>,
+}
+
+impl Message {
+    pub(crate) fn id(&self) -> u64 {
+        u64::from_be_bytes(self.bytes[..8].try_into().expect("checked on read"))
+    }
+
+    pub(crate) fn body(&self) -> &[u8] {
+        &self.bytes[8..]
+    }
+}
+
 /// Reads frames and hands back whole messages.
 pub(crate) struct Reader<R> {
     reader: R,
     partial: HashMap<u64, Vec<u8>>,
+    /// The bytes of every message still partial, bounded by `max_message`.
+    buffered: usize,
     max_message: usize,
 }
 
@@ -123,13 +157,13 @@ impl<R: AsyncRead + Unpin> Reader<R> {
         Reader {
             reader,
             partial: HashMap::new(),
+            buffered: 0,
             max_message,
         }
     }
 
-    /// The next whole message and its id; `None` when the other side closed cleanly
-    /// between frames.
-    pub(crate) async fn next(&mut self) -> io::Result<Option<(u64, Vec<u8>)>> {
+    /// The next whole message; `None` when the other side closed cleanly between frames.
+    pub(crate) async fn next(&mut self) -> io::Result<Option<Message>> {
         loop {
             let mut header = [0u8; HEADER_BYTES];
             match self.reader.read_exact(&mut header[..1]).await {
@@ -146,24 +180,24 @@ impl<R: AsyncRead + Unpin> Reader<R> {
                     "a peer frame of {len} bytes, over the limit of {MAX_FRAME_BYTES}"
                 )));
             }
-            let message = self.partial.entry(id).or_default();
-            if message.len() + len > self.max_message {
+            if self.buffered + len > self.max_message {
                 return Err(invalid(format!(
-                    "a peer message over the limit of {} bytes",
+                    "peer messages over the limit of {} bytes",
                     self.max_message
                 )));
             }
+            self.buffered += len;
+            let message = self.partial.entry(id).or_default();
             let start = message.len();
             message.resize(start + len, 0);
             self.reader.read_exact(&mut message[start..]).await?;
             if last {
-                let mut message = self.partial.remove(&id).unwrap_or_default();
-                if message.len() < 8 {
+                let bytes = self.partial.remove(&id).unwrap_or_default();
+                self.buffered -= bytes.len();
+                if bytes.len() < 8 {
                     return Err(invalid("a peer message without its id".into()));
                 }
-                let rest = message.split_off(8);
-                let id = u64::from_be_bytes(message[..8].try_into().expect("8 bytes"));
-                return Ok(Some((id, rest)));
+                return Ok(Some(Message { bytes }));
             }
         }
     }
@@ -188,7 +222,7 @@ mod tests {
         let mut reader = Reader::new(server, 1 << 20);
         let mut got = Vec::new();
         while let Some(m) = reader.next().await.unwrap() {
-            got.push(m);
+            got.push((m.id(), m.body().to_vec()));
         }
         got
     }
@@ -197,16 +231,7 @@ mod tests {
     async fn a_small_message_overtakes_a_large_one_sent_before_it() {
         let large = vec![7u8; 10_000];
         let got = send_all(
-            vec![
-                Outgoing {
-                    id: 1,
-                    bytes: large.clone(),
-                },
-                Outgoing {
-                    id: 2,
-                    bytes: b"keepalive".to_vec(),
-                },
-            ],
+            vec![Outgoing::raw(1, &large), Outgoing::raw(2, b"keepalive")],
             1000,
         )
         .await;
@@ -221,10 +246,7 @@ mod tests {
         let messages = sizes
             .iter()
             .enumerate()
-            .map(|(n, &size)| Outgoing {
-                id: 9,
-                bytes: vec![n as u8; size],
-            })
+            .map(|(n, &size)| Outgoing::raw(9, &vec![n as u8; size]))
             .collect();
         let got = send_all(messages, 1000).await;
         assert_eq!(got.len(), sizes.len());
@@ -239,10 +261,7 @@ mod tests {
         let messages = sizes
             .iter()
             .enumerate()
-            .map(|(i, &n)| Outgoing {
-                id: i as u64,
-                bytes: (0..n).map(|b| b as u8).collect(),
-            })
+            .map(|(i, &n)| Outgoing::raw(i as u64, &(0..n).map(|b| b as u8).collect::<Vec<_>>()))
             .collect();
         let mut got = send_all(messages, 1000).await;
         got.sort();
@@ -271,6 +290,18 @@ mod tests {
         .unwrap();
         drop(tx);
         write_loop(client, rx, 100).await.unwrap();
+        let err = Reader::new(server, 250).next().await.unwrap_err();
+        assert!(err.to_string().contains("limit of 250 bytes"), "{err}");
+
+        // Many partial messages count together.
+        let (mut client, server) = tokio::io::duplex(1 << 16);
+        for number in 1..=3u64 {
+            let mut header = [0u8; HEADER_BYTES];
+            header[..4].copy_from_slice(&100u32.to_be_bytes());
+            header[4..12].copy_from_slice(&number.to_be_bytes());
+            client.write_all(&header).await.unwrap();
+            client.write_all(&[0u8; 100]).await.unwrap();
+        }
         let err = Reader::new(server, 250).next().await.unwrap_err();
         assert!(err.to_string().contains("limit of 250 bytes"), "{err}");
     }

@@ -70,7 +70,7 @@ where
     // Session ids only grow on a stream.
     let mut newest_session = 0;
     loop {
-        let (id, bytes) = match reader.next().await {
+        let message = match reader.next().await {
             Ok(Some(message)) => message,
             Ok(None) => break,
             Err(e) => {
@@ -78,7 +78,8 @@ where
                 break;
             }
         };
-        let request: StreamRequest = match envelope::decode(&bytes) {
+        let id = message.id();
+        let request: StreamRequest = match envelope::decode(message.body()) {
             Ok(request) => request,
             Err(e) => {
                 tracing::warn!(error = %e, "closing a peer stream: a message did not decode");
@@ -142,12 +143,12 @@ fn start_session(
 }
 
 async fn send(out: &mpsc::Sender<Outgoing>, id: u64, reply: &StreamReply) -> Result<(), ()> {
-    let bytes = match envelope::encode(reply) {
-        Ok(bytes) => bytes,
+    let message = match Outgoing::encode(id, reply) {
+        Ok(message) => message,
         Err(e) => {
             tracing::error!(error = %e, "a peer stream reply does not encode");
             return Err(());
         }
     };
-    out.send(Outgoing { id, bytes }).await.map_err(|_| ())
+    out.send(message).await.map_err(|_| ())
 }
