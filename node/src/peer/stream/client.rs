@@ -17,6 +17,7 @@ use openraft::raft::{AppendEntriesRequest, StreamAppendResult};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use super::frame::{self, Outgoing, Reader};
 use super::{StreamReply, StreamRequest, OUTGOING_QUEUE};
@@ -75,22 +76,29 @@ impl PeerStream {
             faults,
             cancel: CancellationToken::new(),
         });
+        // Both tasks in the span of whoever opened the stream (the node's).
         let writer = stream.clone();
-        tokio::spawn(async move {
-            let result = tokio::select! {
-                r = frame::write_loop(write, rx, frame_bytes) => r.err().map(|e| e.to_string()),
-                _ = writer.cancel.cancelled() => None,
-            };
-            writer.close(result.unwrap_or_else(|| "closed".into()), false);
-        });
+        tokio::spawn(
+            async move {
+                let result = tokio::select! {
+                    r = frame::write_loop(write, rx, frame_bytes) => r.err().map(|e| e.to_string()),
+                    _ = writer.cancel.cancelled() => None,
+                };
+                writer.close(result.unwrap_or_else(|| "closed".into()), false);
+            }
+            .in_current_span(),
+        );
         let reader = stream.clone();
-        tokio::spawn(async move {
-            let why = tokio::select! {
-                why = reader.read_loop(Reader::new(read, MAX_PEER_BODY_BYTES)) => why,
-                _ = reader.cancel.cancelled() => "closed".into(),
-            };
-            reader.close(why, false);
-        });
+        tokio::spawn(
+            async move {
+                let why = tokio::select! {
+                    why = reader.read_loop(Reader::new(read, MAX_PEER_BODY_BYTES)) => why,
+                    _ = reader.cancel.cancelled() => "closed".into(),
+                };
+                reader.close(why, false);
+            }
+            .in_current_span(),
+        );
         stream
     }
 

@@ -18,6 +18,7 @@ use leasehold_raft::typ::TypeConfig;
 use openraft::raft::AppendEntriesRequest;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
+use tracing::Instrument;
 
 use super::frame::{self, Outgoing, Reader};
 use super::{StreamReply, StreamRequest, OUTGOING_QUEUE, UPGRADE_TOKEN};
@@ -64,7 +65,8 @@ where
 {
     let (read, write) = tokio::io::split(io);
     let (out, rx) = mpsc::channel(OUTGOING_QUEUE);
-    let writer = tokio::spawn(frame::write_loop(write, rx, core.peers().frame_bytes()));
+    let writer =
+        tokio::spawn(frame::write_loop(write, rx, core.peers().frame_bytes()).in_current_span());
     let mut reader = Reader::new(read, MAX_PEER_BODY_BYTES);
     let mut sessions: HashMap<u64, mpsc::Sender<AppendEntriesRequest<TypeConfig>>> = HashMap::new();
     // Session ids only grow on a stream.
@@ -89,10 +91,14 @@ where
         match request {
             StreamRequest::Call(request) => {
                 let (core, out) = (core.clone(), out.clone());
-                tokio::spawn(async move {
-                    let reply = serve_request(&core, request).await;
-                    let _ = send(&out, id, &StreamReply::Call(reply)).await;
-                });
+                // In the node's span (the listener's), as a request of its own would be.
+                tokio::spawn(
+                    async move {
+                        let reply = serve_request(&core, request).await;
+                        let _ = send(&out, id, &StreamReply::Call(reply)).await;
+                    }
+                    .in_current_span(),
+                );
             }
             StreamRequest::Append(rpc) => {
                 let session = match sessions.entry(id) {
@@ -130,15 +136,18 @@ fn start_session(
         rx.recv().await.map(|request| (request, rx))
     });
     let results = core.raft().stream_append(input);
-    tokio::spawn(async move {
-        let mut results = std::pin::pin!(results);
-        while let Some(result) = results.next().await {
-            if send(&out, id, &StreamReply::Append(result)).await.is_err() {
-                return;
+    tokio::spawn(
+        async move {
+            let mut results = std::pin::pin!(results);
+            while let Some(result) = results.next().await {
+                if send(&out, id, &StreamReply::Append(result)).await.is_err() {
+                    return;
+                }
             }
+            let _ = send(&out, id, &StreamReply::AppendEnd).await;
         }
-        let _ = send(&out, id, &StreamReply::AppendEnd).await;
-    });
+        .in_current_span(),
+    );
     input_tx
 }
 
