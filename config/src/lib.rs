@@ -14,12 +14,15 @@
 //!   once, then validated.
 //! - `validate` — [`Config::validate`]: every rule that must hold before a node starts.
 //! - `error` — [`ConfigError`].
+//! - `reference` — `docs/reference/config.md`, generated from [`KEYS`] (a test fails when
+//!   the committed file is stale).
 //!
 //! This crate is a leaf: it knows nothing of Raft, HTTP or the node.
 
 mod error;
 mod keys;
 mod load;
+pub mod reference;
 mod types;
 mod validate;
 
