@@ -456,6 +456,20 @@ impl Http {
         Self::with(None, None)
     }
 
+    /// A counter or gauge (or a histogram's `_count`) from a node's `/metrics` text.
+    pub async fn metric(&self, base: &str, name: &str) -> u64 {
+        let (status, _, text) = self
+            .text("GET", &format!("{base}/metrics"), None)
+            .await
+            .expect("metrics");
+        assert_eq!(status, 200);
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .unwrap_or_else(|| panic!("{name} missing from /metrics:\n{text}"))
+            .parse()
+            .expect("a number")
+    }
+
     /// An HTTP helper that trusts `ca_pem` (for https clusters) and sends `token` as the
     /// bearer token of every request.
     pub fn with(ca_pem: Option<&[u8]>, token: Option<&str>) -> Self {

@@ -7,20 +7,6 @@ use futures::future::join_all;
 use leasehold_cluster_tests::{Http, TestCluster};
 use serde_json::json;
 
-/// A counter or gauge from a node's `/metrics` text.
-async fn metric(http: &Http, base: &str, name: &str) -> u64 {
-    let (status, _, text) = http
-        .text("GET", &format!("{base}/metrics"), None)
-        .await
-        .expect("metrics");
-    assert_eq!(status, 200);
-    text.lines()
-        .find_map(|l| l.strip_prefix(&format!("{name} ")))
-        .unwrap_or_else(|| panic!("{name} missing from /metrics:\n{text}"))
-        .parse()
-        .expect("a number")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn keepalives_through_a_follower_share_batches_and_rounds() {
     const N: usize = 300;
@@ -46,8 +32,12 @@ async fn keepalives_through_a_follower_share_batches_and_rounds() {
     // alone, with lease_not_found.
     let unknown = leases.iter().max().unwrap() + 1_000_000;
 
-    let batches_before = metric(&http, &follower, "leasehold_keepalive_batches_total").await;
-    let rounds_before = metric(&http, &leader_url, "leasehold_confirm_rounds_total").await;
+    let batches_before = http
+        .metric(&follower, "leasehold_keepalive_batches_total")
+        .await;
+    let rounds_before = http
+        .metric(&leader_url, "leasehold_confirm_rounds_total")
+        .await;
     let urls: Vec<String> = leases
         .iter()
         .chain(std::iter::once(&unknown))
@@ -64,10 +54,17 @@ async fn keepalives_through_a_follower_share_batches_and_rounds() {
     assert_eq!(last.status, 404, "{:?}", last.body);
     assert_eq!(last.code(), "lease_not_found");
 
-    let kept = metric(&http, &follower, "leasehold_keepalives_batched_total").await;
-    let batches =
-        metric(&http, &follower, "leasehold_keepalive_batches_total").await - batches_before;
-    let rounds = metric(&http, &leader_url, "leasehold_confirm_rounds_total").await - rounds_before;
+    let kept = http
+        .metric(&follower, "leasehold_keepalives_batched_total")
+        .await;
+    let batches = http
+        .metric(&follower, "leasehold_keepalive_batches_total")
+        .await
+        - batches_before;
+    let rounds = http
+        .metric(&leader_url, "leasehold_confirm_rounds_total")
+        .await
+        - rounds_before;
     assert!(
         kept >= (N + 1) as u64,
         "only {kept} keepalives went through the batcher"
@@ -94,7 +91,9 @@ async fn writes_through_a_follower_share_batches_and_each_gets_its_own_result() 
     let leader = cluster.leader().expect("a leader");
     let follower = cluster.url((leader + 1) % 3);
 
-    let before = metric(&http, &follower, "leasehold_write_batches_total").await;
+    let before = http
+        .metric(&follower, "leasehold_write_batches_total")
+        .await;
     // N distinct keys and, in the same batches, N contenders for one key: exactly one of
     // those may win.
     let urls: Vec<String> = (0..N)
@@ -138,7 +137,10 @@ async fn writes_through_a_follower_share_batches_and_each_gets_its_own_result() 
     }
     assert!(tokens.insert(winners[0].body["token"].as_u64().unwrap()));
 
-    let batches = metric(&http, &follower, "leasehold_write_batches_total").await - before;
+    let batches = http
+        .metric(&follower, "leasehold_write_batches_total")
+        .await
+        - before;
     assert!(
         batches * 2 <= (2 * N) as u64,
         "{} writes took {batches} forwarded batches",

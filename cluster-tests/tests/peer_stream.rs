@@ -9,19 +9,6 @@ use futures::future::join_all;
 use leasehold_cluster_tests::{wait_until, ClusterOptions, Http, TestCluster};
 use serde_json::json;
 
-async fn metric(http: &Http, base: &str, name: &str) -> u64 {
-    let (status, _, text) = http
-        .text("GET", &format!("{base}/metrics"), None)
-        .await
-        .expect("metrics");
-    assert_eq!(status, 200);
-    text.lines()
-        .find_map(|l| l.strip_prefix(&format!("{name} ")))
-        .unwrap_or_else(|| panic!("{name} missing from /metrics:\n{text}"))
-        .parse()
-        .expect("a number")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn long_writes_and_keepalives_through_a_follower_share_one_stream() {
     const N: usize = 40;
@@ -42,8 +29,8 @@ async fn long_writes_and_keepalives_through_a_follower_share_one_stream() {
         .unwrap();
     assert_eq!(r.status, 200, "{:?}", r.body);
     let before = [
-        metric(&http, &follower, opened).await,
-        metric(&http, &cluster.url(leader), opened).await,
+        http.metric(&follower, opened).await,
+        http.metric(&cluster.url(leader), opened).await,
     ];
     assert!(
         before[0] >= 1 && before[1] >= 2,
@@ -92,8 +79,8 @@ async fn long_writes_and_keepalives_through_a_follower_share_one_stream() {
         assert_eq!(reply.body["value"], value(i), "long-{i}");
     }
     let after = [
-        metric(&http, &follower, opened).await,
-        metric(&http, &cluster.url(leader), opened).await,
+        http.metric(&follower, opened).await,
+        http.metric(&cluster.url(leader), opened).await,
     ];
     assert_eq!(before, after, "the same streams carried everything");
     cluster.shutdown().await;
@@ -140,6 +127,13 @@ async fn a_member_cut_off_past_the_purged_log_catches_up_from_a_multi_megabyte_s
             .unwrap();
         assert_eq!(reply.status, 200, "{:?}", reply.body);
     }
+
+    // The leader built snapshots on its own (`node::snapshots`, every 200 entries here),
+    // and purged its log behind them.
+    let built = http
+        .metric(&base, "leasehold_snapshot_duration_seconds_count")
+        .await;
+    assert!(built >= 1, "no snapshot built by the trigger");
 
     cluster.heal();
     let behind = cluster.url(lagging);
